@@ -1,0 +1,128 @@
+"""One interface over everything that executes an artifact (emulator, board,
+float reference): load an artifact, infer a batch, describe itself, close.
+
+Backends are looked up by name (``emulator``, ``spinnaker2``) or by an import
+spec ``package.module:Class`` (the torch reference lives in ``agent`` and is
+named ``agent.reference:ReferenceBackend``, so ``hw`` never imports it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hw.artifact import ModelArtifact
+
+
+class BackendError(RuntimeError):
+    """The backend could not run an inference (board unreachable, SDK missing, ...)."""
+
+
+@dataclass
+class InferenceResult:
+    """What one backend call returns for a batch of B observations."""
+
+    q_values: np.ndarray  # float32 [B, actions]
+    actions: np.ndarray  # int64 [B]
+    ticks: int  # ticks run per inference
+    spikes_per_layer: np.ndarray  # int64 [B, layers] spikes emitted per LIF layer
+    synaptic_events: np.ndarray  # int64 [B] spikes x fan-out, input layer included
+    backend: str
+    compute_us: float  # wall time of the backend call, microseconds
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def check_observations(artifact: ModelArtifact, observations: Any) -> np.ndarray:
+    """Observations as float32 [B, obs]; a single observation becomes B = 1.
+
+    Raises ``ValueError`` naming what is wrong (shape, non-finite values)."""
+    obs = np.asarray(observations, dtype=np.float32)
+    if obs.ndim == 1:
+        obs = obs[None, :]
+    if obs.ndim != 2 or obs.shape[1] != artifact.observation_size:
+        raise ValueError(
+            f"observations must have shape [batch, {artifact.observation_size}] for model "
+            f"{artifact.name!r}, got {list(np.shape(observations))}"
+        )
+    if not np.all(np.isfinite(obs)):
+        raise ValueError("observations must be finite (no NaN or inf)")
+    return obs
+
+
+class Backend(ABC):
+    """Holds loaded models by name; ``load`` of a known name swaps atomically."""
+
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def load(self, artifact: ModelArtifact) -> None:
+        """Prepare ``artifact`` for inference and serve it under ``artifact.name``.
+
+        Preparation happens before the swap: if it fails the old model stays."""
+        prepared = self._prepare(artifact)
+        with self._lock:
+            self._models[artifact.name] = prepared
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            self._models.pop(name, None)
+
+    def models(self) -> list[str]:
+        return sorted(self._models)
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise KeyError(f"model {name!r} is not loaded on backend {self.name!r}") from None
+
+    @abstractmethod
+    def _prepare(self, artifact: ModelArtifact) -> Any:
+        """Backend-specific compiled form of an artifact."""
+
+    @abstractmethod
+    def infer(self, model: str, observations: np.ndarray) -> InferenceResult:
+        """Run a batch of observations (float32 [B, obs]) through ``model``."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "models": self.models()}
+
+    def close(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+BACKENDS = {
+    "emulator": "hw.emulator:EmulatorBackend",
+    "spinnaker2": "hw.board:SpiNNaker2Backend",
+}
+
+
+def create_backend(name: str, **settings: Any) -> Backend:
+    """Instantiate a backend by registered name or ``module:Class`` spec."""
+    spec = BACKENDS.get(name, name)
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown backend {name!r}; known: {sorted(BACKENDS)} or a 'module:Class' spec"
+        )
+    module_name, cls_name = spec.split(":", 1)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    return cls(**settings)
