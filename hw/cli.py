@@ -7,6 +7,19 @@ from pathlib import Path
 import typer
 
 
+def _runs(values: list[int]) -> str:
+    """``[250, 250, 100]`` -> ``250x2,100`` (compact list for tables)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j < len(values) and values[j] == values[i]:
+            j += 1
+        parts.append(f"{values[i]}x{j - i}" if j - i > 1 else str(values[i]))
+        i = j
+    return ",".join(parts)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("emulate")
     def emulate(
@@ -51,3 +64,59 @@ def register(app: typer.Typer) -> None:
 
         save_artifact(random_artifact(seed=seed, ticks=ticks, name=out.stem), out)
         typer.echo(f"wrote {out}")
+
+    @app.command("map")
+    def map_model(
+        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
+        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        neurons_per_pe: int = typer.Option(250, help="neurons one PE holds"),
+        bytes_per_synapse: int = typer.Option(4, help="bytes one stored synapse costs"),
+        sys_tick: float = typer.Option(1e-3, help="tick length in seconds"),
+    ) -> None:
+        """Place a model on SpiNNaker2 PEs; print PEs, copies per chip, time and energy."""
+        import json
+
+        from hw.artifact import load_artifact
+        from hw.mapping import ChipSpec, MappingError, map_network
+
+        chip = ChipSpec(
+            neurons_per_pe=neurons_per_pe,
+            bytes_per_synapse=bytes_per_synapse,
+            sys_tick_s=sys_tick,
+        )
+        art = load_artifact(model)
+        try:
+            rep = map_network(art, chip)
+        except MappingError as exc:
+            typer.echo(f"does not fit: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps(rep.to_dict(), indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{art.name}: placement on one SpiNNaker2 chip")
+        for col in ("population", "model", "neurons", "PEs", "neurons/PE", "synapses", "max B/PE"):
+            table.add_column(col, justify="left" if col in ("population", "model") else "right")
+        for p in rep.populations:
+            table.add_row(
+                p.name,
+                p.neuron_model,
+                str(p.size),
+                str(p.pes),
+                _runs(p.neurons_per_pe),
+                str(p.synapses),
+                str(p.max_synapse_bytes_per_pe),
+            )
+        console = Console()
+        console.print(table)
+        console.print(
+            f"PEs used {rep.pes_used}/{chip.usable_pes}  copies per chip {rep.copies_per_chip}  "
+            f"chip time {rep.chip_time_s * 1e3:.3g} ms/inference ({rep.ticks} ticks)"
+        )
+        console.print(
+            f"energy (estimate): {rep.energy_j * 1e3:.3g} mJ alone, "
+            f"{rep.energy_batched_j * 1e3:.3g} mJ per inference with all copies busy, "
+            f"{rep.energy_dynamic_j * 1e6:.3g} uJ above idle"
+        )
