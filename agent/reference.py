@@ -1,0 +1,77 @@
+"""The float reference backend: an artifact's unquantized master network, run in torch
+with the same tick semantics as the chip (``agent.snn.simulate``).
+
+Registered for the service as ``agent.reference:ReferenceBackend`` (name
+``reference``); ``hw`` never imports it. Comparing its actions with the emulator's
+gives the float vs 8-bit decision agreement.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.snn import LayerParams, float_params, greedy, simulate
+from hw.artifact import ModelArtifact
+from hw.backend import Backend, InferenceResult, check_observations
+from hw.encoding import encode
+
+
+def synaptic_events(record: np.ndarray, raster: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Spikes delivered x fan-out, per observation, counted as the emulator does: a spike
+    of tick t is delivered at t+1 if the run lasts that long. int64 [B]."""
+    ticks = record.shape[1]
+    t_in = raster.shape[1]
+    delivered_in = raster[:, : max(0, min(t_in, ticks - 1))].sum(axis=(1, 2), dtype=np.int64)
+    events = delivered_in * sizes[0]
+    start = 0
+    for k in range(len(sizes) - 1):
+        block = record[:, : ticks - 1, start : start + sizes[k]]
+        events = events + block.sum(axis=(1, 2), dtype=np.int64) * sizes[k + 1]
+        start += sizes[k]
+    return events
+
+
+class ReferenceBackend(Backend):
+    """Float (unquantized) spiking network from ``float_weight`` / ``float_i_offset`` /
+    ``float_threshold``; same encoder, ticks, resets and readout as the emulator."""
+
+    name = "reference"
+
+    def __init__(self, **_: Any) -> None:
+        super().__init__()
+
+    def _prepare(self, artifact: ModelArtifact) -> tuple[ModelArtifact, list[LayerParams]]:
+        params = float_params(artifact)  # raises if the artifact has no float masters
+        return artifact, params
+
+    def infer(self, model: str, observations: np.ndarray) -> InferenceResult:
+        art, params = self._get(model)
+        start = time.perf_counter()
+        obs = check_observations(art, observations)
+        raster = encode(art, obs)
+        with torch.no_grad():
+            out = simulate(
+                torch.from_numpy(raster.astype(np.float32)),
+                params,
+                art.ticks,
+                art.readout.kind,
+                record=True,
+            )
+        q = out.q_values.numpy().astype(np.float32)
+        rec = out.record.numpy() if out.record is not None else None
+        assert rec is not None
+        sizes = [lay.size for lay in art.layers]
+        elapsed = (time.perf_counter() - start) * 1e6
+        return InferenceResult(
+            q_values=q,
+            actions=greedy(q),
+            ticks=art.ticks,
+            spikes_per_layer=out.spikes_per_layer.numpy().astype(np.int64),
+            synaptic_events=synaptic_events(rec, raster, sizes),
+            backend=self.name,
+            compute_us=elapsed,
+        )

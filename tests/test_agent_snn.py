@@ -1,0 +1,162 @@
+"""The torch spiking Q-network is the emulator's function: bit-identical spikes, Q-values
+and actions on the same quantized artifact; export round trip; the float reference."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agent.reference import ReferenceBackend, synaptic_events  # noqa: E402
+from agent.snn import SNNConfig, SpikingQNet, run_artifact  # noqa: E402
+from hw.artifact import from_bytes, to_bytes  # noqa: E402
+from hw.emulator import CompiledNetwork, EmulatorBackend, greedy_actions, readout, run_raster  # noqa: E402
+from hw.encoding import encode  # noqa: E402
+from hw.synthetic import random_artifact  # noqa: E402
+
+SCALE = (2.4, 3.0, 0.21, 3.0)
+
+
+def _net(seed: int, **kw) -> SpikingQNet:
+    cfg = SNNConfig(
+        env_id="CartPole-v1",
+        obs_offset=(0.0, 0.0, 0.0, 0.0),
+        obs_scale=SCALE,
+        action_names=("left", "right"),
+        **kw,
+    )
+    net = SpikingQNet(cfg, seed=seed)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed + 1)
+        for b in net.biases:
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.2)
+    return net
+
+
+def _observations(n: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(123)
+    obs = rng.normal(size=(n, 4)) * np.array([1.0, 1.5, 0.15, 1.5])
+    scale = np.array(SCALE)
+    edges = np.array(
+        [
+            scale,
+            -scale,
+            np.zeros(4),
+            scale * 10,  # clipped
+            -scale * 10,
+            scale / 6 * 2,  # exactly on tent centres
+            scale * 1e-7,
+        ]
+    )
+    return np.concatenate([edges, obs]).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"alpha_decay": 0.9, "readout": "count_membrane"},
+        {"reset": "reset_to_v_reset", "channels": "signed", "input_ticks": 8, "hidden": (32,)},
+        {"encoder_kind": "poisson", "bins": 5, "hidden": (48, 32, 16), "alpha_decay": 0.75},
+    ],
+)
+def test_fake_quant_torch_is_bit_identical_to_emulator(kw):
+    net = _net(seed=3, **kw)
+    art = net.export("parity")
+    obs = _observations()
+    out = run_raster(CompiledNetwork.from_artifact(art), encode(art, obs), record=True)
+    q_emu = readout(art, out.v_final, out.counts)
+    with torch.no_grad():
+        sim = net(net.encode(obs), "quant", record=True)
+    np.testing.assert_array_equal(sim.record.numpy(), out.record)
+    np.testing.assert_array_equal(sim.q_values.numpy(), q_emu)
+    np.testing.assert_array_equal(sim.q_values.numpy().argmax(axis=1), greedy_actions(q_emu))
+    hidden_spikes = out.layer_spikes[:, :-1].sum()
+    assert hidden_spikes > 0, "hidden layers must spike for the parity check to bite"
+    assert np.unique(q_emu[:, 0] - q_emu[:, 1]).size > 50, "Q-values should depend on input"
+
+
+@pytest.mark.parametrize("reset", ["reset_by_subtraction", "reset_to_v_reset"])
+@pytest.mark.parametrize("readout_kind", ["membrane", "count_membrane"])
+def test_artifact_params_in_torch_match_emulator(reset, readout_kind, observations):
+    art = random_artifact(seed=11, reset=reset, readout=readout_kind)
+    out = run_raster(CompiledNetwork.from_artifact(art), encode(art, observations), record=True)
+    sim = run_artifact(art, observations, record=True)
+    np.testing.assert_array_equal(sim.record.numpy(), out.record)
+    np.testing.assert_array_equal(sim.q_values.numpy(), readout(art, out.v_final, out.counts))
+    sizes = [lay.size for lay in art.layers]
+    events = synaptic_events(sim.record.numpy(), encode(art, observations), sizes)
+    np.testing.assert_array_equal(events, out.synaptic_events)
+
+
+def test_export_round_trip_keeps_quantization_and_masters():
+    net = _net(seed=5)
+    art = net.export("rt", provenance={"seed": 5})
+    back = from_bytes(to_bytes(art))
+    for lay, w, b in zip(back.layers, net.weights, net.biases, strict=True):
+        w = w.detach().numpy()
+        s = np.float32(127.0) / np.abs(w).max()
+        assert lay.weight.dtype == np.int8
+        assert np.abs(lay.weight).max() == 127
+        np.testing.assert_array_equal(lay.weight, np.round(w * s).astype(np.int8))
+        np.testing.assert_array_equal(lay.i_offset, b.detach().numpy() * s)
+        np.testing.assert_array_equal(lay.float_weight, w)
+        assert lay.weight_scale == pytest.approx(float(s), rel=1e-7)
+        assert np.float32(lay.threshold) == np.float32(lay.float_threshold) * np.float32(s)
+    # the float masters rebuild the same network
+    again = SpikingQNet.from_artifact(back)
+    obs = _observations(50)
+    with torch.no_grad():
+        a = net(net.encode(obs), "float").q_values
+        b = again(again.encode(obs), "float").q_values
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert back.provenance == {"seed": 5}
+    assert back.ticks == net.config.input_ticks + 3
+
+
+def test_quantized_network_stays_close_to_float():
+    net = _net(seed=7)
+    obs = _observations()
+    with torch.no_grad():
+        x = net.encode(obs)
+        qf, qq = net(x, "float").q_values, net(x, "quant").q_values
+    # 8-bit weights move Q-values a little, not a lot
+    err = (qf - qq).abs().mean() / qf.abs().mean()
+    assert float(err) < 0.1
+
+
+def test_surrogate_gradient_reaches_every_layer():
+    net = _net(seed=2)
+    x = net.encode(_observations(64))
+    for mode in ("float", "quant"):
+        net.zero_grad()
+        net(x, mode).q_values.pow(2).mean().backward()
+        for w in net.weights:
+            assert w.grad is not None and float(w.grad.abs().sum()) > 0
+
+
+def test_reference_backend_runs_float_masters(observations):
+    net = _net(seed=9)
+    art = net.export("ref")
+    with ReferenceBackend() as ref, EmulatorBackend() as emu:
+        ref.load(art)
+        emu.load(art)
+        r = ref.infer("ref", observations)
+        e = emu.infer("ref", observations)
+    with torch.no_grad():
+        expected = net(net.encode(observations), "float").q_values.numpy()
+    np.testing.assert_array_equal(r.q_values, expected)
+    assert r.backend == "reference" and r.ticks == art.ticks
+    assert r.q_values.shape == (64, 2) and r.actions.dtype == np.int64
+    assert (r.synaptic_events > 0).all()
+    assert (r.actions == e.actions).mean() > 0.8
+
+
+def test_reference_backend_needs_float_masters():
+    import dataclasses
+
+    art = random_artifact(seed=1, name="nofloat")
+    bare = dataclasses.replace(
+        art, layers=tuple(dataclasses.replace(lay, float_weight=None) for lay in art.layers)
+    )
+    with ReferenceBackend() as ref, pytest.raises(ValueError, match="float master"):
+        ref.load(bare)
