@@ -18,7 +18,14 @@ app = typer.Typer(
 
 # package.cli modules that expose ``register(app)``; missing ones are skipped so a
 # partial install (e.g. the serving image) still gets the commands it has.
-_COMMAND_MODULES = ("hw.cli", "agent.cli", "service.cli", "clients.cli", "bench.cli")
+_COMMAND_MODULES = (
+    "hw.cli",
+    "agent.cli",
+    "agent.nir_cli",
+    "service.cli",
+    "clients.cli",
+    "bench.cli",
+)
 
 
 def _register_all() -> None:

@@ -1,0 +1,71 @@
+"""``s2loop export-nir``: write a model as a NIR graph (imports stay inside the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-nir")
+    def export_nir_command(
+        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
+        out: Path = typer.Argument(..., help="where to write the NIR graph (HDF5, e.g. model.nir)"),
+        use_float: bool = typer.Option(
+            False, "--float", help="export the float master weights instead of the int8 network"
+        ),
+        explicit_delays: bool = typer.Option(
+            False,
+            "--explicit-delays",
+            help="one nir.Delay step before each weight node (s2_nir cannot read these)",
+        ),
+        check: int = typer.Option(
+            256,
+            help="read the file back and compare it with the emulator on this many random "
+            "observations (0: skip)",
+        ),
+        seed: int = typer.Option(0, help="seed of the check's observations"),
+    ) -> None:
+        """Write MODEL as a NIR graph that snnTorch, Norse or py-spinnaker2's s2_nir can read.
+
+        The encoder, readout, reset mode and tick delay go into the graph's metadata
+        (see agent/nir_export.py for the algebra and what each reader needs)."""
+        import json
+
+        import nir
+        import numpy as np
+
+        from agent.nir_export import export_nir, run_nir_graph
+        from hw.artifact import ArtifactError, load_artifact
+        from hw.emulator import CompiledNetwork, greedy_actions, readout, run_raster
+        from hw.encoding import encode
+
+        try:
+            art = load_artifact(model)
+            path = export_nir(art, out, use_float=use_float, explicit_delays=explicit_delays)
+        except (ArtifactError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        graph = nir.read(path)
+        report: dict[str, object] = {
+            "model": art.name,
+            "out": str(path),
+            "weights": "float" if use_float else "int8",
+            "nodes": {name: type(node).__name__ for name, node in graph.nodes.items()},
+        }
+        if check > 0:
+            rng = np.random.default_rng(seed)
+            obs = art.obs_offset + art.obs_scale * rng.uniform(
+                -1.0, 1.0, size=(check, art.observation_size)
+            ).astype(np.float32)
+            res = run_nir_graph(graph, obs)
+            emu = run_raster(CompiledNetwork.from_artifact(art), encode(art, obs), record=True)
+            q = readout(art, emu.v_final, emu.counts)
+            report["check"] = {
+                "observations": check,
+                "action_agreement": float(np.mean(res.actions == greedy_actions(q))),
+                "max_abs_q_difference": float(np.max(np.abs(res.q_values - q))),
+                "spikes_identical": bool(np.array_equal(res.record, emu.record)),
+            }
+        typer.echo(json.dumps(report, indent=2))
