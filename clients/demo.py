@@ -1,0 +1,265 @@
+"""``s2loop demo``: start a server on loopback, drive both tasks over both transports.
+
+The server is a separate process (``python -m s2loop.cli serve``), reached over
+the network like any other: the demo measures what a robot on the same machine
+would see.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from clients.loop import LoopConfig, LoopResult, model_name_for
+from clients.transport import ServerNotReady, get_models, wait_ready
+
+DEMO_ENVS = ("CartPole-v1", "Acrobot-v1")
+DEMO_TRANSPORTS = ("http", "ws")
+
+
+class ServerFailed(RuntimeError):
+    """The server process died or never became ready (message carries its log tail)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def shipped_models_dir() -> Path:
+    """``models/`` of this checkout (next to the ``clients`` package)."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+class ServerProcess:
+    """``s2loop serve`` as a child process; its stdout and stderr go to ``log_path``.
+
+    Use as a context manager: ``stop()`` runs on exit (SIGINT, then SIGKILL
+    after ``stop_timeout_s``)."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        backend: str = "emulator",
+        log_path: Path | None = None,
+        extra_args: list[str] | None = None,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.backend = backend
+        self.extra_args = extra_args or []
+        self.stop_timeout_s = stop_timeout_s
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "s2loop.cli",
+            "serve",
+            "--models",
+            str(self.models_dir),
+            "--backend",
+            self.backend,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
+
+    def start(self) -> ServerProcess:
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="s2loop-serve-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # its own session: a Ctrl-C in the terminal reaches the demo, which then stops
+        # the server in order (a second SIGINT would make uvicorn skip its shutdown)
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    def wait_ready(self, timeout_s: float = 180.0) -> dict[str, Any]:
+        """Poll ``/readyz`` until 200; raise :class:`ServerFailed` if the process
+        exits first or the time runs out (with the server's log tail)."""
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ServerFailed(
+                    f"the server exited with code {rc} before it was ready.\n"
+                    f"command: {' '.join(self.command)}\n"
+                    f"its output ({self.log_path}):\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            try:
+                return wait_ready(self.url, timeout_s=min(1.0, max(remaining, 0.0)), poll_s=0.1)
+            except ServerNotReady as exc:
+                if remaining <= 0:
+                    self.stop()
+                    raise ServerFailed(
+                        f"the server was not ready after {timeout_s:g}s ({exc}).\n"
+                        f"its output ({self.log_path}):\n{self.log_tail()}"
+                    ) from None
+
+    def stop(self) -> int | None:
+        """SIGINT (uvicorn's graceful shutdown), then SIGKILL after the timeout."""
+        proc = self.proc
+        rc = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=self.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            rc = proc.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return rc
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class DemoRun:
+    label: str
+    result: LoopResult
+    summary: dict[str, Any]
+
+
+@dataclass
+class DemoOutcome:
+    runs: list[DemoRun] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    server_exit_code: int | None = None
+    server_log: Path | None = None
+
+
+def run_demo(
+    *,
+    models_dir: Path,
+    out_dir: Path,
+    episodes: int = 3,
+    seed: int = 0,
+    port: int = 0,
+    rate_hz: float | None = 100.0,
+    envs: tuple[str, ...] = DEMO_ENVS,
+    transports: tuple[str, ...] = DEMO_TRANSPORTS,
+    ready_timeout_s: float = 180.0,
+    console: Any = None,
+    progress: bool = True,
+    server_args: list[str] | None = None,
+) -> DemoOutcome:
+    """Serve ``models_dir`` on the emulator and run every env x transport.
+
+    Results go to ``out_dir/<model>-<transport>/`` plus combined plots and
+    ``summary.json`` in ``out_dir``. Envs whose model is not served are skipped."""
+    import json
+
+    from clients.report import plot_latency, plot_returns
+    from clients.session import run_and_report
+
+    models_dir = Path(models_dir)
+    if not sorted(models_dir.glob("*.s2l")):
+        raise ServerFailed(
+            f"no model artifacts (*.s2l) in {models_dir}. The trained models ship as "
+            "models/cartpole.s2l and models/acrobot.s2l; pass --models DIR to use others."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome = DemoOutcome(server_log=out_dir / "server.log")
+    say = console.print if console is not None else print
+    server = ServerProcess(
+        models_dir, port=port, log_path=outcome.server_log, extra_args=server_args
+    )
+    say(f"starting the server on {server.url} with {models_dir} (emulator) ...")
+    with server:
+        t0 = time.monotonic()
+        server.wait_ready(ready_timeout_s)
+        say(f"server ready after {time.monotonic() - t0:.1f}s")
+        served = {m.get("name") for m in get_models(server.url)}
+        for env_id in envs:
+            model = model_name_for(env_id)
+            if model not in served:
+                outcome.skipped.append(f"{env_id}: no model named {model!r} in {models_dir}")
+                continue
+            for transport in transports:
+                cfg = LoopConfig(
+                    env_id=env_id,
+                    url=server.url,
+                    model=model,
+                    episodes=episodes,
+                    seed=seed,
+                    transport=transport,
+                    rate_hz=rate_hz,
+                )
+                label = f"{model} {transport}"
+                result, summary = run_and_report(
+                    cfg,
+                    out_dir / f"{model}-{transport}",
+                    console=console,
+                    progress=progress,
+                    label=label,
+                )
+                outcome.runs.append(DemoRun(label, result, summary))
+    outcome.server_exit_code = server.proc.returncode if server.proc else None
+    if outcome.runs:
+        runs = [(r.label, r.result, r.summary) for r in outcome.runs]
+        plot_latency(runs, out_dir / "latency.png")
+        plot_returns(runs, out_dir / "returns.png")
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "runs": [r.summary for r in outcome.runs],
+                "skipped": outcome.skipped,
+                "server_exit_code": outcome.server_exit_code,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return outcome

@@ -1,0 +1,282 @@
+"""The closed loop: Gymnasium episodes whose actions come from the service.
+
+One *client* is one control loop on its own connection. ``run_loops`` runs
+``clients`` of them at once (threads: the loop waits on the network almost all
+the time) and returns every step they took.
+
+Episodes are numbered across clients: client ``k`` runs episodes
+``k * episodes .. (k + 1) * episodes - 1``, and episode ``i`` is reset with
+seed ``seed + i``, so one client with the same seed replays the same episodes.
+
+Pacing (``rate_hz``): a controller at rate f starts step n at ``t0 + n / f``,
+sends the observation, and must have the action before the period ends. A step
+whose action arrives later is *late* (a deadline miss). A late step does not
+make the next ones burst to catch up: the schedule restarts from now.
+
+A step that gets no action (timeout, server unreachable after the transport's
+bounded retries, ...) is recorded with its error kind; the controller holds its
+previous action for that step, as a real one would. ``max_consecutive_errors``
+failed steps in a row abort the run with :class:`LoopAborted`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from clients.transport import ActError, RetryPolicy, make_act_client
+
+# one row per step; CSV column order
+STEP_FIELDS = (
+    "client",
+    "episode",
+    "seed",
+    "step",
+    "action",
+    "reward",
+    "rtt_us",
+    "server_us",
+    "backend_us",
+    "chip_us",
+    "energy_uj",
+    "ticks",
+    "backend",
+    "fallback",
+    "late",
+    "retries",
+    "error",
+)
+
+# Where the answer's ``timing`` keeps each figure: (key, factor to our unit), first present wins.
+# The service reports server_us, compute_us (the backend call), ticks, chip_time_s, energy_j.
+TIMING_KEYS: dict[str, tuple[tuple[str, float], ...]] = {
+    "server_us": (("server_us", 1.0),),
+    "backend_us": (("compute_us", 1.0), ("backend_us", 1.0)),
+    "chip_us": (("chip_time_s", 1e6), ("chip_us", 1.0)),
+    "energy_uj": (("energy_j", 1e6), ("energy_uj", 1.0)),
+    "ticks": (("ticks", 1.0),),
+}
+
+
+def model_name_for(env_id: str) -> str:
+    """Default model name of an environment: ``CartPole-v1`` -> ``cartpole``."""
+    return env_id.split("-v")[0].split("/")[-1].lower()
+
+
+@dataclass
+class LoopConfig:
+    """What to run. ``rate_hz`` None or 0: as fast as answers come (no pacing)."""
+
+    env_id: str
+    url: str
+    model: str | None = None
+    episodes: int = 5
+    seed: int = 0
+    transport: str = "http"
+    rate_hz: float | None = None
+    clients: int = 1
+    timeout_s: float = 2.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_consecutive_errors: int = 5
+    max_steps: int | None = None  # cut episodes shorter than the env's own limit
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = model_name_for(self.env_id)
+        if self.transport not in ("http", "ws"):
+            raise ValueError(f"transport must be 'http' or 'ws', got {self.transport!r}")
+        if self.episodes < 1 or self.clients < 1:
+            raise ValueError("episodes and clients must be at least 1")
+        if self.rate_hz is not None and self.rate_hz < 0:
+            raise ValueError("rate_hz must be positive (or 0 for no pacing)")
+
+
+@dataclass
+class Episode:
+    client: int
+    episode: int
+    seed: int
+    steps: int
+    total_reward: float
+    terminated: bool
+
+
+@dataclass
+class LoopResult:
+    """Everything the loops did: per-step rows (tuples in ``STEP_FIELDS`` order)."""
+
+    config: LoopConfig
+    rows: list[tuple] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
+    wall_s: float = 0.0
+    aborted: list[str] = field(default_factory=list)  # one message per aborted client
+
+    def column(self, name: str) -> list[Any]:
+        i = STEP_FIELDS.index(name)
+        return [r[i] for r in self.rows]
+
+
+class LoopAborted(RuntimeError):
+    """Too many failed steps in a row: the service is gone or unusable."""
+
+
+def _timing(timing: dict[str, Any]) -> tuple[float, ...]:
+    out = []
+    for keys in TIMING_KEYS.values():
+        value = math.nan
+        for key, factor in keys:
+            if timing.get(key) is not None:
+                value = float(timing[key]) * factor
+                break
+        out.append(value)
+    return tuple(out)
+
+
+def _sleep_until(t_ns: int) -> None:
+    remaining = (t_ns - time.perf_counter_ns()) / 1e9
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def run_client(
+    cfg: LoopConfig,
+    client: int,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[list[tuple], list[Episode], str | None]:
+    """Run one control loop; returns (rows, episodes, abort message or None)."""
+    import gymnasium as gym
+
+    env = gym.make(cfg.env_id, max_episode_steps=cfg.max_steps)
+    act = make_act_client(
+        cfg.transport, cfg.url, cfg.model, timeout_s=cfg.timeout_s, retry=cfg.retry
+    )
+    period_ns = round(1e9 / cfg.rate_hz) if cfg.rate_hz else 0
+    rows: list[tuple] = []
+    episodes: list[Episode] = []
+    nan = math.nan
+    consecutive_errors = 0
+    pending_steps = 0
+    try:
+        for i in range(cfg.episodes):
+            episode = client * cfg.episodes + i
+            seed = cfg.seed + episode
+            observation, _ = env.reset(seed=seed)
+            total = 0.0
+            action = 0  # held if the very first step gets no answer
+            step = 0
+            done = False
+            terminated = False
+            next_start = time.perf_counter_ns()
+            while not done:
+                if stop is not None and stop.is_set():
+                    return rows, episodes, "stopped"
+                if period_ns:
+                    _sleep_until(next_start)
+                    period_start = next_start
+                else:
+                    period_start = time.perf_counter_ns()
+                try:
+                    answer = act.act(observation)
+                except ActError as exc:
+                    arrived = time.perf_counter_ns()
+                    consecutive_errors += 1
+                    error = exc.kind
+                    rtt_us = server_us = backend_us = chip_us = energy_uj = ticks = nan
+                    backend, fallback, retries = "", False, 0
+                    if consecutive_errors >= cfg.max_consecutive_errors:
+                        rows.append(
+                            (client, episode, seed, step, action, nan)
+                            + (nan,) * 6
+                            + ("", False, False, 0, error)
+                        )
+                        return (
+                            rows,
+                            episodes,
+                            f"{consecutive_errors} steps in a row got no action; last: {exc}",
+                        )
+                else:
+                    arrived = time.perf_counter_ns()
+                    consecutive_errors = 0
+                    error = ""
+                    action = answer.action
+                    body = answer.body
+                    rtt_us = answer.rtt_ns / 1e3
+                    server_us, backend_us, chip_us, energy_uj, ticks = _timing(
+                        body.get("timing") or {}
+                    )
+                    backend = body.get("backend", "")
+                    fallback = bool(body.get("fallback", False))
+                    retries = answer.retries
+                late = bool(period_ns) and arrived - period_start > period_ns
+                observation, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                rows.append(
+                    (
+                        client,
+                        episode,
+                        seed,
+                        step,
+                        action,
+                        float(reward),
+                        rtt_us,
+                        server_us,
+                        backend_us,
+                        chip_us,
+                        energy_uj,
+                        ticks,
+                        backend,
+                        fallback,
+                        late,
+                        retries,
+                        error,
+                    )
+                )
+                step += 1
+                done = terminated or truncated
+                if period_ns:
+                    next_start = period_start + period_ns
+                    now = time.perf_counter_ns()
+                    if next_start < now:  # late: restart the schedule, don't burst
+                        next_start = now
+                pending_steps += 1
+                if progress is not None and (pending_steps >= 50 or done):
+                    progress(pending_steps, int(done))
+                    pending_steps = 0
+            episodes.append(Episode(client, episode, seed, step, total, bool(terminated)))
+    finally:
+        act.close()
+        env.close()
+    return rows, episodes, None
+
+
+def run_loops(
+    cfg: LoopConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoopResult:
+    """Run ``cfg.clients`` loops at once and gather their steps (ordered by client)."""
+    result = LoopResult(config=cfg)
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    if cfg.clients == 1:
+        outcomes = [run_client(cfg, 0, progress, stop)]
+    else:
+        with ThreadPoolExecutor(max_workers=cfg.clients, thread_name_prefix="s2loop-client") as ex:
+            futures = [ex.submit(run_client, cfg, k, progress, stop) for k in range(cfg.clients)]
+            try:
+                outcomes = [f.result() for f in futures]
+            except BaseException:
+                stop.set()  # Ctrl-C or a crash in one loop: let the others end
+                raise
+    result.wall_s = time.perf_counter() - t0
+    for k, (rows, episodes, aborted) in enumerate(outcomes):
+        result.rows.extend(rows)
+        result.episodes.extend(episodes)
+        if aborted:
+            result.aborted.append(f"client {k}: {aborted}")
+    return result

@@ -1,0 +1,104 @@
+"""One measured run against a service: check it is ready and serves the model,
+drive the loops under a progress bar, write the results."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from clients.loop import LoopConfig, LoopResult, run_loops
+from clients.report import summarize, write_run
+from clients.transport import base_url, get_models, wait_ready
+
+OBS_SIZE_KEYS = ("observation_size", "obs_size", "n_observations")
+
+
+class PreflightError(RuntimeError):
+    """The service is unreachable, not ready, or does not serve what the run needs."""
+
+
+def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
+    """Wait for ``/readyz``; check the model is served and fits the environment.
+
+    Returns the model's description from ``/v1/models`` (may be empty)."""
+    from clients.transport import ServerNotReady
+
+    try:
+        wait_ready(cfg.url, timeout_s=wait_s)
+    except ServerNotReady as exc:
+        raise PreflightError(str(exc)) from None
+    try:
+        models = get_models(cfg.url)
+    except Exception as exc:  # an old or foreign server: let the first step tell
+        return {"warning": f"could not list models: {exc}"}
+    by_name = {m.get("name"): m for m in models}
+    if cfg.model not in by_name:
+        raise PreflightError(
+            f"the server at {base_url(cfg.url)} does not serve a model named {cfg.model!r}; "
+            f"it serves {sorted(n for n in by_name if n)} (choose one with --model)"
+        )
+    info = by_name[cfg.model]
+    import gymnasium as gym
+
+    env = gym.make(cfg.env_id)
+    env_obs = env.observation_space.shape
+    env.close()
+    for key in OBS_SIZE_KEYS:
+        if key in info and env_obs and int(info[key]) != int(env_obs[0]):
+            raise PreflightError(
+                f"model {cfg.model!r} takes {info[key]} observations but {cfg.env_id} "
+                f"gives {env_obs[0]}"
+            )
+    return info
+
+
+def run_and_report(
+    cfg: LoopConfig,
+    out_dir: Path,
+    *,
+    console: Any = None,
+    progress: bool = True,
+    wait_s: float = 10.0,
+    label: str | None = None,
+) -> tuple[LoopResult, dict[str, Any]]:
+    """Preflight, run with a progress bar, write CSV/JSON/PNGs to ``out_dir``.
+
+    Raises :class:`PreflightError` before any step if the service can't be used."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    model_info = preflight(cfg, wait_s)
+    label = label or f"{cfg.model} {cfg.transport}"
+    if progress:
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes · {task.fields[steps]} steps"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        task = bar.add_task(label, total=cfg.episodes * cfg.clients, steps=0)
+        lock = threading.Lock()
+        steps = [0]
+
+        def advance(new_steps: int, new_episodes: int) -> None:
+            with lock:
+                steps[0] += new_steps
+                bar.update(task, advance=new_episodes, steps=steps[0])
+
+        with bar:
+            result = run_loops(cfg, progress=advance)
+    else:
+        result = run_loops(cfg)
+    summary = summarize(result)
+    summary["model_info"] = model_info
+    write_run(result, summary, out_dir, label)
+    return result, summary
