@@ -11,6 +11,9 @@ Chip semantics followed (``shared/spinnaker2-notes.md``):
   ``t + 1``, layer k lags the input by k ticks.
 
 The tick loop is a numba kernel, batched over observations, deterministic.
+Two entry points share it: :func:`run_raster` (any input raster, optional full
+spike record) and :func:`run_observations` (deterministic encoder, readout and
+argmax fused into the kernel: the path :class:`EmulatorBackend` serves).
 :func:`lif_step` is the same update written plainly in numpy, for tests.
 """
 
@@ -68,106 +71,281 @@ def lif_step(
     return spikes.astype(np.uint8), v
 
 
+# ----------------------------------------------------------------------------- kernels
+#
+# Performance notes (issue target: 2x64 hidden, 16 ticks, one core):
+# - weights are laid out transposed and flat (one contiguous float32 row of
+#   fan-out per presynaptic neuron), so a presynaptic spike is one dense row
+#   add that LLVM vectorizes; float32 sums of int8 values are exact below 2**24;
+# - no fastmath: LLVM must not contract ``alpha * v + I`` into an FMA or
+#   reorder sums, so results stay bit-identical to the numpy/torch reference;
+# - the deterministic encoder runs inside the kernel (:func:`_run_obs_kernel`)
+#   with the same float32 operations as :mod:`hw.encoding`, and the readout and
+#   argmax too, so a single-observation call is one numba dispatch.
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
-def _run_kernel(
-    raster,  # uint8 [B, T_in, n_in]
+def _run_one(
+    in_idx,  # int32 [t_in, n_in]: indices of the input neurons firing at each input tick
+    in_cnt,  # int32 [t_in]: how many fire
     ticks,  # int
     w,  # float32 flat: per layer weight.T [fan_in, size] row-major
     w_off,  # int64 [L]
     sizes,  # int64 [L]
     n_off,  # int64 [L] offset of each layer in the neuron state
     i_offset,  # float32 [N]
-    thr,  # float32 [L]
+    thr,  # float32 [L] threshold (subtracted on reset)
+    thr_cmp,  # float32 [L] spike when v > thr_cmp (thr, or the float below it for '>=')
     alpha,  # float32 [L]
     reset_sub,  # bool [L]
     v_reset,  # float32 [L]
     v_init,  # float32 [L]
-    inclusive,  # bool
-    v_out,  # float32 [B, A] final membrane of the output layer
-    count_out,  # int32 [B, A] spike count of the output layer
-    layer_spikes,  # int64 [B, L]
-    syn_events,  # int64 [B]
-    record,  # uint8 [B, ticks, N] or [0, 0, 0]
+    v,  # float32 [N] scratch: membrane potentials
+    spk,  # uint8 [N] scratch: spikes of the current tick
+    spk_idx,  # int32 [N] scratch: per layer, indices of the neurons that spiked
+    spk_cnt,  # int64 [L] scratch: per layer, how many spiked
+    isyn,  # float32 [max size] scratch: synaptic input of one layer
+    counts,  # int32 [A] out: spike counts of the output layer (added to)
+    layer_spikes,  # int64 [L] out: spikes per layer (added to)
+    record,  # uint8 [ticks, N] out, or shape [0, 0] for no record
 ):
-    n_batch = raster.shape[0]
-    t_in = raster.shape[1]
-    n_in = raster.shape[2]
+    """One observation through the network; returns its synaptic events.
+
+    Tick ``t``: layer 0 integrates the input spikes of input tick ``t - 1``,
+    layer ``k > 0`` the spikes layer ``k - 1`` emitted at tick ``t - 1``. Layers
+    are updated last to first within a tick, so layer ``k`` reads layer
+    ``k - 1``'s spike list before it is overwritten. Spike lists are built
+    without branches (branch mispredictions on random spikes cost more than
+    the arithmetic)."""
+    t_in = in_cnt.shape[0]
+    n_layers = sizes.shape[0]
+    last = n_layers - 1
+    do_record = record.shape[0] > 0
+    zero = np.float32(0.0)
+    for layer in range(n_layers):
+        off = n_off[layer]
+        for i in range(sizes[layer]):
+            v[off + i] = v_init[layer]
+        spk_cnt[layer] = 0
+    syn = 0
+    for t in range(ticks):
+        for layer in range(last, -1, -1):
+            size = sizes[layer]
+            off = n_off[layer]
+            base = w_off[layer]
+            acc = isyn[:size]
+            for i in range(size):
+                acc[i] = zero
+            if layer == 0:
+                n_pre = 0
+                if 1 <= t <= t_in:
+                    n_pre = in_cnt[t - 1]
+                    for k in range(n_pre):
+                        r = base + in_idx[t - 1, k] * size
+                        row = w[r : r + size]
+                        for i in range(size):
+                            acc[i] += row[i]
+            else:
+                poff = n_off[layer - 1]
+                n_pre = spk_cnt[layer - 1]
+                for k in range(n_pre):
+                    r = base + spk_idx[poff + k] * size
+                    row = w[r : r + size]
+                    for i in range(size):
+                        acc[i] += row[i]
+            syn += n_pre * size
+            a = alpha[layer]
+            th = thr[layer]
+            thc = thr_cmp[layer]
+            vv = v[off : off + size]
+            io = i_offset[off : off + size]
+            cc = spk[off : off + size]
+            if reset_sub[layer]:
+                for i in range(size):
+                    x = a * vv[i] + acc[i]
+                    x = x + io[i]
+                    fired = x > thc
+                    vv[i] = (x - th) if fired else x
+                    cc[i] = fired
+            else:
+                vr = v_reset[layer]
+                for i in range(size):
+                    x = a * vv[i] + acc[i]
+                    x = x + io[i]
+                    fired = x > thc
+                    vv[i] = vr if fired else x
+                    cc[i] = fired
+            n = 0
+            for i in range(size):
+                spk_idx[off + n] = i
+                n += cc[i]
+            spk_cnt[layer] = n
+            layer_spikes[layer] += n
+            if layer == last:
+                for i in range(size):
+                    counts[i] += cc[i]
+        if do_record:
+            for i in range(spk.shape[0]):
+                record[t, i] = spk[i]
+    return syn
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _run_kernel(
+    raster,  # uint8 [B, T_in, n_in]
+    ticks,
+    w,
+    w_off,
+    sizes,
+    n_off,
+    i_offset,
+    thr,
+    thr_cmp,
+    alpha,
+    reset_sub,
+    v_reset,
+    v_init,
+    v_out,  # float32 [B, A] out: final membrane of the output layer
+    count_out,  # int32 [B, A] out: spike count of the output layer
+    layer_spikes,  # int64 [B, L] out
+    syn_events,  # int64 [B] out
+    record,  # uint8 [B, ticks, N] out, or [0, 0, 0]
+):
+    """Batched run from input rasters (any encoder)."""
+    n_batch, t_in, n_in = raster.shape
+    n_total = i_offset.shape[0]
+    n_layers = sizes.shape[0]
+    v = np.empty(n_total, dtype=np.float32)
+    spk = np.zeros(n_total, dtype=np.uint8)
+    spk_idx = np.zeros(n_total, dtype=np.int32)
+    spk_cnt = np.zeros(n_layers, dtype=np.int64)
+    isyn = np.empty(sizes.max(), dtype=np.float32)
+    in_idx = np.zeros((t_in, n_in), dtype=np.int32)
+    in_cnt = np.empty(t_in, dtype=np.int32)
+    no_record = np.zeros((0, 0), dtype=np.uint8)
+    off_out = n_off[n_layers - 1]
+    for b in range(n_batch):
+        for t in range(t_in):
+            n = 0
+            for j in range(n_in):
+                in_idx[t, n] = j
+                n += raster[b, t, j] != 0
+            in_cnt[t] = n
+        rec = record[b] if record.shape[0] > 0 else no_record
+        syn_events[b] = _run_one(
+            in_idx, in_cnt, ticks, w, w_off, sizes, n_off, i_offset, thr, thr_cmp, alpha,
+            reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, count_out[b],
+            layer_spikes[b], rec,
+        )  # fmt: skip
+        for i in range(v_out.shape[1]):
+            v_out[b, i] = v[off_out + i]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _run_obs_kernel(
+    obs,  # float32 [B, obs]: observations, shape already checked
+    obs_offset,  # float32 [obs]
+    obs_scale,  # float32 [obs]
+    signed,  # bool: 'signed' channels, else 'tent'
+    centres,  # float32 [bins] tent centres (np.linspace(-1, 1, bins) in float32)
+    inv_width,  # float32
+    phase,  # float32
+    t_in,  # int: input ticks
+    ticks,
+    w,
+    w_off,
+    sizes,
+    n_off,
+    i_offset,
+    thr,
+    thr_cmp,
+    alpha,
+    reset_sub,
+    v_reset,
+    v_init,
+    count_readout,  # bool: q = (count * threshold + v) / scale, else q = v / scale
+    q_scale,  # float32: weight_scale of the output layer
+):
+    """Deterministic encoder + network + readout + argmax, batched.
+
+    Returns ``(q [B, A], actions [B], layer_spikes [B, L], syn_events [B],
+    first_bad_row)``; ``first_bad_row >= 0`` names a row with a non-finite value
+    (then nothing else is meaningful)."""
+    n_batch, n_obs = obs.shape
     n_layers = sizes.shape[0]
     n_total = i_offset.shape[0]
-    do_record = record.shape[0] > 0
-    last = n_layers - 1
-    v = np.empty(n_total, dtype=np.float32)
-    prev = np.zeros(n_total, dtype=np.uint8)
-    cur = np.zeros(n_total, dtype=np.uint8)
-    isyn = np.empty(n_total, dtype=np.float32)
-    pre_idx = np.empty(max(n_in, n_total), dtype=np.int64)
-    zero = np.float32(0.0)
+    n_out = sizes[n_layers - 1]
+    off_out = n_off[n_layers - 1]
+    per_dim = 2 if signed else centres.shape[0]
+    n_in = n_obs * per_dim
+    q = np.empty((n_batch, n_out), dtype=np.float32)
+    actions = np.empty(n_batch, dtype=np.int64)
+    layer_spikes = np.zeros((n_batch, n_layers), dtype=np.int64)
+    syn_events = np.empty(n_batch, dtype=np.int64)
     for b in range(n_batch):
-        for layer in range(n_layers):
-            for i in range(n_off[layer], n_off[layer] + sizes[layer]):
-                v[i] = v_init[layer]
-        prev[:] = 0
-        syn_b = 0
-        for t in range(ticks):
-            for layer in range(n_layers):
-                size = sizes[layer]
-                off = n_off[layer]
-                # presynaptic spikes of the previous tick
-                n_pre = 0
-                if layer == 0:
-                    if 1 <= t <= t_in:
-                        row = raster[b, t - 1]
-                        for j in range(n_in):
-                            if row[j]:
-                                pre_idx[n_pre] = j
-                                n_pre += 1
-                else:
-                    poff = n_off[layer - 1]
-                    for j in range(sizes[layer - 1]):
-                        if prev[poff + j]:
-                            pre_idx[n_pre] = j
-                            n_pre += 1
-                for i in range(size):
-                    isyn[off + i] = zero
-                base = w_off[layer]
-                for k in range(n_pre):
-                    r = base + pre_idx[k] * size
-                    for i in range(size):
-                        isyn[off + i] += w[r + i]
-                syn_b += n_pre * size
-                a = alpha[layer]
-                th = thr[layer]
-                sub = reset_sub[layer]
-                vr = v_reset[layer]
-                n_spk = 0
-                for i in range(size):
-                    x = a * v[off + i] + isyn[off + i]
-                    x = x + i_offset[off + i]
-                    fired = (x >= th) if inclusive else (x > th)
-                    if fired:
-                        n_spk += 1
-                        if sub:
-                            x = x - th
-                        else:
-                            x = vr
-                        cur[off + i] = 1
-                    else:
-                        cur[off + i] = 0
-                    v[off + i] = x
-                layer_spikes[b, layer] += n_spk
-                if layer == last:
-                    for i in range(size):
-                        count_out[b, i] += cur[off + i]
-            if do_record:
-                for i in range(n_total):
-                    record[b, t, i] = cur[i]
-            tmp = prev
-            prev = cur
-            cur = tmp
-        off = n_off[last]
-        for i in range(sizes[last]):
-            v_out[b, i] = v[off + i]
-        syn_events[b] = syn_b
+        for d in range(n_obs):
+            if not np.isfinite(obs[b, d]):
+                return q, actions, layer_spikes, syn_events, b
+    v = np.empty(n_total, dtype=np.float32)
+    spk = np.zeros(n_total, dtype=np.uint8)
+    spk_idx = np.zeros(n_total, dtype=np.int32)
+    spk_cnt = np.zeros(n_layers, dtype=np.int64)
+    isyn = np.empty(sizes.max(), dtype=np.float32)
+    p = np.empty(n_in, dtype=np.float32)
+    acc = np.empty(n_in, dtype=np.float32)
+    in_idx = np.zeros((t_in, n_in), dtype=np.int32)
+    in_cnt = np.empty(t_in, dtype=np.int32)
+    counts = np.zeros(n_out, dtype=np.int32)
+    no_record = np.zeros((0, 0), dtype=np.uint8)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    lo = np.float32(-1.0)
+    out_thr = thr[n_layers - 1]
+    for b in range(n_batch):
+        # hw.encoding.normalize + intensities, float32 operation for operation
+        for d in range(n_obs):
+            z = (obs[b, d] - obs_offset[d]) / obs_scale[d]
+            z = min(max(z, lo), one)
+            if signed:
+                p[2 * d] = max(z, zero)
+                p[2 * d + 1] = max(-z, zero)
+            else:
+                for c in range(per_dim):
+                    dist = abs(z - centres[c]) * inv_width
+                    p[d * per_dim + c] = max(one - dist, zero)
+        # hw.encoding.spike_raster's deterministic accumulator, as spike lists
+        for j in range(n_in):
+            acc[j] = phase
+        for t in range(t_in):
+            n = 0
+            for j in range(n_in):
+                x = acc[j] + p[j]
+                fired = x >= one
+                acc[j] = (x - one) if fired else x
+                in_idx[t, n] = j
+                n += fired
+            in_cnt[t] = n
+        for i in range(n_out):
+            counts[i] = 0
+        syn_events[b] = _run_one(
+            in_idx, in_cnt, ticks, w, w_off, sizes, n_off, i_offset, thr, thr_cmp, alpha,
+            reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
+            layer_spikes[b], no_record,
+        )  # fmt: skip
+        # readout() and np.argmax (first maximum; a NaN wins, as in numpy)
+        best = 0
+        for i in range(n_out):
+            raw = v[off_out + i]
+            if count_readout:
+                raw = np.float32(counts[i]) * out_thr + raw
+            qi = raw / q_scale
+            q[b, i] = qi
+            if i > 0:
+                qb = q[b, best]
+                if (qi > qb or np.isnan(qi)) and not np.isnan(qb):
+                    best = i
+        actions[b] = best
+    return q, actions, layer_spikes, syn_events, -1
 
 
 def readout(artifact: ModelArtifact, v_final: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -187,7 +365,7 @@ def greedy_actions(q_values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CompiledNetwork:
-    """An artifact laid out flat for the kernel."""
+    """An artifact laid out flat for the kernels (built once per model)."""
 
     artifact: ModelArtifact
     w: np.ndarray
@@ -196,10 +374,15 @@ class CompiledNetwork:
     n_off: np.ndarray
     i_offset: np.ndarray
     thr: np.ndarray
+    thr_ge: np.ndarray  # largest float32 below thr: "v >= thr" is "v > thr_ge"
     alpha: np.ndarray
     reset_sub: np.ndarray
     v_reset: np.ndarray
     v_init: np.ndarray
+    # deterministic encoder and readout constants for _run_obs_kernel
+    encoder_args: tuple = ()
+    readout_count: bool = False
+    readout_scale: float = 1.0  # float32 value of the output weight_scale
 
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> CompiledNetwork:
@@ -208,6 +391,20 @@ class CompiledNetwork:
         n_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         blocks = [np.ascontiguousarray(lay.weight.T.astype(np.float32)).ravel() for lay in layers]
         w_off = np.concatenate([[0], np.cumsum([b.size for b in blocks])[:-1]]).astype(np.int64)
+        thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
+        enc = artifact.encoder
+        bins = max(enc.bins, 2)
+        encoder_args = (
+            np.ascontiguousarray(artifact.obs_offset, dtype=np.float32),
+            np.ascontiguousarray(artifact.obs_scale, dtype=np.float32),
+            enc.channels == "signed",
+            # the same float32 constants as hw.encoding.intensities
+            np.linspace(-1.0, 1.0, bins, dtype=np.float32),
+            np.float32((bins - 1) / 2.0),
+            np.float32(enc.phase),
+            int(enc.input_ticks),
+            int(artifact.ticks),
+        )
         return cls(
             artifact=artifact,
             w=np.concatenate(blocks).astype(np.float32),
@@ -215,11 +412,31 @@ class CompiledNetwork:
             sizes=sizes,
             n_off=n_off,
             i_offset=np.concatenate([lay.i_offset for lay in layers]).astype(np.float32),
-            thr=np.array([lay.threshold for lay in layers], dtype=np.float32),
+            thr=thr,
+            thr_ge=np.nextafter(thr, np.float32(-np.inf)).astype(np.float32),
             alpha=np.array([lay.alpha_decay for lay in layers], dtype=np.float32),
             reset_sub=np.array([lay.reset == "reset_by_subtraction" for lay in layers]),
             v_reset=np.array([lay.v_reset for lay in layers], dtype=np.float32),
             v_init=np.array([lay.v_init for lay in layers], dtype=np.float32),
+            encoder_args=encoder_args,
+            readout_count=artifact.readout.kind == "count_membrane",
+            readout_scale=np.float32(layers[-1].weight_scale),
+        )
+
+    def layer_args(self, settings: EmulatorSettings) -> tuple:
+        """The per-layer kernel arguments, with the threshold test of ``settings``."""
+        return (
+            self.w,
+            self.w_off,
+            self.sizes,
+            self.n_off,
+            self.i_offset,
+            self.thr,
+            self.thr_ge if settings.threshold_comparison == ">=" else self.thr,
+            self.alpha,
+            self.reset_sub,
+            self.v_reset,
+            self.v_init,
         )
 
 
@@ -256,17 +473,7 @@ def run_raster(
     _run_kernel(
         raster,
         art.ticks,
-        net.w,
-        net.w_off,
-        net.sizes,
-        net.n_off,
-        net.i_offset,
-        net.thr,
-        net.alpha,
-        net.reset_sub,
-        net.v_reset,
-        net.v_init,
-        settings.threshold_comparison == ">=",
+        *net.layer_args(settings),
         v_out,
         counts,
         layer_spikes,
@@ -274,6 +481,43 @@ def run_raster(
         rec,
     )
     return RunOutput(v_out, counts, layer_spikes, syn, rec if record else None)
+
+
+def run_observations(
+    net: CompiledNetwork,
+    observations: np.ndarray,
+    *,
+    settings: EmulatorSettings = EmulatorSettings(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic-encoder fast path: observations float32 [B, obs] (checked) ->
+    ``(q_values [B, A], actions [B], spikes_per_layer [B, L], synaptic_events [B])``.
+
+    Same results as ``encode`` + :func:`run_raster` + :func:`readout` +
+    :func:`greedy_actions`, in one kernel call. Raises ``ValueError`` for a
+    wrong shape or a non-finite value, like :func:`check_observations`."""
+    art = net.artifact
+    if art.encoder.kind != "deterministic":
+        raise ValueError("run_observations needs a deterministic encoder; use run_raster")
+    obs = observations
+    if type(obs) is not np.ndarray or obs.dtype != np.float32:
+        obs = np.asarray(obs, dtype=np.float32)
+    if obs.ndim == 1:
+        obs = obs[None, :]
+    if obs.ndim != 2 or obs.shape[1] != art.observation_size:
+        check_observations(art, observations)  # raises with the shared message
+    if not obs.flags.c_contiguous:
+        obs = np.ascontiguousarray(obs)
+    q, actions, spikes, syn, bad = _run_obs_kernel(
+        obs,
+        *net.encoder_args,
+        *net.layer_args(settings),
+        net.readout_count,
+        net.readout_scale,
+    )
+    if bad >= 0:
+        check_observations(art, obs)  # raises with the shared message
+        raise ValueError("observations must be finite (no NaN or inf)")
+    return q, actions, spikes, syn
 
 
 class EmulatorBackend(Backend):
@@ -288,26 +532,34 @@ class EmulatorBackend(Backend):
     def _prepare(self, artifact: ModelArtifact) -> CompiledNetwork:
         net = CompiledNetwork.from_artifact(artifact)
         # compile (or load from cache) and smoke-run once so the first request is fast
-        run_raster(net, encode(artifact, np.zeros((1, artifact.observation_size), np.float32)))
+        zeros = np.zeros((1, artifact.observation_size), np.float32)
+        run_raster(net, encode(artifact, zeros))
+        if artifact.encoder.kind == "deterministic":
+            run_observations(net, zeros)
         return net
 
     def infer(
         self, model: str, observations: np.ndarray, rng: np.random.Generator | None = None
     ) -> InferenceResult:
+        """``rng`` overrides the seed of a Poisson encoder (ignored for deterministic)."""
         net: CompiledNetwork = self._get(model)
         art = net.artifact
         start = time.perf_counter()
-        obs = check_observations(art, observations)
-        out = run_raster(net, encode(art, obs, rng), settings=self.settings)
-        q = readout(art, out.v_final, out.counts)
-        actions = greedy_actions(q)
+        if art.encoder.kind == "deterministic":
+            q, actions, spikes, syn = run_observations(net, observations, settings=self.settings)
+        else:
+            obs = check_observations(art, observations)
+            out = run_raster(net, encode(art, obs, rng), settings=self.settings)
+            q = readout(art, out.v_final, out.counts)
+            actions = greedy_actions(q)
+            spikes, syn = out.layer_spikes, out.synaptic_events
         elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
             actions=actions,
             ticks=art.ticks,
-            spikes_per_layer=out.layer_spikes,
-            synaptic_events=out.synaptic_events,
+            spikes_per_layer=spikes,
+            synaptic_events=syn,
             backend=self.name,
             compute_us=elapsed,
         )

@@ -3,12 +3,15 @@ import dataclasses
 import numpy as np
 import pytest
 
+from hw.artifact import Encoder
 from hw.emulator import (
     CompiledNetwork,
     EmulatorBackend,
+    EmulatorSettings,
     greedy_actions,
     lif_step,
     readout,
+    run_observations,
     run_raster,
 )
 from hw.encoding import encode, spike_raster
@@ -52,11 +55,13 @@ def _numpy_reference(art, obs, inclusive=False):
 
 @pytest.mark.parametrize("reset", ["reset_by_subtraction", "reset_to_v_reset"])
 @pytest.mark.parametrize("readout_kind", ["membrane", "count_membrane"])
-def test_kernel_matches_numpy_tick_by_tick(reset, readout_kind, observations):
+@pytest.mark.parametrize("comparison", [">", ">="])
+def test_kernel_matches_numpy_tick_by_tick(reset, readout_kind, comparison, observations):
     art = random_artifact(seed=11, reset=reset, readout=readout_kind)
     net = CompiledNetwork.from_artifact(art)
-    out = run_raster(net, encode(art, observations), record=True)
-    v_ref, counts_ref, rec_ref = _numpy_reference(art, observations)
+    settings = EmulatorSettings(threshold_comparison=comparison)
+    out = run_raster(net, encode(art, observations), record=True, settings=settings)
+    v_ref, counts_ref, rec_ref = _numpy_reference(art, observations, inclusive=comparison == ">=")
     np.testing.assert_array_equal(out.record, rec_ref)
     np.testing.assert_array_equal(out.v_final, v_ref)
     np.testing.assert_array_equal(out.counts, counts_ref)
@@ -161,3 +166,88 @@ def test_bad_observations_are_rejected(bad):
         be.load(art)
         with pytest.raises(ValueError, match="shape|finite"):
             be.infer("m", np.asarray(bad, dtype=np.float32))
+
+
+# --------------------------------------------------------------- fused fast path
+
+
+def _slow_path(art, obs, settings):
+    """encode + run_raster + readout + greedy_actions: the reference for the fast path."""
+    net = CompiledNetwork.from_artifact(art)
+    out = run_raster(net, encode(art, obs), settings=settings)
+    q = readout(art, out.v_final, out.counts)
+    return q, greedy_actions(q), out.layer_spikes, out.synaptic_events
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"reset": "reset_to_v_reset", "readout": "count_membrane"},
+        {"encoder": Encoder(kind="deterministic", channels="signed", input_ticks=9, phase=0.0)},
+        {"encoder": Encoder(kind="deterministic", channels="tent", bins=7, input_ticks=12)},
+        {"hidden": (40,), "actions": 3, "alpha_decay": 0.7},
+    ],
+)
+@pytest.mark.parametrize("comparison", [">", ">="])
+def test_fused_kernel_matches_encode_then_run(kw, comparison, observations):
+    art = random_artifact(seed=13, **kw)
+    settings = EmulatorSettings(threshold_comparison=comparison)
+    net = CompiledNetwork.from_artifact(art)
+    # include out-of-range, zero and exact-boundary observations
+    extra = np.array(
+        [[0, 0, 0, 0], [2.4, -3.0, 0.21, 3.0], [1e6, -1e6, 5.0, -5.0], [0.6, 0.75, -0.0525, 1.5]],
+        np.float32,
+    )
+    obs = np.concatenate([observations, extra])
+    fast = run_observations(net, obs, settings=settings)
+    slow = _slow_path(art, obs, settings)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fast[2][:, 0].sum() > 0
+
+
+def test_threshold_comparison_setting_decides_equality():
+    art = random_artifact(seed=2, hidden=(8,), ticks=4)
+    lay = art.layers[0]
+    # no input weights, i_offset == threshold: v hits the threshold exactly at tick 0
+    lay = dataclasses.replace(
+        lay,
+        weight=np.zeros_like(lay.weight),
+        i_offset=np.full(lay.size, lay.threshold, np.float32),
+        alpha_decay=1.0,
+    )
+    art = dataclasses.replace(art, layers=(lay, *art.layers[1:]))
+    obs = np.zeros((1, 4), np.float32)
+    net = CompiledNetwork.from_artifact(art)
+    for comparison, expected in ((">", 0), (">=", 8)):
+        settings = EmulatorSettings(threshold_comparison=comparison)
+        rec = run_raster(net, encode(art, obs), settings=settings, record=True).record
+        assert rec[0, 0, :8].sum() == expected
+        assert run_observations(net, obs, settings=settings)[2][0, 0] == rec[0, :, :8].sum()
+
+
+def test_emulator_backend_poisson_uses_rng(observations):
+    enc = Encoder(kind="poisson", channels="tent", bins=5, input_ticks=12, seed=1)
+    art = random_artifact(seed=4, name="p", encoder=enc)
+    with EmulatorBackend() as be:
+        be.load(art)
+        a = be.infer("p", observations, rng=np.random.default_rng(5))
+        b = be.infer("p", observations, rng=np.random.default_rng(5))
+        c = be.infer("p", observations, rng=np.random.default_rng(6))
+        d = be.infer("p", observations)
+    np.testing.assert_array_equal(a.q_values, b.q_values)
+    assert not np.array_equal(a.q_values, c.q_values)
+    slow = _slow_path(art, observations, EmulatorSettings())  # encoder seed, like d
+    np.testing.assert_array_equal(d.q_values, slow[0])
+
+
+def test_non_contiguous_and_float64_observations_are_accepted(observations):
+    art = random_artifact(seed=4, name="m")
+    with EmulatorBackend() as be:
+        be.load(art)
+        ref = be.infer("m", observations[::2])
+        strided = be.infer("m", np.asfortranarray(observations)[::2])
+        as64 = be.infer("m", observations[::2].astype(np.float64).tolist())
+    np.testing.assert_array_equal(ref.q_values, strided.q_values)
+    np.testing.assert_array_equal(ref.q_values, as64.q_values)
