@@ -405,5 +405,5 @@ def get_models(url: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
     resp.raise_for_status()
     body = resp.json()
     if isinstance(body, dict):  # {"models": [...]} or {name: {...}}
-        body = body.get("models", [{"name": k, **v} for k, v in body.items()])
+        body = body["models"] if "models" in body else [{"name": k, **v} for k, v in body.items()]
     return [m if isinstance(m, dict) else {"name": str(m)} for m in body]

@@ -108,7 +108,7 @@ def make_app(state: StandIn) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return list(MODELS.values())
+        return {"models": list(MODELS.values())}
 
     @app.post("/v1/act")
     async def act(request: Request):
