@@ -270,15 +270,15 @@ def test_rate_hz_paces_the_loop_and_counts_late_actions(server):
 
 def test_k_clients_run_concurrently_with_distinct_episode_numbers(server):
     state, url = server
-    state.delay_s, state.delay_next = 0.004, 10**6
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=2, seed=100, clients=3, max_steps=20)
+    state.delay_s, state.delay_next = 0.010, 10**6
+    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=2, seed=100, clients=3, max_steps=10)
     result = run_loops(cfg)
-    assert len(result.rows) == 3 * 2 * 20
+    assert len(result.rows) == 3 * 2 * 10
     assert sorted(e.episode for e in result.episodes) == [0, 1, 2, 3, 4, 5]
     assert sorted(e.seed for e in result.episodes) == [100, 101, 102, 103, 104, 105]
     assert set(result.column("client")) == {0, 1, 2}
-    # 40 sequential 4 ms answers per client: run one after another they would need 480 ms
-    assert result.wall_s < 0.40
+    # 60 answers of 10 ms each: one after another they would need at least 600 ms
+    assert result.wall_s < 0.45
 
 
 # --- failures ---------------------------------------------------------------------------------
