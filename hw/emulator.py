@@ -89,104 +89,111 @@ def _run_one(
     in_idx,  # int32 [t_in, n_in]: indices of the input neurons firing at each input tick
     in_cnt,  # int32 [t_in]: how many fire
     ticks,  # int
-    w,  # float32 flat: per layer weight.T [fan_in, size] row-major
-    w_off,  # int64 [L]
+    w,  # float32 [R, S]: per layer, row j = weights from presynaptic neuron j (weight.T)
+    w_row,  # int64 [L]: first row of each layer in w
     sizes,  # int64 [L]
-    n_off,  # int64 [L] offset of each layer in the neuron state
-    i_offset,  # float32 [N]
+    n_off,  # int64 [L]: offset of each layer in a flat [N] neuron vector (for record)
+    i_offset,  # float32 [L, S]
     thr,  # float32 [L] threshold (subtracted on reset)
     thr_cmp,  # float32 [L] spike when v > thr_cmp (thr, or the float below it for '>=')
     alpha,  # float32 [L]
     reset_sub,  # bool [L]
     v_reset,  # float32 [L]
     v_init,  # float32 [L]
-    v,  # float32 [N] scratch: membrane potentials
-    spk,  # uint8 [N] scratch: spikes of the current tick
-    spk_idx,  # int32 [N] scratch: per layer, indices of the neurons that spiked
-    spk_cnt,  # int64 [L] scratch: per layer, how many spiked
-    isyn,  # float32 [max size] scratch: synaptic input of one layer
-    counts,  # int32 [A] out: spike counts of the output layer (added to)
-    layer_spikes,  # int64 [L] out: spikes per layer (added to)
-    record,  # uint8 [ticks, N] out, or shape [0, 0] for no record
+    v,  # float32 [L, S] scratch: membrane potentials
+    spk,  # uint8 [L, S] scratch: spikes of the current tick
+    spk_idx,  # int32 [L, S] scratch: indices of the neurons that spiked
+    spk_cnt,  # int64 [L] scratch: how many spiked
+    isyn,  # float32 [S] scratch: synaptic input of one layer
+    counts,  # int32 [B, A] out: spike counts of the output layer (added to row b)
+    layer_spikes,  # int64 [B, L] out: spikes per layer (added to row b)
+    b,  # int: batch row
+    record,  # uint8 [B, ticks, N] out, or shape [0, 0, 0] for no record
 ):
     """One observation through the network; returns its synaptic events.
 
     Tick ``t``: layer 0 integrates the input spikes of input tick ``t - 1``,
     layer ``k > 0`` the spikes layer ``k - 1`` emitted at tick ``t - 1``. Layers
     are updated last to first within a tick, so layer ``k`` reads layer
-    ``k - 1``'s spike list before it is overwritten. Spike lists are built
-    without branches (branch mispredictions on random spikes cost more than
-    the arithmetic)."""
+    ``k - 1``'s spike list before it is overwritten.
+
+    Written for speed without changing a float32 result: spike lists are built
+    without branches (mispredicted branches on random spikes cost more than the
+    arithmetic); 2-D state indexed ``[layer, i]`` with ``i`` from ``range``
+    keeps the inner loops free of negative-index checks and of array slices
+    (each slice costs an atomic reference count), so LLVM vectorizes them."""
     t_in = in_cnt.shape[0]
     n_layers = sizes.shape[0]
     last = n_layers - 1
     do_record = record.shape[0] > 0
     zero = np.float32(0.0)
     for layer in range(n_layers):
-        off = n_off[layer]
         for i in range(sizes[layer]):
-            v[off + i] = v_init[layer]
+            v[layer, i] = v_init[layer]
         spk_cnt[layer] = 0
     syn = 0
     for t in range(ticks):
         for layer in range(last, -1, -1):
             size = sizes[layer]
-            off = n_off[layer]
-            base = w_off[layer]
-            acc = isyn[:size]
+            base = w_row[layer]
             for i in range(size):
-                acc[i] = zero
+                isyn[i] = zero
+            n_pre = 0
             if layer == 0:
-                n_pre = 0
                 if 1 <= t <= t_in:
                     n_pre = in_cnt[t - 1]
                     for k in range(n_pre):
-                        r = base + in_idx[t - 1, k] * size
-                        row = w[r : r + size]
+                        r = base + in_idx[t - 1, k]
                         for i in range(size):
-                            acc[i] += row[i]
+                            isyn[i] += w[r, i]
+            elif size < 16:
+                # narrow layer (the output): sum each neuron's input in a register
+                # rather than a load-add-store chain per presynaptic spike
+                n_pre = spk_cnt[layer - 1]
+                for i in range(size):
+                    s = zero
+                    for k in range(n_pre):
+                        s += w[base + spk_idx[layer - 1, k], i]
+                    isyn[i] = s
             else:
-                poff = n_off[layer - 1]
                 n_pre = spk_cnt[layer - 1]
                 for k in range(n_pre):
-                    r = base + spk_idx[poff + k] * size
-                    row = w[r : r + size]
+                    r = base + spk_idx[layer - 1, k]
                     for i in range(size):
-                        acc[i] += row[i]
+                        isyn[i] += w[r, i]
             syn += n_pre * size
             a = alpha[layer]
             th = thr[layer]
             thc = thr_cmp[layer]
-            vv = v[off : off + size]
-            io = i_offset[off : off + size]
-            cc = spk[off : off + size]
             if reset_sub[layer]:
                 for i in range(size):
-                    x = a * vv[i] + acc[i]
-                    x = x + io[i]
+                    x = a * v[layer, i] + isyn[i]
+                    x = x + i_offset[layer, i]
                     fired = x > thc
-                    vv[i] = (x - th) if fired else x
-                    cc[i] = fired
+                    v[layer, i] = (x - th) if fired else x
+                    spk[layer, i] = fired
             else:
                 vr = v_reset[layer]
                 for i in range(size):
-                    x = a * vv[i] + acc[i]
-                    x = x + io[i]
+                    x = a * v[layer, i] + isyn[i]
+                    x = x + i_offset[layer, i]
                     fired = x > thc
-                    vv[i] = vr if fired else x
-                    cc[i] = fired
+                    v[layer, i] = vr if fired else x
+                    spk[layer, i] = fired
             n = 0
             for i in range(size):
-                spk_idx[off + n] = i
-                n += cc[i]
+                spk_idx[layer, n] = i
+                n += spk[layer, i]
             spk_cnt[layer] = n
-            layer_spikes[layer] += n
+            layer_spikes[b, layer] += n
             if layer == last:
                 for i in range(size):
-                    counts[i] += cc[i]
+                    counts[b, i] += spk[layer, i]
         if do_record:
-            for i in range(spk.shape[0]):
-                record[t, i] = spk[i]
+            for layer in range(n_layers):
+                off = n_off[layer]
+                for i in range(sizes[layer]):
+                    record[b, t, off + i] = spk[layer, i]
     return syn
 
 
@@ -195,7 +202,7 @@ def _run_kernel(
     raster,  # uint8 [B, T_in, n_in]
     ticks,
     w,
-    w_off,
+    w_row,
     sizes,
     n_off,
     i_offset,
@@ -213,17 +220,15 @@ def _run_kernel(
 ):
     """Batched run from input rasters (any encoder)."""
     n_batch, t_in, n_in = raster.shape
-    n_total = i_offset.shape[0]
-    n_layers = sizes.shape[0]
-    v = np.empty(n_total, dtype=np.float32)
-    spk = np.zeros(n_total, dtype=np.uint8)
-    spk_idx = np.zeros(n_total, dtype=np.int32)
+    n_layers, width = i_offset.shape
+    last = n_layers - 1
+    v = np.empty((n_layers, width), dtype=np.float32)
+    spk = np.zeros((n_layers, width), dtype=np.uint8)
+    spk_idx = np.zeros((n_layers, width), dtype=np.int32)
     spk_cnt = np.zeros(n_layers, dtype=np.int64)
-    isyn = np.empty(sizes.max(), dtype=np.float32)
+    isyn = np.empty(width, dtype=np.float32)
     in_idx = np.zeros((t_in, n_in), dtype=np.int32)
     in_cnt = np.empty(t_in, dtype=np.int32)
-    no_record = np.zeros((0, 0), dtype=np.uint8)
-    off_out = n_off[n_layers - 1]
     for b in range(n_batch):
         for t in range(t_in):
             n = 0
@@ -231,14 +236,13 @@ def _run_kernel(
                 in_idx[t, n] = j
                 n += raster[b, t, j] != 0
             in_cnt[t] = n
-        rec = record[b] if record.shape[0] > 0 else no_record
         syn_events[b] = _run_one(
-            in_idx, in_cnt, ticks, w, w_off, sizes, n_off, i_offset, thr, thr_cmp, alpha,
-            reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, count_out[b],
-            layer_spikes[b], rec,
+            in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
+            reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, count_out,
+            layer_spikes, b, record,
         )  # fmt: skip
         for i in range(v_out.shape[1]):
-            v_out[b, i] = v[off_out + i]
+            v_out[b, i] = v[last, i]
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -253,7 +257,7 @@ def _run_obs_kernel(
     t_in,  # int: input ticks
     ticks,
     w,
-    w_off,
+    w_row,
     sizes,
     n_off,
     i_offset,
@@ -272,35 +276,34 @@ def _run_obs_kernel(
     first_bad_row)``; ``first_bad_row >= 0`` names a row with a non-finite value
     (then nothing else is meaningful)."""
     n_batch, n_obs = obs.shape
-    n_layers = sizes.shape[0]
-    n_total = i_offset.shape[0]
-    n_out = sizes[n_layers - 1]
-    off_out = n_off[n_layers - 1]
+    n_layers, width = i_offset.shape
+    last = n_layers - 1
+    n_out = sizes[last]
     per_dim = 2 if signed else centres.shape[0]
     n_in = n_obs * per_dim
     q = np.empty((n_batch, n_out), dtype=np.float32)
     actions = np.empty(n_batch, dtype=np.int64)
     layer_spikes = np.zeros((n_batch, n_layers), dtype=np.int64)
+    counts = np.zeros((n_batch, n_out), dtype=np.int32)
     syn_events = np.empty(n_batch, dtype=np.int64)
     for b in range(n_batch):
         for d in range(n_obs):
             if not np.isfinite(obs[b, d]):
                 return q, actions, layer_spikes, syn_events, b
-    v = np.empty(n_total, dtype=np.float32)
-    spk = np.zeros(n_total, dtype=np.uint8)
-    spk_idx = np.zeros(n_total, dtype=np.int32)
+    v = np.empty((n_layers, width), dtype=np.float32)
+    spk = np.zeros((n_layers, width), dtype=np.uint8)
+    spk_idx = np.zeros((n_layers, width), dtype=np.int32)
     spk_cnt = np.zeros(n_layers, dtype=np.int64)
-    isyn = np.empty(sizes.max(), dtype=np.float32)
+    isyn = np.empty(width, dtype=np.float32)
     p = np.empty(n_in, dtype=np.float32)
     acc = np.empty(n_in, dtype=np.float32)
     in_idx = np.zeros((t_in, n_in), dtype=np.int32)
     in_cnt = np.empty(t_in, dtype=np.int32)
-    counts = np.zeros(n_out, dtype=np.int32)
-    no_record = np.zeros((0, 0), dtype=np.uint8)
+    no_record = np.zeros((0, 0, 0), dtype=np.uint8)
     zero = np.float32(0.0)
     one = np.float32(1.0)
     lo = np.float32(-1.0)
-    out_thr = thr[n_layers - 1]
+    out_thr = thr[last]
     for b in range(n_batch):
         # hw.encoding.normalize + intensities, float32 operation for operation
         for d in range(n_obs):
@@ -325,19 +328,17 @@ def _run_obs_kernel(
                 in_idx[t, n] = j
                 n += fired
             in_cnt[t] = n
-        for i in range(n_out):
-            counts[i] = 0
         syn_events[b] = _run_one(
-            in_idx, in_cnt, ticks, w, w_off, sizes, n_off, i_offset, thr, thr_cmp, alpha,
+            in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
             reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
-            layer_spikes[b], no_record,
+            layer_spikes, b, no_record,
         )  # fmt: skip
         # readout() and np.argmax (first maximum; a NaN wins, as in numpy)
         best = 0
         for i in range(n_out):
-            raw = v[off_out + i]
+            raw = v[last, i]
             if count_readout:
-                raw = np.float32(counts[i]) * out_thr + raw
+                raw = np.float32(counts[b, i]) * out_thr + raw
             qi = raw / q_scale
             q[b, i] = qi
             if i > 0:
@@ -365,11 +366,16 @@ def greedy_actions(q_values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CompiledNetwork:
-    """An artifact laid out flat for the kernels (built once per model)."""
+    """An artifact laid out for the kernels (built once per model).
+
+    Per-layer arrays are padded to the widest layer, ``S``: ``w`` [R, S] holds
+    each layer's transposed weights (row ``w_row[l] + j``: from presynaptic
+    neuron ``j``), ``i_offset`` [L, S]. ``n_off`` places the layers in the flat
+    neuron order of a spike record."""
 
     artifact: ModelArtifact
     w: np.ndarray
-    w_off: np.ndarray
+    w_row: np.ndarray
     sizes: np.ndarray
     n_off: np.ndarray
     i_offset: np.ndarray
@@ -388,9 +394,15 @@ class CompiledNetwork:
     def from_artifact(cls, artifact: ModelArtifact) -> CompiledNetwork:
         layers = artifact.layers
         sizes = np.array([lay.size for lay in layers], dtype=np.int64)
+        width = int(sizes.max())
         n_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        blocks = [np.ascontiguousarray(lay.weight.T.astype(np.float32)).ravel() for lay in layers]
-        w_off = np.concatenate([[0], np.cumsum([b.size for b in blocks])[:-1]]).astype(np.int64)
+        fan_in = np.array([lay.fan_in for lay in layers], dtype=np.int64)
+        w_row = np.concatenate([[0], np.cumsum(fan_in)[:-1]]).astype(np.int64)
+        w = np.zeros((int(fan_in.sum()), width), dtype=np.float32)
+        i_offset = np.zeros((len(layers), width), dtype=np.float32)
+        for k, lay in enumerate(layers):
+            w[w_row[k] : w_row[k] + lay.fan_in, : lay.size] = lay.weight.T.astype(np.float32)
+            i_offset[k, : lay.size] = lay.i_offset
         thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
         enc = artifact.encoder
         bins = max(enc.bins, 2)
@@ -407,11 +419,11 @@ class CompiledNetwork:
         )
         return cls(
             artifact=artifact,
-            w=np.concatenate(blocks).astype(np.float32),
-            w_off=w_off,
+            w=w,
+            w_row=w_row,
             sizes=sizes,
             n_off=n_off,
-            i_offset=np.concatenate([lay.i_offset for lay in layers]).astype(np.float32),
+            i_offset=i_offset,
             thr=thr,
             thr_ge=np.nextafter(thr, np.float32(-np.inf)).astype(np.float32),
             alpha=np.array([lay.alpha_decay for lay in layers], dtype=np.float32),
@@ -427,7 +439,7 @@ class CompiledNetwork:
         """The per-layer kernel arguments, with the threshold test of ``settings``."""
         return (
             self.w,
-            self.w_off,
+            self.w_row,
             self.sizes,
             self.n_off,
             self.i_offset,
