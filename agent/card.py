@@ -1,0 +1,112 @@
+"""Markdown model card of an artifact, from its provenance and the chip mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hw.artifact import ModelArtifact
+
+
+def _ret(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "n/a | n/a | n/a"
+    return f"{r['mean']:.2f} | {r['std']:.2f} | {r['min']:.0f}"
+
+
+def card_text(artifact: ModelArtifact) -> str:
+    p = artifact.provenance
+    ev = p.get("evaluation", {})
+    enc = artifact.encoder
+    lines = [
+        f"# Model card: `{artifact.name}` ({artifact.env_id})",
+        "",
+        "A spiking Q-network of `lif_no_delay` populations with 8-bit weights, for SpiNNaker2 "
+        "or its emulator. Greedy policy: the action with the highest Q-value.",
+        "",
+        "## Network",
+        "",
+        f"- layers (LIF): {artifact.input_size} inputs -> "
+        + " -> ".join(str(s) for s in artifact.layer_sizes)
+        + f" (output layer non-spiking, readout `{artifact.readout.kind}`)",
+        f"- encoder: `{enc.kind}`, `{enc.channels}` channels, {enc.bins} bins per dimension, "
+        f"{enc.input_ticks} input ticks; {artifact.ticks} ticks per inference "
+        "(input ticks + one per hop)",
+        f"- hidden neurons: alpha_decay {artifact.layers[0].alpha_decay}, "
+        f"{artifact.layers[0].reset}, float threshold {artifact.layers[0].float_threshold}",
+        "- observation normalisation `clip(obs / obs_scale, -1, 1)`, obs_scale = "
+        + ", ".join(f"{x:.4g}" for x in artifact.obs_scale),
+        f"- weights sha256: `{artifact.sha256}`",
+        "",
+        "## How it was made",
+        "",
+        f"Recipe: {p.get('recipe', 'n/a')}.",
+        "",
+        "```",
+        *p.get("commands", []),
+        "```",
+        "",
+        f"- seed: {p.get('seed')}; git commit: `{p.get('git_commit')}`",
+        f"- training time on this machine: train {p.get('train_seconds')} s "
+        f"(teacher {p.get('teacher', {}).get('seconds', 0):.0f} s included) + finetune "
+        f"{p.get('finetune_seconds')} s",
+        f"- machine: {p.get('machine', {}).get('platform')}, "
+        f"torch {p.get('machine', {}).get('torch')}, "
+        f"{p.get('machine', {}).get('torch_threads')} torch threads",
+        "",
+    ]
+    if ev:
+        seeds = ev.get("seeds", ["?", "?"])
+        lines += [
+            f"## Evaluation ({ev.get('episodes')} greedy episodes, env seeds "
+            f"{seeds[0]}..{seeds[1]}, none used in training)",
+            "",
+            "| form | mean | std | min |",
+            "|---|---|---|---|",
+            f"| emulator, 8-bit (`hw.emulator`) | {_ret(ev.get('emulator'))} |",
+            f"| torch fake-quant 8-bit | {_ret(ev.get('torch'))} |",
+            f"| float spiking network (reference backend) | {_ret(ev.get('float'))} |",
+            f"| float MLP teacher (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |",
+            "",
+        ]
+        agree = ev.get("agreement_float_vs_8bit")
+        if agree is not None:
+            n = ev.get("emulator", {}).get("agreement_states")
+            lines += [
+                f"Decision agreement float vs 8-bit: **{100 * agree:.2f}%** of {n} states "
+                "visited by the emulator policy (same action from the float reference).",
+                "",
+            ]
+    lines += _mapping_lines(artifact)
+    lines += [
+        "Re-check: `s2loop eval "
+        f"{artifact.name} --episodes 100 --backend emulator` and `s2loop map {artifact.name}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _mapping_lines(artifact: ModelArtifact) -> list[str]:
+    try:
+        from hw.mapping import map_network
+    except ImportError:
+        return []
+    rep = map_network(artifact)
+    d = rep.to_dict()
+    return [
+        "## On the chip (estimates, `hw.mapping`)",
+        "",
+        f"- PEs used: {d['pes_used']} of {d['usable_pes']} "
+        f"({d['copies_per_chip']} copies per chip); synapses: {d['synapses']}",
+        f"- ticks: {d['ticks']}; chip time per inference: {1e3 * d['chip_time_s']:.1f} ms "
+        f"at {1e3 * d['chip']['sys_tick_s']:.0f} ms per tick",
+        f"- energy per inference: {1e3 * d['energy_j']:.3f} mJ alone on the chip, "
+        f"{1e3 * d['energy_batched_j']:.3f} mJ with every copy busy, "
+        f"{1e3 * d['energy_dynamic_j']:.3f} mJ above idle (secondary power figures)",
+        "",
+    ]
+
+
+def write_card(artifact: ModelArtifact, path: Path) -> Path:
+    path.write_text(card_text(artifact))
+    return path

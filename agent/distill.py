@@ -1,0 +1,269 @@
+"""Distil a float teacher into the spiking Q-network through the exact tick semantics,
+DAgger-style, in float (``train``) or fake-quantized 8-bit (``finetune``) mode.
+
+Each round trains on a growing set of states labelled with the teacher's Q-values:
+first the teacher's own episodes, then the states the student visits when it drives
+(so it learns to recover from its own mistakes). The loss, with ``g`` the typical
+action gap of the teacher (std of its advantages ``A = q - mean_a q``), ``V = mean_a q``
+and ``sv`` the std of the teacher's ``V``::
+
+    adv_weight    * mean(((A_student - A_teacher) / g)^2)
+  + value_weight  * mean(((V_student - V_teacher) / sv)^2)
+  + ce_weight     * CE(sharpness * q_student / g, argmax q_teacher)
+  + margin_weight * mean(relu(margin - (q_student[a*] - max_other q_student) / g))
+
+In ``quant`` mode the loss is taken on the fake-quantized network (straight-through
+rounding) plus ``float_weight`` times the same loss on the float masters, so the
+float reference and the 8-bit network agree. The kept checkpoint is the one with
+the best greedy return (float mode: torch float network; quant mode: the exported
+artifact on the emulator).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from agent.rollout import Episodes, run_episodes
+from agent.snn import SNNConfig, SpikingQNet
+from agent.teacher import MLP, TRAIN_SEED_BASE
+from hw.emulator import EmulatorBackend
+
+
+@dataclass
+class DistillArgs:
+    seed: int = 0
+    rounds: int = 12
+    """DAgger rounds (train, then roll out the student and label its states)"""
+    steps_per_round: int = 500
+    batch_size: int = 256
+    lr: float = 2e-3
+    lr_final: float = 2e-4
+    """cosine decay of the learning rate to this over all rounds"""
+    adv_weight: float = 0.05
+    """regression of the teacher's advantages q - mean(q), in action-gap stds"""
+    value_weight: float = 0.05
+    """regression of the teacher's mean Q over actions, in stds of that mean"""
+    ce_weight: float = 1.0
+    sharpness: float = 4.0
+    margin_weight: float = 1.0
+    margin: float = 2.0
+    """hinge: the teacher's action should lead by this many action-gap stds"""
+    float_weight: float = 0.5
+    """quant mode only: weight of the float-master loss"""
+    rollout_episodes: int = 16
+    rollout_epsilon: float = 0.05
+    """random actions while the student drives, to visit a few more states"""
+    teacher_episodes: int = 24
+    eval_episodes: int = 30
+    max_states: int = 300_000
+
+
+@dataclass
+class StateSet:
+    """Observations, their input rasters (uint8) and the teacher's Q-values."""
+
+    obs: list[np.ndarray] = field(default_factory=list)
+    rasters: list[np.ndarray] = field(default_factory=list)
+    q: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, obs: np.ndarray, student: SpikingQNet, teacher: MLP) -> None:
+        from hw.encoding import encode
+
+        obs = np.asarray(obs, np.float32)
+        self.obs.append(obs)
+        self.rasters.append(encode(student.encoding, obs))  # type: ignore[arg-type]
+        self.q.append(teacher.q(obs).astype(np.float32))
+
+    def arrays(self, max_states: int) -> tuple[np.ndarray, np.ndarray]:
+        r = np.concatenate(self.rasters)[-max_states:]
+        q = np.concatenate(self.q)[-max_states:]
+        return r, q
+
+
+def observation_scale(env_id: str, states: np.ndarray) -> np.ndarray:
+    """Per-dimension normalisation scale: 1.2 x the 99.9th percentile of |observation|
+    on teacher episodes, never above the observation-space bound (where finite)."""
+    env = gym.make(env_id)
+    high = np.asarray(env.observation_space.high, np.float64)  # type: ignore[attr-defined]
+    env.close()
+    q = np.quantile(np.abs(states), 0.999, axis=0) * 1.2
+    q = np.where(np.isfinite(high) & (high < 1e6), np.minimum(q, high), q)
+    return np.maximum(q, 1e-3).astype(np.float32)
+
+
+def make_student(env_id: str, teacher: MLP, states: np.ndarray, seed: int, **snn_kw) -> SpikingQNet:
+    env = gym.make(env_id)
+    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
+    env.close()
+    names = {
+        "CartPole-v1": ("push_left", "push_right"),
+        "Acrobot-v1": ("torque_neg", "torque_zero", "torque_pos"),
+    }.get(env_id, tuple(f"action{i}" for i in range(n_actions)))
+    scale = observation_scale(env_id, states)
+    cfg = SNNConfig(
+        env_id=env_id,
+        obs_offset=tuple(0.0 for _ in scale),
+        obs_scale=tuple(float(x) for x in scale),
+        action_names=names,
+        **snn_kw,
+    )
+    net = SpikingQNet(cfg, seed=seed)
+    with torch.no_grad():
+        # the output layer integrates its bias every tick: start at the teacher's mean Q
+        net.biases[-1].fill_(float(teacher.q(states).mean()) / cfg.ticks)
+    return net
+
+
+def _loss(
+    q_s: torch.Tensor, q_t: torch.Tensor, gap: float, vstd: float, args: DistillArgs
+) -> torch.Tensor:
+    target = q_t.argmax(dim=1)
+    # advantages and the state value apart: the value varies far more than the action
+    # gaps, and fitting it tightly would spend the output layer's 8-bit range on it
+    v_s, v_t = q_s.mean(dim=1, keepdim=True), q_t.mean(dim=1, keepdim=True)
+    adv = ((q_s - v_s - (q_t - v_t)) / gap).pow(2).mean()
+    value = ((v_s - v_t) / vstd).pow(2).mean()
+    ce = nn.functional.cross_entropy(q_s * (args.sharpness / gap), target)
+    # decisiveness: the teacher's action leads every other by a margin, so that small
+    # perturbations (8-bit weights, spike timing) do not flip near-tie decisions
+    chosen = q_s.gather(1, target[:, None]).squeeze(1)
+    others = q_s.masked_fill(nn.functional.one_hot(target, q_s.shape[1]).bool(), -torch.inf)
+    lead = (chosen - others.max(dim=1).values) / gap
+    hinge = torch.relu(args.margin - lead).mean()
+    return (
+        args.adv_weight * adv
+        + args.value_weight * value
+        + args.ce_weight * ce
+        + args.margin_weight * hinge
+    )
+
+
+def distill(
+    student: SpikingQNet,
+    teacher: MLP,
+    env_id: str,
+    args: DistillArgs,
+    out_dir: Path,
+    *,
+    mode: str = "float",
+    initial_states: np.ndarray | None = None,
+    tag: str = "distill",
+    progress: bool = True,
+) -> tuple[SpikingQNet, dict]:
+    """Run DAgger rounds; return the best student (by greedy return) and a summary."""
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + 7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    seed_base = (
+        TRAIN_SEED_BASE + 100_000 + 10_000 * (args.seed % 50) + (0 if mode == "float" else 5000)
+    )
+
+    data = StateSet()
+    if initial_states is not None:
+        data.add(initial_states, student, teacher)
+    seeds = [seed_base + i for i in range(args.teacher_episodes)]
+    # teacher episodes, half of them with some random actions to widen the state cover
+    half = args.teacher_episodes // 2
+    for eps, ss in ((0.0, seeds[:half]), (0.1, seeds[half:])):
+        ep = run_episodes(env_id, teacher.act, ss, keep_states=True, epsilon=eps, rng=rng)
+        data.add(ep.all_states(), student, teacher)
+    _, q_all = data.arrays(args.max_states)
+    adv = q_all - q_all.mean(axis=1, keepdims=True)
+    gap = float(max(adv.std(), 1e-3))
+    vstd = float(max(q_all.mean(axis=1).std(), 1e-3))
+
+    opt = torch.optim.Adam(student.parameters(), lr=args.lr)
+    total_steps = args.rounds * args.steps_per_round
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps, eta_min=args.lr_final)
+    emulator = EmulatorBackend() if mode == "quant" else None
+
+    log_f = open(out_dir / f"{tag}.csv", "w", newline="")  # noqa: SIM115
+    log = csv.writer(log_f)
+    log.writerow(["round", "seconds", "states", "loss", "rollout_mean", "eval_mean", "eval_min"])
+    best: dict = {"eval_mean": -np.inf, "score": -np.inf}
+    best_state = copy.deepcopy(student.state_dict())
+    bar = tqdm(range(args.rounds), desc=f"{tag} {env_id} ({mode})", disable=not progress)
+    for rnd in bar:
+        rasters, q_t = data.arrays(args.max_states)
+        losses = []
+        student.train()
+        for _ in range(args.steps_per_round):
+            idx = rng.integers(0, len(rasters), args.batch_size)
+            x = torch.from_numpy(rasters[idx].astype(np.float32))
+            qt = torch.from_numpy(q_t[idx])
+            if mode == "float":
+                loss = _loss(student(x, "float").q_values, qt, gap, vstd, args)
+            else:
+                loss = _loss(student(x, "quant").q_values, qt, gap, vstd, args)
+                if args.float_weight > 0:
+                    loss = loss + args.float_weight * _loss(
+                        student(x, "float").q_values, qt, gap, args
+                    )
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+
+        # the student drives; its states get teacher labels
+        student.eval()
+        policy = _policy(student, mode, emulator)
+        ss = [seed_base + 1000 + rnd * 100 + i for i in range(args.rollout_episodes)]
+        roll = run_episodes(
+            env_id, policy, ss, keep_states=True, epsilon=args.rollout_epsilon, rng=rng
+        )
+        data.add(roll.all_states(), student, teacher)
+
+        ev_seeds = [seed_base + 3000 + rnd * 100 + i for i in range(args.eval_episodes)]
+        ev: Episodes = run_episodes(env_id, policy, ev_seeds)
+        score = ev.mean + 0.1 * float(ev.returns.min()) / max(len(ev.returns), 1)
+        log.writerow(
+            [
+                rnd,
+                f"{time.perf_counter() - start:.1f}",
+                sum(len(q) for q in data.q),
+                f"{np.mean(losses):.4f}",
+                roll.mean,
+                ev.mean,
+                float(ev.returns.min()),
+            ]
+        )
+        log_f.flush()
+        if score >= best["score"]:
+            best = {
+                "round": rnd,
+                "score": score,
+                "eval_mean": ev.mean,
+                "eval_min": float(ev.returns.min()),
+            }
+            best_state = copy.deepcopy(student.state_dict())
+        bar.set_postfix(
+            loss=f"{np.mean(losses):.3f}", eval=f"{ev.mean:.1f}", best=f"{best['eval_mean']:.1f}"
+        )
+    log_f.close()
+    if emulator is not None:
+        emulator.close()
+    student.load_state_dict(best_state)
+    best["seconds"] = time.perf_counter() - start
+    best["action_gap_std"] = gap
+    return student, best
+
+
+def _policy(student: SpikingQNet, mode: str, emulator: EmulatorBackend | None):
+    if mode == "float" or emulator is None:
+        return lambda obs: student.act(obs, "float")
+    art = student.export("candidate")
+    emulator.load(art)
+    return lambda obs: emulator.infer("candidate", obs).actions
