@@ -120,3 +120,48 @@ def register(app: typer.Typer) -> None:
             f"{rep.energy_batched_j * 1e3:.3g} mJ per inference with all copies busy, "
             f"{rep.energy_dynamic_j * 1e6:.3g} uJ above idle"
         )
+
+    @app.command("infer")
+    def infer(
+        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
+        observation: list[float] = typer.Argument(..., help="one observation, e.g. 0 0 0.05 0"),
+        backend: str = typer.Option("emulator", help="emulator, spinnaker2 or module:Class"),
+        eth_ip: str | None = typer.Option(None, help="SpiNNaker2 board address (spinnaker2)"),
+        sys_tick: float = typer.Option(1e-3, help="tick length in seconds (spinnaker2)"),
+    ) -> None:
+        """Run one observation through a model on any backend and print the result as JSON."""
+        import json
+
+        import numpy as np
+
+        from hw.artifact import load_artifact
+        from hw.backend import BackendError, create_backend
+
+        art = load_artifact(model)
+        settings = {}
+        if backend == "spinnaker2":
+            settings = {"eth_ip": eth_ip, "sys_tick_in_s": sys_tick}
+        try:
+            with create_backend(backend, **settings) as be:
+                be.load(art)
+                res = be.infer(art.name, np.asarray([observation], np.float32))
+        except BackendError as exc:
+            typer.echo(f"backend {backend!r} failed: {exc}", err=True)
+            raise typer.Exit(1) from None
+        action = int(res.actions[0])
+        typer.echo(
+            json.dumps(
+                {
+                    "model": art.name,
+                    "backend": res.backend,
+                    "action": action,
+                    "action_name": art.action_names[action],
+                    "q_values": [float(x) for x in res.q_values[0]],
+                    "ticks": res.ticks,
+                    "spikes_per_layer": [int(x) for x in res.spikes_per_layer[0]],
+                    "synaptic_events": int(res.synaptic_events[0]),
+                    "compute_us": round(res.compute_us, 1),
+                    "extra": res.extra,
+                }
+            )
+        )

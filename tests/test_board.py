@@ -145,3 +145,23 @@ def test_fake_sdk_rejects_what_the_chip_cannot_take(fake_sdk):
     b = snn.Population(size=2, neuron_model="lif_no_delay", params={})
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
         snn.Projection(pre=a, post=b, connections=[[0, 0, 200, 0]])
+
+
+def test_infer_command_runs_on_the_board_backend(fake_sdk, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hw.artifact import save_artifact
+    from s2loop.cli import app
+
+    path = save_artifact(random_artifact(seed=1, name="small"), tmp_path / "small.s2l")
+    runner = CliRunner()
+    outs = {}
+    for backend in ("emulator", "spinnaker2"):
+        args = ["infer", "--backend", backend, str(path), "--", "0", "0.1", "0.05", "-0.2"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        outs[backend] = json.loads(res.output)
+    assert outs["spinnaker2"]["q_values"] == outs["emulator"]["q_values"]
+    assert outs["spinnaker2"]["extra"]["board_runs"] == 1

@@ -86,3 +86,22 @@ def test_report_to_dict_is_json():
 def test_bad_chip_spec_is_rejected():
     with pytest.raises(ValueError, match="neurons_per_pe"):
         ChipSpec(neurons_per_pe=0)
+
+
+def test_map_command_prints_json_and_fails_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from hw.artifact import save_artifact
+    from s2loop.cli import app
+
+    small = save_artifact(random_artifact(seed=1, name="small"), tmp_path / "small.s2l")
+    big_art = random_artifact(seed=1, name="big", hidden=(4000, 4000))
+    big = save_artifact(big_art, tmp_path / "big.s2l")
+    runner = CliRunner()
+    res = runner.invoke(app, ["map", str(small), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["pes_used"] == 4
+    res = runner.invoke(app, ["map", str(small)])
+    assert res.exit_code == 0 and "copies per chip 37" in res.output
+    res = runner.invoke(app, ["map", str(big)])
+    assert res.exit_code == 1 and "does not fit" in res.output
