@@ -18,7 +18,10 @@ Several copies share one run (as many as :func:`hw.mapping.map_network`
 allows, ``copies_per_chip``), so a batch of B observations takes
 ``ceil(B / copies)`` board runs. Each run makes a fresh
 ``hardware.SpiNNaker2Chip(eth_ip=...)`` (as the SDK's examples do) and calls
-``hw.run(net, ticks, sys_tick_in_s=...)``.
+``hw.run(net, ticks, sys_tick_in_s=...)``. If a run with several copies fails
+(e.g. a board with fewer free PEs than the mapping assumes), that model falls
+back to one copy per run, with a warning; a failing single-copy run raises
+:class:`BackendError`.
 
 SDK facts this code relies on, and where they come from (public sources, read
 through the project's search tools; no board was available to check them):
@@ -58,6 +61,7 @@ which cannot happen with the ``membrane`` readout's non-spiking output layer.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -69,6 +73,8 @@ from hw.artifact import ModelArtifact
 from hw.backend import Backend, BackendError, InferenceResult, check_observations
 from hw.encoding import encode, spike_times
 from hw.mapping import ChipSpec, MappingError, map_network
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the py-spinnaker2 SDK is not installed; on a machine with a SpiNNaker2 board run "
@@ -163,12 +169,14 @@ class SpiNNaker2Backend(Backend):
         self.max_copies = max_copies
         self.chip = ChipSpec(neurons_per_pe=int(neurons_per_pe), sys_tick_s=self.sys_tick_in_s)
         self.runs = 0  # board runs made (for describe / tests)
+        self._copies: dict[str, int] = {}  # per model: copies per run after a fallback
 
     def _prepare(self, artifact: ModelArtifact) -> BoardModel:
         try:
             report = map_network(artifact, self.chip)
         except MappingError as exc:
             raise BackendError(f"model {artifact.name!r} cannot run on one chip: {exc}") from None
+        self._copies.pop(artifact.name, None)
         copies = report.copies_per_chip
         if self.max_copies is not None:
             copies = min(copies, self.max_copies)
@@ -282,9 +290,21 @@ class SpiNNaker2Backend(Backend):
         syn = np.zeros(n, np.int64)
         sizes = [layer.size for layer in art.layers]
         runs = 0
-        for lo in range(0, n, prepared.copies):
-            hi = min(n, lo + prepared.copies)
-            v, c, s, delivered = self._run_chunk(prepared, rasters[lo:hi])
+        lo = 0
+        while lo < n:
+            copies = self._copies.get(model, prepared.copies)
+            hi = min(n, lo + copies)
+            try:
+                v, c, s, delivered = self._run_chunk(prepared, rasters[lo:hi])
+            except BackendError as exc:
+                if hi - lo == 1:
+                    raise
+                # A run with many copies may not fit where the mapping's limits are
+                # optimistic (an SDK or board with fewer free PEs): retry this model
+                # one copy per run from here on, and say so.
+                logger.warning("%s; retrying model %r with one copy per run", exc, model)
+                self._copies[model] = 1
+                continue
             runs += 1
             v_final[lo:hi], counts[lo:hi], spikes[lo:hi] = v, c, s
             # synaptic events as the emulator counts them: a spike reaches the next
@@ -294,6 +314,7 @@ class SpiNNaker2Backend(Backend):
             syn[lo:hi] = delivered_in.astype(np.int64) * sizes[0]
             for li in range(len(sizes) - 1):
                 syn[lo:hi] += delivered[:, li] * sizes[li + 1]
+            lo = hi
         # imported here: hw.emulator compiles numba kernels on first use
         from hw.emulator import greedy_actions, readout
 
@@ -309,7 +330,7 @@ class SpiNNaker2Backend(Backend):
             compute_us=elapsed,
             extra={
                 "board_runs": runs,
-                "copies_per_run": prepared.copies,
+                "copies_per_run": self._copies.get(model, prepared.copies),
                 "chip_time_s_per_run": prepared.chip_time_s,
                 "energy_j_estimate": prepared.energy_j,
                 "energy_batched_j_estimate": prepared.energy_batched_j,
@@ -324,5 +345,7 @@ class SpiNNaker2Backend(Backend):
             "max_copies": self.max_copies,
             "neurons_per_pe": self.chip.neurons_per_pe,
             "board_runs": self.runs,
-            "copies_per_run": {k: m.copies for k, m in self._models.items()},
+            "copies_per_run": {
+                k: self._copies.get(k, m.copies) for k, m in list(self._models.items())
+            },
         }

@@ -165,3 +165,23 @@ def test_infer_command_runs_on_the_board_backend(fake_sdk, tmp_path):
         outs[backend] = json.loads(res.output)
     assert outs["spinnaker2"]["q_values"] == outs["emulator"]["q_values"]
     assert outs["spinnaker2"]["extra"]["board_runs"] == 1
+
+
+def test_run_that_does_not_fit_falls_back_to_one_copy_per_run(fake_sdk, observations, monkeypatch):
+    monkeypatch.setattr(fake_sdk.hardware, "USABLE_PES", 10)  # a board with few free PEs
+    art = random_artifact(seed=1, name="m")
+    _, b = _compare(art, observations[:5])
+    log = fake_sdk.hardware.RUN_LOG
+    assert [r["populations"] for r in log] == [4] * 5  # the failed 5-copy run is not logged
+    assert b.extra["board_runs"] == 5 and b.extra["copies_per_run"] == 1
+
+
+def test_board_error_with_one_copy_is_raised(fake_sdk, observations, monkeypatch):
+    from hw.board import SpiNNaker2Backend
+
+    monkeypatch.setattr(fake_sdk.hardware, "USABLE_PES", 2)
+    art = random_artifact(seed=1, name="m")
+    with SpiNNaker2Backend() as be:
+        be.load(art)
+        with pytest.raises(BackendError, match="SpiNNaker2 run failed: .*needs 4 PEs"):
+            be.infer("m", observations[:3])
