@@ -43,14 +43,19 @@ through the project's search tools; no board was available to check them):
   docs' example ``{0: [1, 2, 3], 5: [20, 30]}``; the tutorial builds them with
   ``.nonzero()[0].tolist()``).
 - A spike emitted at tick t (by a ``spike_list`` or a LIF neuron) is integrated
-  by the post population at tick t + 1 (+ delay): the SDK's ``lif_fugu``
+  by the post population at tick t + 1 (+ delay): the SDK's ``lif_neuron``
+  example says "Actual delay on the hardware is: delay+1", its ``lif_fugu``
   example expects outputs "one cycle delayed" after input spikes, and the NIR
   example runs ``timesteps += 3`` to flush a 2-layer pipe. This is the
   emulator's convention, so input tick t here is raster row t there.
-- ``get_spikes() -> {idx: [ticks]}`` and ``get_voltages() -> {idx: sequence
-  with one value per tick}``; the SDK's examples read ``vs[-1]`` as "the
-  voltage of the last timestep" (``ntth`` Braille task, NIR converter tests)
-  and plot ``voltages[i]`` against ``np.arange(timesteps)``.
+- ``get_spikes() -> {idx: [ticks]}`` and ``get_voltages() -> {idx: numpy array
+  with one float per timestep}``: stated in the comments of the SDK's
+  ``lif_neuron`` example (which also lists the parameter names above and plots
+  ``voltages[0]`` against ``np.arange(timesteps)``); SDK-based scripts read
+  ``vs[-1]`` as "the voltage of the last timestep" (Braille task of the SDK's
+  comparison tasks). A non-spiking output layer recorded with
+  ``["spikes", "v"]`` and ``threshold=1e9`` is how the SDK's own dense-network
+  example reads out its output, as here.
 
 Decision (documented, not verified on a board): the emulator's ``v_final``
 (membrane after the update *and* reset of the last tick) equals
