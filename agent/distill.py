@@ -13,10 +13,11 @@ and ``sv`` the std of the teacher's ``V``::
   + margin_weight * mean(relu(margin - (q_student[a*] - max_other q_student) / g))
 
 In ``quant`` mode the loss is taken on the fake-quantized network (straight-through
-rounding) plus ``float_weight`` times the same loss on the float masters, so the
-float reference and the 8-bit network agree. The kept checkpoint is the one with
-the best greedy return (float mode: torch float network; quant mode: the exported
-artifact on the emulator).
+rounding) plus ``float_weight`` times the same loss on the float masters, plus a
+pull of the float masters toward their 8-bit grid points (``grid_weight``, the
+"bin regularisation" idea), so the float reference and the 8-bit network agree.
+The kept checkpoint is the one with the best greedy return (float mode: torch float
+network; quant mode: the exported artifact on the emulator).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agent.rollout import Episodes, run_episodes
-from agent.snn import SNNConfig, SpikingQNet
+from agent.snn import SNNConfig, SpikingQNet, quant_scale
 from agent.teacher import MLP, TRAIN_SEED_BASE
 from hw.emulator import EmulatorBackend
 
@@ -60,6 +61,9 @@ class DistillArgs:
     """hinge: the teacher's action should lead by this many action-gap stds"""
     float_weight: float = 0.5
     """quant mode only: weight of the float-master loss"""
+    grid_weight: float = 1.0
+    """quant mode only: pull of the float masters toward the 8-bit grid (mean squared
+    distance in LSBs), ramped up from 0 over the first half of the rounds"""
     rollout_episodes: int = 16
     rollout_epsilon: float = 0.05
     """random actions while the student drives, to visit a few more states"""
@@ -148,6 +152,16 @@ def _loss(
     )
 
 
+def grid_distance(student: SpikingQNet) -> torch.Tensor:
+    """Mean squared distance of the float master weights to their 8-bit grid points,
+    in LSBs (``(w*s - round(w*s))^2``, ``s = 127/max|w|`` held fixed)."""
+    total = torch.zeros(())
+    for w in student.weights:
+        ws = w * quant_scale(w)
+        total = total + (ws - torch.round(ws.detach())).pow(2).mean()
+    return total / len(student.weights)
+
+
 def distill(
     student: SpikingQNet,
     teacher: MLP,
@@ -196,6 +210,7 @@ def distill(
     bar = tqdm(range(args.rounds), desc=f"{tag} {env_id} ({mode})", disable=not progress)
     for rnd in bar:
         rasters, q_t = data.arrays(args.max_states)
+        grid = args.grid_weight * min(1.0, (rnd + 1) / max(1.0, args.rounds / 2))
         losses = []
         student.train()
         for _ in range(args.steps_per_round):
@@ -208,8 +223,10 @@ def distill(
                 loss = _loss(student(x, "quant").q_values, qt, gap, vstd, args)
                 if args.float_weight > 0:
                     loss = loss + args.float_weight * _loss(
-                        student(x, "float").q_values, qt, gap, args
+                        student(x, "float").q_values, qt, gap, vstd, args
                     )
+                if grid > 0:
+                    loss = loss + grid * grid_distance(student)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), 5.0)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.reference import ReferenceBackend
-from agent.rollout import run_episodes
+from agent.rollout import Policy, run_episodes
 from agent.snn import greedy, run_artifact
 from hw.artifact import ModelArtifact
 from hw.emulator import EmulatorBackend
@@ -31,8 +31,12 @@ def evaluate(
     seed: int = DEFAULT_EVAL_SEED,
     backend: str = "emulator",
     agreement: bool = True,
+    compare: dict[str, Policy] | None = None,
 ) -> dict[str, Any]:
-    """Mean/std/min return over ``episodes`` episodes with seeds ``seed .. seed+episodes-1``."""
+    """Mean/std/min return over ``episodes`` episodes with seeds ``seed .. seed+episodes-1``.
+
+    ``compare``: other policies (name -> policy) whose agreement with the evaluated
+    backend is measured on the same visited states (``agreement_with``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     has_float = all(lay.float_weight is not None for lay in artifact.layers)
@@ -44,6 +48,8 @@ def evaluate(
     if has_float:
         ref.load(artifact)
     same = total = 0
+    compare = compare or {}
+    same_with = dict.fromkeys(compare, 0)
 
     def act(obs: np.ndarray) -> np.ndarray:
         nonlocal same, total
@@ -56,7 +62,9 @@ def evaluate(
         if check:
             other = (ref if backend != "float" else emu).infer(artifact.name, obs).actions
             same += int((other == actions).sum())
-            total += len(actions)
+        total += len(actions)
+        for name, pol in compare.items():
+            same_with[name] += int((np.asarray(pol(obs)) == actions).sum())
         return actions
 
     seeds = list(range(seed, seed + episodes))
@@ -68,4 +76,6 @@ def evaluate(
     if check and total:
         out["agreement"] = same / total
         out["agreement_states"] = total
+    if compare and total:
+        out["agreement_with"] = {k: v / total for k, v in same_with.items()}
     return out

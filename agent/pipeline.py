@@ -167,12 +167,14 @@ def evaluation_block(artifact, teacher, *, episodes: int, seed: int) -> dict[str
     """Greedy returns of every form of the model on the same unseen seeds."""
     result: dict[str, Any] = {"episodes": episodes, "seeds": [seed, seed + episodes - 1]}
     for backend in ("emulator", "torch", "float"):
-        r = evaluate(artifact, episodes=episodes, seed=seed, backend=backend, agreement=True)
+        compare = {"teacher_float_mlp": teacher.act} if backend == "emulator" else None
+        r = evaluate(artifact, episodes=episodes, seed=seed, backend=backend, compare=compare)
         r.pop("returns")
         result[backend] = {k: v for k, v in r.items() if k not in ("backend", "seed")}
     ev = run_episodes(artifact.env_id, teacher.act, list(range(seed, seed + episodes)))
     result["teacher_float_mlp"] = ev.summary()
     result["agreement_float_vs_8bit"] = result["emulator"].get("agreement")
+    result["agreement_teacher_vs_8bit"] = result["emulator"]["agreement_with"]["teacher_float_mlp"]
     return result
 
 

@@ -74,9 +74,10 @@ TEACHER_DEFAULTS: dict[str, dict] = {
         "train_every": 4,
         "gradient_steps": 1,
         "target_every": 250,
-        "eps_end": 0.1,
+        "eps_end": 0.01,
         "eps_steps": 12_000,
         "eval_every": 5_000,
+        "eval_episodes": 30,
         "stop_at": None,
     },
 }
