@@ -1,0 +1,129 @@
+"""Server settings: every field can be set from the environment as ``S2LOOP_<FIELD>``
+(``S2LOOP_BACKEND=spinnaker2``, ``S2LOOP_BOARD_ETH_IP=192.168.1.17``, ...) and from the
+``s2loop serve`` options, which win over the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hw.artifact import default_models_dir
+
+#: backend names the server knows besides ``module:Class`` specs
+BACKEND_ALIASES = {"reference": "agent.reference:ReferenceBackend"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="S2LOOP_", extra="ignore")
+
+    backend: str = Field(
+        "emulator",
+        description="primary backend: emulator | spinnaker2 | reference | module:Class",
+    )
+    fallback: str = Field(
+        "emulator",
+        description="backend that answers when the primary fails or times out: emulator | none "
+        "(ignored when the primary is the emulator itself)",
+    )
+    models: Path = Field(
+        default_factory=default_models_dir, description="folder whose *.s2l files are served"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (s2loop serve)")
+
+    board_eth_ip: str | None = Field(None, description="SpiNNaker2 board address (spinnaker2)")
+    sys_tick_in_s: float = Field(1e-3, gt=0, description="chip tick length, seconds")
+
+    deadline_ms: float = Field(
+        1000.0, gt=0, description="per-request deadline; past it the answer is 504"
+    )
+    primary_timeout_ms: float | None = Field(
+        None,
+        gt=0,
+        description="time the primary backend gets before the fallback answers; default: "
+        "80% of the deadline when a fallback exists, else the whole deadline",
+    )
+    primary_retry_s: float = Field(
+        5.0,
+        ge=0,
+        description="after a primary failure, requests go straight to the fallback for this long",
+    )
+    queue_size: int = Field(
+        16, ge=0, description="requests that may wait for a busy backend; beyond: 429"
+    )
+    backend_threads: int = Field(
+        2, ge=1, description="worker threads for thread-safe backends (the board always gets 1)"
+    )
+    inline_max_batch: int = Field(
+        16,
+        ge=0,
+        description="batches up to this size run on the event loop for inline-safe backends "
+        "(the emulator: tens of microseconds, a thread hop would cost more); 0 = never",
+    )
+    max_body_bytes: int = Field(1 << 20, ge=64, description="largest request body accepted")
+    max_batch: int = Field(4096, ge=1, description="most observations in one batch request")
+
+    reload_token: str | None = Field(
+        None, description="bearer token for POST /v1/models/{name}/reload; unset = route off"
+    )
+    degraded_status: int = Field(
+        200,
+        description="/readyz status while serving from the fallback (200, or 503 to take "
+        "the instance out of rotation)",
+    )
+    fast_path: bool = Field(
+        True,
+        description="serve POST /v1/act and /v1/act/batch as plain ASGI, bypassing FastAPI's "
+        "routing and response classes (same answers, less latency)",
+    )
+    ws_impl: str = Field(
+        "websockets-sansio", description="uvicorn WebSocket implementation (s2loop serve)"
+    )
+    log_level: str = "info"
+    log_json: bool = True
+    access_log: bool = Field(False, description="uvicorn access log (costs latency)")
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_known(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("emulator", "none"):
+            raise ValueError("fallback must be 'emulator' or 'none'")
+        return v
+
+    @field_validator("degraded_status")
+    @classmethod
+    def _degraded_status(cls, v: int) -> int:
+        if v not in (200, 503):
+            raise ValueError("degraded_status must be 200 or 503")
+        return v
+
+    @field_validator("reload_token")
+    @classmethod
+    def _empty_token_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    def backend_spec(self, name: str | None = None) -> str:
+        name = self.backend if name is None else name
+        return BACKEND_ALIASES.get(name, name)
+
+    def backend_kwargs(self, name: str | None = None) -> dict[str, object]:
+        """Constructor settings for a backend: the board gets its address and tick."""
+        name = self.backend if name is None else name
+        if name == "spinnaker2":
+            return {"eth_ip": self.board_eth_ip, "sys_tick_in_s": self.sys_tick_in_s}
+        return {}
+
+    @property
+    def has_fallback(self) -> bool:
+        return self.fallback != "none" and self.backend != "emulator"
+
+    @property
+    def primary_timeout_s(self) -> float:
+        if self.primary_timeout_ms is not None:
+            return min(self.primary_timeout_ms, self.deadline_ms) / 1e3
+        share = 0.8 if self.has_fallback else 1.0
+        return self.deadline_ms * share / 1e3
