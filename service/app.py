@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from service.logs import new_request_id
+from service.logs import configure_logging, new_request_id
 from service.metrics import Metrics
 from service.runtime import ApiError, Service
 from service.schemas import (
@@ -172,8 +172,22 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
     app.state.metrics = metrics
     app.state.service = service
 
-    def error_response(exc: ApiError, request_id: str | None) -> Response:
+    def note_error(exc: ApiError, request_id: str | None) -> None:
+        """Count every error; log the server-side ones (5xx) with the request id."""
         metrics.error(exc.kind)
+        if exc.status >= 500:
+            logger.warning(
+                "request failed",
+                extra={
+                    "request_id": request_id,
+                    "status": exc.status,
+                    "kind": exc.kind,
+                    "error": exc.message,
+                },
+            )
+
+    def error_response(exc: ApiError, request_id: str | None) -> Response:
+        note_error(exc, request_id)
         headers = dict(exc.headers or {})
         if request_id:
             headers["x-request-id"] = request_id
@@ -241,17 +255,17 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
             out["id"] = req.id
         return orjson.dumps(out, option=_NUMPY)
 
-    async def act_core(body: bytes | str, t0: float) -> bytes:
+    async def act_core(body: bytes | str, t0: float, rid: str | None = None) -> bytes:
         req = parse_body(ActRequest, body)
         entry = service.entry(req.model)
-        res, fallback = await service.infer(entry, entry.observation(req.observation), t0)
+        res, fallback = await service.infer(entry, entry.observation(req.observation), t0, rid)
         return act_answer(req, t0, res, fallback, entry)
 
-    async def batch_core(body: bytes | str, t0: float) -> bytes:
+    async def batch_core(body: bytes | str, t0: float, rid: str | None = None) -> bytes:
         req = parse_body(BatchRequest, body)
         entry = service.entry(req.model)
         obs = entry.observations(req.observations, max_batch)
-        res, fallback = await service.infer(entry, obs, t0)
+        res, fallback = await service.infer(entry, obs, t0, rid)
         chip_time, energy = entry.estimate(len(obs))
         elapsed = time.perf_counter() - t0
         metrics.observe_request("batch", entry.name, elapsed)
@@ -278,7 +292,7 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
         t0 = time.perf_counter()
         rid = request_id(request)
         try:
-            payload = await core(await read_body(request, limit), t0)
+            payload = await core(await read_body(request, limit), t0, rid)
         except ApiError as exc:
             return error_response(exc, rid)
         return Response(payload, media_type=JSON, headers={"x-request-id": rid})
@@ -344,9 +358,9 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
                                 413, "body_too_large", f"body is over the limit of {limit} bytes"
                             )
                     more = message.get("more_body", False)
-                payload = await core(body, t0)
+                payload = await core(body, t0, rid)
             except ApiError as exc:
-                metrics.error(exc.kind)
+                note_error(exc, rid)
                 status = exc.status
                 payload = orjson.dumps(exc.body(rid))
                 extra = exc.headers
@@ -393,9 +407,9 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
                         raise ApiError(
                             413, "body_too_large", f"message is over the limit of {limit} bytes"
                         )
-                    answer = await act_core(data, t0)
+                    answer = await act_core(data, t0, f"{conn_id}.{n}")
                 except ApiError as exc:
-                    metrics.error(exc.kind)
+                    note_error(exc, f"{conn_id}.{n}")
                     body = exc.body(f"{conn_id}.{n}")
                     body["error"]["status"] = exc.status
                     answer = orjson.dumps(body)
@@ -485,5 +499,8 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
 
 
 def create_app_from_env() -> S2LoopApp:
-    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from S2LOOP_*."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from S2LOOP_*
+    (each worker process configures its own logging)."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

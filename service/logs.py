@@ -16,7 +16,8 @@ import orjson
 logger = logging.getLogger("s2loop.service")
 
 _STD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "color_message"}
 )
 
 _PREFIX = f"{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"

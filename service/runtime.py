@@ -184,7 +184,7 @@ class ModelEntry:
             "loaded_at": self.loaded_at,
             "mapping": self.mapping.to_dict() if self.mapping else None,
             "mapping_error": self.mapping_error,
-            "model_card": dict(art.provenance.get("model_card") or {}),
+            "model_card": _model_card(art.provenance),
         }
 
     def observation(self, values: list[float]) -> np.ndarray:
@@ -245,6 +245,16 @@ class ModelEntry:
         if rest:
             energy += chip.power_w(rest * m.pes_used) * m.chip_time_s
         return runs * m.chip_time_s, energy
+
+
+def _model_card(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The figures a model card quotes: an explicit ``model_card`` block, else the
+    evaluation and training recipe the agent records in the provenance."""
+    card = provenance.get("model_card")
+    if isinstance(card, dict):
+        return dict(card)
+    keys = ("evaluation", "recipe", "teacher", "finetune")
+    return {k: provenance[k] for k in keys if k in provenance}
 
 
 def _map(artifact: ModelArtifact, settings: Settings) -> tuple[Any | None, str | None]:
@@ -423,7 +433,7 @@ class Service:
         self._breaker_reason = reason
 
     async def infer(
-        self, entry: ModelEntry, obs: np.ndarray, t0: float
+        self, entry: ModelEntry, obs: np.ndarray, t0: float, request_id: str | None = None
     ) -> tuple[InferenceResult, bool]:
         """Run ``obs`` through the primary, else the fallback; returns (result, fallback).
 
@@ -440,7 +450,7 @@ class Service:
                 or time.monotonic() >= self._breaker_until  # time to try the primary again
             )
         ):
-            outcome = await self._try_primary(primary, entry, obs, t0, deadline)
+            outcome = await self._try_primary(primary, entry, obs, t0, deadline, request_id)
             if type(outcome) is InferenceResult:
                 return outcome, False
             reason = str(outcome)
@@ -449,7 +459,13 @@ class Service:
         return await self._run_fallback(entry, obs, deadline, reason), True
 
     async def _try_primary(
-        self, lane: Lane, entry: ModelEntry, obs: np.ndarray, t0: float, deadline: float
+        self,
+        lane: Lane,
+        entry: ModelEntry,
+        obs: np.ndarray,
+        t0: float,
+        deadline: float,
+        request_id: str | None,
     ) -> InferenceResult | str:
         """The primary's result, or the reason to fall back (a string)."""
         budget = min(t0 + self.primary_timeout_s, deadline) - time.perf_counter()
@@ -464,11 +480,18 @@ class Service:
             ) from None
         except LaneTimeout:
             self._open_breaker(f"primary timed out after {self.primary_timeout_s:.3f} s")
+            logger.warning(
+                "primary backend timed out",
+                extra={"request_id": request_id, "model": entry.name, "role": "primary"},
+            )
             return "timeout"
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
             self._open_breaker(f"primary failed: {msg}")
-            logger.warning("primary backend failed", extra={"model": entry.name, "error": msg})
+            logger.warning(
+                "primary backend failed",
+                extra={"request_id": request_id, "model": entry.name, "error": msg},
+            )
             return "error"
         if time.perf_counter() > deadline:
             raise ApiError(504, "deadline", self._deadline_msg())

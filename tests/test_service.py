@@ -8,6 +8,7 @@ own backend would be.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import subprocess
@@ -105,12 +106,11 @@ SPEC = "tests.test_service:"
 def models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
     save_artifact(random_artifact(seed=1, name="cartpole"), d / "cartpole.s2l")
-    save_artifact(
-        random_artifact(
-            seed=2, name="acrobot", env_id="Acrobot-v1", obs_scale=ACROBOT_SCALE, actions=3
-        ),
-        d / "acrobot.s2l",
+    acrobot = random_artifact(
+        seed=2, name="acrobot", env_id="Acrobot-v1", obs_scale=ACROBOT_SCALE, actions=3
     )
+    card = {"evaluation": {"episodes": 10, "emulator": {"mean": -80.5}}}
+    save_artifact(dataclasses.replace(acrobot, provenance=card), d / "acrobot.s2l")
     return d
 
 
@@ -250,6 +250,7 @@ def test_models_list_and_detail(client):
     assert acro["observation_size"] == 6 and acro["action_count"] == 3
     assert acro["weight_bits"] == 8 and acro["ticks"] == 16
     assert acro["mapping"]["pes_used"] >= 4 and acro["mapping"]["copies_per_chip"] >= 1
+    assert acro["model_card"]["evaluation"]["emulator"]["mean"] == -80.5
     assert client.get("/v1/models/acrobot").json()["sha256"] == acro["sha256"]
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404
@@ -416,14 +417,20 @@ def test_failing_primary_falls_back_and_readyz_reports_degraded(models_dir):
         assert 's2loop_fallbacks_total{model="cartpole"' in c.get("/metrics").text
 
 
-def test_primary_error_after_the_breaker_expires_still_falls_back(models_dir):
+def test_primary_error_after_the_breaker_expires_still_falls_back(models_dir, caplog):
     settings = make_settings(
         models_dir, backend=SPEC + "FailingBackend", fallback="emulator", primary_retry_s=0
     )
     with TestClient(create_app(settings)) as c:
         wait_ready(c, status="degraded")
-        r = c.post("/v1/act", json={"model": "cartpole", "observation": OBS})
+        r = c.post(
+            "/v1/act",
+            json={"model": "cartpole", "observation": OBS},
+            headers={"X-Request-ID": "rid-77"},
+        )
         assert r.json()["fallback"] is True
+        logged = [rec for rec in caplog.records if getattr(rec, "request_id", None) == "rid-77"]
+        assert logged and "board unreachable" in logged[0].error
         metrics = c.get("/metrics").text
         assert 's2loop_fallbacks_total{model="cartpole",reason="error"} 1.0' in metrics
 
