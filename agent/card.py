@@ -77,6 +77,13 @@ def card_text(artifact: ModelArtifact) -> str:
                 "visited by the emulator policy (same action from the float reference).",
                 "",
             ]
+        teacher = ev.get("agreement_teacher_vs_8bit")
+        if teacher is not None:
+            lines += [
+                f"Agreement with the float MLP teacher on the same states: {100 * teacher:.2f}% "
+                "(ANN-to-SNN conversion agreement in the sense of arXiv 2009.14456).",
+                "",
+            ]
     lines += _mapping_lines(artifact)
     lines += [
         "Re-check: `s2loop eval "
