@@ -443,7 +443,7 @@ class Service:
         primary = self.primary
         if (
             primary is not None
-            and entry.name in primary.backend._models
+            and primary.has(entry.name)
             and (
                 self._breaker_until == 0.0  # the usual case: no recent failure
                 or self.fallback is None  # nobody else to ask
@@ -511,7 +511,7 @@ class Service:
         self, entry: ModelEntry, obs: np.ndarray, deadline: float, reason: str
     ) -> InferenceResult:
         lane = self.fallback
-        if lane is None or entry.name not in lane.backend._models:
+        if lane is None or not lane.has(entry.name):
             if reason == "timeout":
                 raise ApiError(504, "deadline", self._deadline_msg())
             detail = self._breaker_reason or self.primary_error or "backend unavailable"

@@ -3,6 +3,8 @@ the body, path or headers, the server never answers 5xx."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from service.settings import Settings
 schemathesis = pytest.importorskip("schemathesis")
 
 _MODELS = Path(tempfile.mkdtemp(prefix="s2loop-schema-"))
+atexit.register(shutil.rmtree, _MODELS, ignore_errors=True)
 save_artifact(random_artifact(seed=1, name="cartpole"), _MODELS / "cartpole.s2l")
 save_artifact(
     random_artifact(seed=2, name="acrobot", obs_scale=[1, 1, 1, 1, 12.6, 28.3], actions=3),
