@@ -77,6 +77,15 @@ def card_text(artifact: ModelArtifact) -> str:
                 "visited by the emulator policy (same action from the float reference).",
                 "",
             ]
+        rms = p.get("float_master_grid_rms_lsb")
+        if rms:
+            lines += [
+                "The fine-tuning pulls the float master weights toward the 8-bit grid (RMS "
+                "distance per layer, in LSBs: " + ", ".join(f"{x:.3f}" for x in rms) + "), "
+                "so this agreement measures what rounding to 8 bits still changes, not the "
+                "gap to an independently trained float network.",
+                "",
+            ]
         teacher = ev.get("agreement_teacher_vs_8bit")
         if teacher is not None:
             lines += [

@@ -27,7 +27,7 @@ import torch
 from agent.distill import DistillArgs, distill, make_student
 from agent.evaluate import DEFAULT_EVAL_SEED, evaluate
 from agent.rollout import run_episodes
-from agent.snn import SpikingQNet
+from agent.snn import SpikingQNet, quant_scale
 from agent.teacher import (
     TEACHER_DEFAULTS,
     TRAIN_SEED_BASE,
@@ -136,6 +136,11 @@ def finetune_run(
     )
     ft_seconds = time.perf_counter() - start
     student.save(run_dir / "student_quant.pt")
+    grid_rms = []
+    with torch.no_grad():
+        for w in student.weights:
+            ws = w * quant_scale(w)
+            grid_rms.append(round(float((ws - torch.round(ws)).pow(2).mean().sqrt()), 5))
     name = name or out.stem
     provenance: dict[str, Any] = {
         "commands": [train["command"], command or " ".join(sys.argv)],
@@ -149,6 +154,7 @@ def finetune_run(
         "finetune_seconds": round(ft_seconds, 1),
         "teacher": {k: train["teacher"][k] for k in ("eval_mean", "eval_min", "step", "seconds")},
         "finetune": {k: v for k, v in qinfo.items() if k != "score"},
+        "float_master_grid_rms_lsb": grid_rms,
         "git_commit": git_commit(),
         "machine": machine(),
     }

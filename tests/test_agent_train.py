@@ -20,39 +20,47 @@ from hw.synthetic import random_artifact  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_train_and_finetune_smoke(tmp_path):
-    from agent.card import card_text
-    from agent.pipeline import finetune_run, train_run
+TINY_TEACHER = {
+    "total_steps": 400,
+    "learning_starts": 100,
+    "train_every": 4,
+    "gradient_steps": 1,
+    "eval_every": 200,
+    "eval_episodes": 2,
+    "hidden": 32,
+}
+TINY_DISTILL = {
+    "rounds": 1,
+    "steps_per_round": 5,
+    "batch_size": 32,
+    "teacher_episodes": 2,
+    "rollout_episodes": 2,
+    "eval_episodes": 2,
+}
 
-    tiny_teacher = {
-        "total_steps": 400,
-        "learning_starts": 100,
-        "train_every": 4,
-        "gradient_steps": 1,
-        "eval_every": 200,
-        "eval_episodes": 2,
-        "hidden": 32,
-    }
-    tiny_distill = {
-        "rounds": 1,
-        "steps_per_round": 5,
-        "batch_size": 32,
-        "teacher_episodes": 2,
-        "rollout_episodes": 2,
-        "eval_episodes": 2,
-    }
-    run = tmp_path / "run"
-    summary = train_run(
+
+def _tiny_train(run: Path, seed: int = 3) -> dict:
+    from agent.pipeline import train_run
+
+    return train_run(
         "CartPole-v1",
-        3,
+        seed,
         run,
-        teacher_overrides=tiny_teacher,
-        distill_overrides=tiny_distill,
+        teacher_overrides=TINY_TEACHER,
+        distill_overrides=TINY_DISTILL,
         snn_overrides={"hidden": (16,), "input_ticks": 4, "bins": 5},
         threads=1,
         progress=False,
         command="smoke",
     )
+
+
+def test_train_and_finetune_smoke(tmp_path):
+    from agent.card import card_text
+    from agent.pipeline import finetune_run
+
+    run = tmp_path / "run"
+    summary = _tiny_train(run)
     for f in ("teacher.pt", "student.pt", "teacher.csv", "distill.csv", "train.json"):
         assert (run / f).exists(), f
     assert summary["teacher"]["steps_run"] == 400
@@ -60,7 +68,7 @@ def test_train_and_finetune_smoke(tmp_path):
 
     out = tmp_path / "tiny.s2l"
     prov = finetune_run(
-        run, out, distill_overrides=tiny_distill, eval_episodes=2, threads=1, progress=False
+        run, out, distill_overrides=TINY_DISTILL, eval_episodes=2, threads=1, progress=False
     )
     art = load_artifact(out)
     assert art.name == "tiny" and art.env_id == "CartPole-v1"
@@ -80,6 +88,21 @@ def test_train_and_finetune_smoke(tmp_path):
         np.testing.assert_array_equal(a.i_offset, b.i_offset)
     text = card_text(art)
     assert "Decision agreement" in text and "smoke" in text
+    assert len(art.provenance["float_master_grid_rms_lsb"]) == 2
+
+
+def test_training_is_reproducible_for_a_seed(tmp_path):
+    _tiny_train(tmp_path / "a", seed=4)
+    _tiny_train(tmp_path / "b", seed=4)
+    a, _ = SpikingQNet.load(tmp_path / "a" / "student.pt")
+    b, _ = SpikingQNet.load(tmp_path / "b" / "student.pt")
+    for wa, wb in zip(a.weights, b.weights, strict=True):
+        assert torch.equal(wa, wb)
+    rows_a = (tmp_path / "a" / "teacher.csv").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "teacher.csv").read_text().splitlines()
+    # same episodes, same losses (the seconds column differs)
+    strip = [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_a]
+    assert strip == [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_b]
 
 
 def test_evaluate_emulator_and_torch_agree_exactly():
