@@ -52,7 +52,8 @@ def card_text(artifact: ModelArtifact) -> str:
         f"{p.get('finetune_seconds')} s",
         f"- machine: {p.get('machine', {}).get('platform')}, "
         f"torch {p.get('machine', {}).get('torch')}, "
-        f"{p.get('machine', {}).get('torch_threads')} torch threads",
+        f"{p.get('machine', {}).get('torch_threads')} torch threads, "
+        f"{p.get('machine', {}).get('cpu_count', '?')} CPU cores (shared with other work)",
         "",
     ]
     if ev:

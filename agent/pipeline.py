@@ -13,6 +13,7 @@ reference, teacher) written into the artifact's provenance.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from agent.teacher import (
 )
 from hw.artifact import save_artifact
 
-FINETUNE_DEFAULTS = {"rounds": 6, "lr": 5e-4, "lr_final": 5e-5}
+FINETUNE_DEFAULTS = {"rounds": 8, "lr": 5e-4, "lr_final": 2e-5}
 
 
 def git_commit() -> str:
@@ -59,6 +60,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
     }
 
 
