@@ -22,7 +22,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agent.distill import DistillArgs, distill, make_student
@@ -184,9 +183,3 @@ def evaluation_block(artifact, teacher, *, episodes: int, seed: int) -> dict[str
     result["agreement_float_vs_8bit"] = result["emulator"].get("agreement")
     result["agreement_teacher_vs_8bit"] = result["emulator"]["agreement_with"]["teacher_float_mlp"]
     return result
-
-
-def _np_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(type(x))
