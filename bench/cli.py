@@ -45,5 +45,44 @@ def emulator(
         typer.echo(f"wrote {out}")
 
 
+def suite(
+    quick: bool = typer.Option(False, "--quick", help="fewer steps and rounds (about 1-2 min)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent,
+        "--out",
+        help="folder for RESULTS.md, results.json and the PNGs [default: bench/]",
+    ),
+    sections: str = typer.Option(
+        "all", help="comma-separated: transport,backends,closed_loop,scaling,chip"
+    ),
+    models: Path | None = typer.Option(None, help="folder of *.s2l models [default: models/]"),
+) -> None:
+    """The whole performance suite in one run: transport vs a bare-FastAPI floor, emulator vs
+    torch reference, closed-loop deadlines, client/worker scaling, chip estimates vs the
+    reference paper. Writes OUT/RESULTS.md, OUT/results.json and OUT/*.png."""
+    import os
+    import shlex
+    import sys
+
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from bench.results import write_results
+    from bench.suite import SECTIONS, SuiteConfig, run_suite
+
+    chosen = SECTIONS if sections == "all" else tuple(s.strip() for s in sections.split(","))
+    try:
+        cfg = SuiteConfig.make(quick=quick, sections=chosen, models_dir=models)
+        command = shlex.join(["s2loop", *sys.argv[1:]])
+        report = run_suite(cfg, command=command, log=typer.echo)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for path in write_results(report, out):
+        typer.echo(f"wrote {path}")
+
+
+bench_app.command("suite")(suite)
+bench_app.command("all", help="Same as `suite`.")(suite)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -1,0 +1,177 @@
+"""bench/: the summary helpers, and a tiny run of every suite section against real
+servers (the floor and ``s2loop serve`` as subprocesses) that writes the page, the
+JSON and the plots. Figures here are too few to mean anything; the test pins that
+they are measured, consistent with each other, and written."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("service.app", reason="service/ not installed")
+pytest.importorskip("torch", reason="the backends section compares with the torch reference")
+
+from bench.common import CpuMeter, ratio, summarize_us, tree_cpu_s
+from bench.results import JSON_NAME, MD_NAME, PLOTS, render_markdown, write_results
+from bench.suite import SuiteConfig, run_suite, strip_raw
+
+
+def test_summary_of_1_to_100_has_numpy_linear_percentiles():
+    s = summarize_us(range(1, 101))
+    assert s["n"] == 100
+    assert s["p50"] == pytest.approx(50.5)
+    assert s["p90"] == pytest.approx(90.1)
+    assert s["p99"] == pytest.approx(99.01)
+    assert (s["min"], s["max"], s["mean"]) == (1.0, 100.0, 50.5)
+
+
+def test_summary_ignores_nan_and_inf_and_is_empty_without_samples():
+    assert summarize_us([math.nan, 3.0, math.inf, 1.0])["n"] == 2
+    assert summarize_us([math.nan, 3.0, 1.0])["p50"] == 2.0
+    empty = summarize_us([])
+    assert empty["n"] == 0 and empty["p50"] is None and empty["max"] is None
+
+
+def test_ratio_is_none_without_a_denominator():
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(None, 2.0) is None and ratio(3.0, 0.0) is None
+
+
+def test_cpu_meter_sees_this_process_burn_cpu():
+    meter = CpuMeter([os.getpid()]).start()
+    t_end = time.perf_counter() + 0.3
+    x = 0
+    while time.perf_counter() < t_end:
+        x += 1
+    cpu = meter.stop()
+    assert cpu["wall_s"] >= 0.3
+    assert cpu["client_cores"] > 0.05  # even on a loaded machine we get some CPU
+    assert cpu["server_cores"] == pytest.approx(cpu["client_cores"], abs=0.1)  # same process
+    assert tree_cpu_s(os.getpid()) > 0
+
+
+def test_unknown_section_is_refused_by_the_command():
+    from s2loop.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "suite", "--sections", "transport,warp"])
+    assert result.exit_code != 0
+    assert "warp" in result.output
+
+
+TINY = {
+    "transport_rounds": 2,
+    "transport_block": 30,
+    "batch_block": 2,
+    "backend_batches": (1, 16),
+    "backend_repeats": 1,
+    "single_calls": {"emulator": 100, "reference": 10},
+    "batched_min_time_s": 0.02,
+    "loop_envs": ("CartPole-v1",),
+    "loop_free_steps": 60,
+    "loop_rates": {1000.0: 120},
+    "loop_ws_target_steps": 0,
+    "loop_floor_target_steps": 100,
+    "loop_chunk_s": 0.05,
+    "scaling_clients": (1, 2),
+    "scaling_workers": (1,),
+    "scaling_steps": 200,
+    "scaling_rounds": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = SuiteConfig.make(quick=True, **TINY)
+    report = run_suite(cfg, command="s2loop bench suite (test)")
+    out = tmp_path_factory.mktemp("bench")
+    written = write_results(report, out)
+    return report, out, written
+
+
+def test_tiny_suite_writes_page_json_and_small_pngs(tiny_run):
+    report, out, written = tiny_run
+    assert {p.name for p in written} == {*PLOTS.values(), JSON_NAME, MD_NAME}
+    for name in PLOTS.values():
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000
+    page = (out / MD_NAME).read_text()
+    for heading in ("## Targets", "## Findings", "## 1. Transport", "## 2. Backends"):
+        assert heading in page
+    for heading in ("## 3. Closed loop", "## 4. Scaling", "## 5. Chip estimates"):
+        assert heading in page
+    assert "s2loop bench suite (test)" in page and report["git"]["commit"][:12] in page
+    assert "**Quoted**" in page and "**Ours are estimates**" in page
+    saved = json.loads((out / JSON_NAME).read_text())
+    assert '"_rtt":' not in json.dumps(saved)  # raw samples stay out of the JSON
+    assert saved["transport"]["transports"]["act_http"]["rtt_us"]["n"] == 2 * 30
+    assert report["server_exit_codes"] == {"floor": 0, "s2loop-w1": 0}  # graceful stops
+
+
+def test_tiny_transport_figures_are_consistent(tiny_run):
+    t = tiny_run[0]["transport"]["transports"]
+    for name in ("floor_http", "floor_ws", "act_http", "act_ws"):
+        s = t[name]["rtt_us"]
+        assert s["n"] == 60 and 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert t["floor_http"]["ratio_to_floor"]["p50"] == pytest.approx(1.0)
+    # the service's own time is part of the round trip the client measured
+    assert 0 < t["act_http"]["server_us"]["p50"] < t["act_http"]["rtt_us"]["p50"]
+    b = t["batch"]
+    assert b["answers_complete"] and b["rtt_us"]["n"] == 4 and b["batch_size"] == 256
+    assert b["obs_per_s_sustained"] == pytest.approx(256 / b["rtt_us"]["mean"] * 1e6)
+
+
+def test_tiny_backends_compare_emulator_and_reference_on_the_shipped_network(tiny_run):
+    b = tiny_run[0]["backends"]
+    assert b["threads"]["torch"] == 1
+    assert b["action_agreement"]["value"] > 0.8  # 8-bit vs float: same network
+    for name in ("emulator", "reference"):
+        d = b["backends"][name]
+        assert d["single"]["best"]["calls"] == TINY["single_calls"][name]
+        assert set(d["batched"]) == {"1", "16"}
+        assert all(d["batched"][k]["best"]["per_second"] > 0 for k in d["batched"])
+
+
+def test_tiny_closed_loop_runs_real_episodes_and_counts_misses(tiny_run):
+    c = tiny_run[0]["closed_loop"]
+    runs = {(r["server"], r["transport"], r["rate_hz"]): r for r in c["runs"]}
+    assert set(runs) == {
+        ("s2loop", "http", None),
+        ("s2loop", "ws", None),
+        ("s2loop", "http", 1000.0),
+        ("floor", "http", 200.0),
+    }
+    paced = runs[("s2loop", "http", 1000.0)]
+    assert paced["steps"] >= 120 and paced["errors"] == 0
+    assert 0 <= paced["misses_rtt_over_period"] <= paced["deadline_misses"] <= paced["steps"]
+    assert runs[("s2loop", "http", None)]["deadline_misses"] is None
+    # episode lengths come from the service's runs only (the floor's constant action
+    # ends CartPole episodes after a few steps)
+    lengths = [n for r in c["runs"] if r["server"] == "s2loop" for n in r["episode_lengths"]]
+    assert c["episode_length_mean"]["CartPole-v1"] == pytest.approx(np.mean(lengths))
+
+
+def test_tiny_scaling_and_chip_estimates_per_episode(tiny_run):
+    report = tiny_run[0]
+    rows = report["scaling"]["rows"]
+    assert [(r["workers"], r["clients"]) for r in rows] == [(1, 1), (1, 2)]
+    assert all(r["steps_per_s"] > 0 and r["errors"] == 0 for r in rows)
+    chip = report["chip"]
+    assert chip["estimate"] is True
+    cart = next(m for m in chip["models"] if m["model"] == "cartpole")
+    assert cart["chip_time_s"] == pytest.approx(cart["ticks"] * cart["sys_tick_s"])
+    length = report["closed_loop"]["episode_length_mean"]["CartPole-v1"]
+    assert cart["episode_energy_j"] == pytest.approx(cart["energy_j"] * length)
+    acro = next(m for m in chip["models"] if m["model"] == "acrobot")
+    assert acro["episode_energy_j"] is None  # no Acrobot episodes were run
+
+
+def test_page_renders_from_the_json_alone(tiny_run):
+    """The JSON keeps everything the tables need (plots need the raw samples)."""
+    report = tiny_run[0]
+    assert render_markdown(strip_raw(report)) == render_markdown(report)
