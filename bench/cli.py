@@ -70,12 +70,12 @@ def suite(
     from bench.suite import SECTIONS, SuiteConfig, run_suite
 
     chosen = SECTIONS if sections == "all" else tuple(s.strip() for s in sections.split(","))
-    try:
-        cfg = SuiteConfig.make(quick=quick, sections=chosen, models_dir=models)
-        command = shlex.join(["s2loop", *sys.argv[1:]])
-        report = run_suite(cfg, command=command, log=typer.echo)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    cfg = SuiteConfig.make(quick=quick, sections=chosen, models_dir=models)
+    command = shlex.join(["s2loop", *sys.argv[1:]])
+    report = run_suite(cfg, command=command, log=typer.echo)
     for path in write_results(report, out):
         typer.echo(f"wrote {path}")
 

@@ -298,6 +298,7 @@ def _scaling(s: dict[str, Any]) -> list[str]:
             [
                 str(r["workers"]),
                 str(r["clients"]),
+                str(r.get("client_processes", 1)),
                 _f(r["steps_per_s"]),
                 _f(r["rtt_us"]["p50"]),
                 _f(r["rtt_us"]["p99"]),
@@ -314,15 +315,16 @@ def _scaling(s: dict[str, Any]) -> list[str]:
         f"{c['env_id']} closed loops over {c['transport']}, unpaced; {c['clients']}; about "
         f"{c['steps_per_configuration_and_round']:,} steps per configuration and round, "
         f"{c['rounds']} round(s), {c['order']}. Aggregate steps/s = all steps / wall time. "
-        "Cores: CPU time ÷ wall time of the server processes (workers included), of this "
-        "process (the clients: Gymnasium, JSON, sockets) and of the whole machine (other "
-        "users included). The clients share one Python interpreter, so at high client counts "
-        "their own GIL contention is part of the round trip.",
+        "Cores: CPU time ÷ wall time of the server processes (workers included), of the "
+        "client processes (Gymnasium, JSON, sockets) and of the whole machine (other "
+        "users included). Clients in one process share its interpreter, so at high client "
+        "counts their own GIL contention is part of the round trip.",
         "",
         *_table(
             [
                 "workers",
                 "clients",
+                "client processes",
                 "steps/s",
                 "RTT p50",
                 "RTT p99",

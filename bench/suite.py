@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import http.client
 import math
+import os
 import socket
 import sys
 import tempfile
@@ -133,6 +134,7 @@ class SuiteConfig:
     scaling_workers: tuple[int, ...] = (1, 2)
     scaling_steps: int = 4_000  # all clients together, per configuration and round
     scaling_rounds: int = 2
+    scaling_client_procs: int | None = None  # default: a quarter of the CPUs, at least 1
     ready_timeout_s: float = 180.0  # a fresh checkout compiles numba kernels on first start
 
     @classmethod
@@ -667,55 +669,112 @@ def measure_closed_loop(
 # ------------------------------------------------------------------ 4. scaling
 
 
-def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet) -> dict:
-    """``servers``: workers -> running ServerProcess."""
+def _client_group(job: dict[str, Any]) -> dict[str, Any]:
+    """One client process's share of a scaling run (runs in a pool process): wait for the
+    common start time, run ``clients`` loops as threads, return steps, RTTs and CPU."""
     from clients.loop import LoopConfig, run_loops
 
+    cfg = LoopConfig(
+        env_id=job["env_id"],
+        url=job["url"],
+        clients=job["clients"],
+        episodes=job["episodes"],
+        max_steps=job["max_steps"],
+        seed=job["seed"],
+    )
+    delay = job["start_at"] - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    cpu0 = time.process_time()
+    t0 = time.time()
+    res = run_loops(cfg)
+    return {
+        "start": t0,
+        "end": time.time(),
+        "steps": len(res.rows),
+        "rtt": res.column("rtt_us"),
+        "errors": sum(1 for e in res.column("error") if e),
+        "cpu_s": time.process_time() - cpu0,
+    }
+
+
+def _warm_client(_: int) -> int:
+    import gymnasium  # noqa: F401
+
+    import clients.loop  # noqa: F401
+
+    return os.getpid()
+
+
+def default_client_procs() -> int:
+    """Client processes for the scaling runs: a quarter of the CPUs, at least one."""
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet) -> dict:
+    """``servers``: workers -> running ServerProcess. K clients are spread over
+    ``min(K, client_procs)`` pool processes (threads inside each), all starting at one
+    agreed wall-clock time; steps/s = all steps / (last end - start)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    procs = cfg.scaling_client_procs or default_client_procs()
     pooled: dict[tuple[int, int], dict[str, Any]] = {}
-    for rnd in range(cfg.scaling_rounds):
-        for k in cfg.scaling_clients:
-            for w, server in servers.items():
-                per_client = max(100, math.ceil(cfg.scaling_steps / k))
-                max_steps = min(500, per_client)
-                episodes = math.ceil(per_client / max_steps)
-                loop_cfg = LoopConfig(
-                    env_id=cfg.scaling_env,
-                    url=server.url,
-                    clients=k,
-                    episodes=episodes,
-                    max_steps=max_steps,
-                    seed=cfg.seed + 50_000 + 1000 * rnd,
-                )
-                meter = CpuMeter([server.proc.pid]).start()
-                res = run_loops(loop_cfg)
-                cpu = meter.stop()
-                p = pooled.setdefault(
-                    (w, k), {"steps": 0, "wall_s": 0.0, "rtt": [], "errors": 0, "cpu": []}
-                )
-                p["steps"] += len(res.rows)
-                p["wall_s"] += res.wall_s
-                p["rtt"].extend(res.column("rtt_us"))
-                p["errors"] += sum(1 for e in res.column("error") if e)
-                p["cpu"].append(cpu)
-                log(
-                    f"  round {rnd + 1} workers {w} clients {k:2d}: "
-                    f"{len(res.rows) / res.wall_s:,.0f} steps/s"
-                )
+    ctx = mp.get_context("spawn")  # no fork of a process that holds numba/torch threads
+    with ProcessPoolExecutor(max_workers=procs, mp_context=ctx) as pool:
+        list(pool.map(_warm_client, range(procs)))
+        for rnd in range(cfg.scaling_rounds):
+            for k in cfg.scaling_clients:
+                for w, server in servers.items():
+                    per_client = max(100, math.ceil(cfg.scaling_steps / k))
+                    max_steps = min(500, per_client)
+                    groups = min(k, procs)
+                    start_at = time.time() + 0.2
+                    jobs = [
+                        {
+                            "env_id": cfg.scaling_env,
+                            "url": server.url,
+                            "clients": k // groups + (1 if g < k % groups else 0),
+                            "episodes": math.ceil(per_client / max_steps),
+                            "max_steps": max_steps,
+                            "seed": cfg.seed + 50_000 + 10_000 * rnd + 1000 * g,
+                            "start_at": start_at,
+                        }
+                        for g in range(groups)
+                    ]
+                    meter = CpuMeter([server.proc.pid]).start()
+                    results = list(pool.map(_client_group, jobs))
+                    cpu = meter.stop()
+                    wall = max(r["end"] for r in results) - start_at
+                    steps = sum(r["steps"] for r in results)
+                    cpu["client_cores"] = sum(r["cpu_s"] for r in results) / wall
+                    p = pooled.setdefault(
+                        (w, k), {"steps": 0, "wall_s": 0.0, "rtt": [], "errors": 0, "cpu": []}
+                    )
+                    p["steps"] += steps
+                    p["wall_s"] += wall
+                    for r in results:
+                        p["rtt"].extend(r["rtt"])
+                        p["errors"] += r["errors"]
+                    p["cpu"].append(cpu)
+                    log(
+                        f"  round {rnd + 1} workers {w} clients {k:2d}: {steps / wall:,.0f} steps/s"
+                    )
     rows = []
     for (w, k), p in sorted(pooled.items()):
         cpu = {
             key: float(np.mean([c[key] for c in p["cpu"]]))
             for key in ("server_cores", "client_cores", "machine_busy_cores")
         }
-        stats = summarize_us(p["rtt"])
         rows.append(
             {
                 "workers": w,
                 "clients": k,
+                "client_processes": min(k, procs),
                 "steps": p["steps"],
                 "wall_s": p["wall_s"],
                 "steps_per_s": p["steps"] / p["wall_s"] if p["wall_s"] else None,
-                "rtt_us": stats,
+                "rtt_us": summarize_us(p["rtt"]),
                 "errors": p["errors"],
                 **cpu,
             }
@@ -727,8 +786,12 @@ def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet
             "transport": "http",
             "steps_per_configuration_and_round": cfg.scaling_steps,
             "rounds": cfg.scaling_rounds,
-            "clients": "threads of the bench process, one keep-alive connection each",
-            "order": "for each client count, the 1- and 2-worker servers back to back",
+            "client_processes": procs,
+            "clients": (
+                f"spread over up to {procs} client process(es) (a quarter of the CPUs), "
+                "threads inside each, one keep-alive connection per client"
+            ),
+            "order": "for each client count, the servers of each worker count back to back",
         },
     }
 
