@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(-1, help="default: the training seed"),
         rounds: int = typer.Option(0, help="override the QAT DAgger rounds (0: default)"),
         steps_per_round: int = typer.Option(0, help="override gradient steps per round"),
+        lr_final: float = typer.Option(0.0, help="override the final learning rate (0: default)"),
         eval_episodes: int = typer.Option(100, help="final evaluation episodes (unseen seeds)"),
         card: bool = typer.Option(True, help="write a model card next to the artifact"),
         threads: int = typer.Option(2, help="torch threads"),
@@ -91,6 +92,8 @@ def register(app: typer.Typer) -> None:
             dover["rounds"] = rounds
         if steps_per_round:
             dover["steps_per_round"] = steps_per_round
+        if lr_final:
+            dover["lr_final"] = lr_final
         prov = finetune_run(
             run,
             out,
