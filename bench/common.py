@@ -173,17 +173,21 @@ def git_info() -> dict[str, Any]:
     """Commit of the checkout and the paths with uncommitted changes (others' work
     in a shared tree shows up here too)."""
 
-    def git(*args: str) -> str:
+    def git(*args: str) -> str | None:
         try:
-            return subprocess.run(
+            done = subprocess.run(
                 ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
-            ).stdout
+            )
         except (OSError, subprocess.SubprocessError):
-            return ""
+            return None
+        return done.stdout if done.returncode == 0 else None
 
+    commit = git("rev-parse", "HEAD")
+    if commit is None:  # a copy of the tree without .git: the caller may say which commit
+        return {"commit": os.environ.get("S2LOOP_GIT_COMMIT"), "dirty_paths": None}
     # porcelain lines are "XY path": the first column may be a space, so no strip()
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no") or ""
     return {
-        "commit": git("rev-parse", "HEAD").strip() or None,
+        "commit": commit.strip(),
         "dirty_paths": [line[3:] for line in status.splitlines() if len(line) > 3],
     }

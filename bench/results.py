@@ -52,7 +52,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _head(r: dict[str, Any]) -> list[str]:
     m = r["machine"]
     g = r["git"]
-    dirty = ", ".join(g["dirty_paths"]) or "none"
+    if g["dirty_paths"] is None:
+        dirty = "unknown (no git repository where it ran)"
+    else:
+        dirty = ", ".join(g["dirty_paths"]) or "none"
     v = m["versions"]
     lines = [
         "# s2loop benchmark results",
@@ -73,8 +76,9 @@ def _head(r: dict[str, Any]) -> list[str]:
         f"{v['numba']}, torch {v['torch']}, FastAPI {v['fastapi']}, uvicorn {v['uvicorn']}, "
         f"websockets {v['websockets']}, Gymnasium {v['gymnasium']}",
         f"- **Load**: load average {r['loadavg_start']} at the start, {r['loadavg_end']} at "
-        "the end. The machine is shared with other work (e.g. model training); figures are "
-        "noisy, which is why the transports are interleaved and the backends' repeats too.",
+        "the end. Other work on the machine shows there and in the 'machine busy' figures; "
+        "it makes the figures noisy, which is why the variants within each section are "
+        "interleaved.",
         "- **Models**: "
         + ", ".join(f"`{k}` sha256 `{d[:12]}…`" for k, d in r["models"].items())
         + " (copied at the start; the servers serve the copies)",
@@ -106,7 +110,7 @@ def _targets(r: dict[str, Any]) -> list[str]:
     return ["## Targets", "", *_table(["what", "target", "measured", ""], rows), ""]
 
 
-def _transport(t: dict[str, Any]) -> list[str]:
+def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
     c = t["config"]
     rows = []
     for name, e in t["transports"].items():
@@ -159,7 +163,7 @@ def _transport(t: dict[str, Any]) -> list[str]:
         "",
         f"Cores busy during the interleaved rounds: this process (client) "
         f"{_f(cpu.get('client_cores'), 2)}, whole machine {_f(cpu.get('machine_busy_cores'), 2)}"
-        " (of 2, other users included).",
+        f" (of {cpus} CPUs, other work included).",
         "",
         f"![transport round trips]({PLOTS['transport']})",
         "",
@@ -254,7 +258,9 @@ def _closed_loop(c: dict[str, Any]) -> list[str]:
         "## 3. Closed loop",
         "",
         "Real Gymnasium episodes, actions from the server (`clients.loop.run_client`, the "
-        "code of `s2loop run`), one client, whole episodes until the step count is reached. "
+        "code of `s2loop run`), one client in a process of its own (no torch loaded), whole "
+        "episodes until the step count is reached; the runs advance in turns of a few seconds "
+        "each, so load drift hits all alike. "
         "Round trip per step, µs. A step is a deadline miss when its action arrives after "
         "its period ends (1/rate after the period started); the pacing restarts from 'now' "
         "after a miss rather than bursting. 'with RTT > period': misses whose round trip "
@@ -429,9 +435,11 @@ def findings(r: dict[str, Any]) -> list[str]:
         out.append(
             f"WebSocket: p50 {_f(ws['rtt_us']['p50'])} µs "
             f"(×{_f(ws['ratio_to_floor']['p50'], 2)} of the HTTP floor); the constant-answer "
-            f"WebSocket floor is {_f(tr['floor_ws']['rtt_us']['p50'])} µs. The p99 of every "
-            "transport is milliseconds: on this 2-CPU machine shared with other work a request "
-            "now and then waits for a CPU (see the cores busy)."
+            f"WebSocket floor is {_f(tr['floor_ws']['rtt_us']['p50'])} µs. p99: floor "
+            f"{_f(floor['rtt_us']['p99'])} µs, /v1/act {_f(act['rtt_us']['p99'])} µs, "
+            f"WebSocket {_f(ws['rtt_us']['p99'])} µs, with the whole machine busy "
+            f"{_f(t.get('cpu', {}).get('machine_busy_cores'), 2)} of "
+            f"{r['machine']['cpus']} CPUs meanwhile."
         )
     c = r.get("closed_loop")
     if c:
@@ -467,7 +475,8 @@ def findings(r: dict[str, Any]) -> list[str]:
                     rel = paced["miss_rate"] / control["miss_rate"]
                     line += (
                         f" Miss rate service ÷ floor: {rel:.1f}; where it is near 1 the misses "
-                        "come from the machine (CPU contention), not from the service."
+                        "come from the machine and the client (wake-up, scheduling), not from "
+                        "the service."
                     )
                 elif paced["deadline_misses"] and not control["deadline_misses"]:
                     line += " The floor missed none: the service's extra time matters here."
@@ -488,13 +497,14 @@ def findings(r: dict[str, Any]) -> list[str]:
         for w in sorted({row["workers"] for row in s["rows"]}):
             rows = [row for row in s["rows"] if row["workers"] == w]
             best = max(rows, key=lambda row: row["steps_per_s"] or 0)
+            others = best["machine_busy_cores"] - best["server_cores"] - best["client_cores"]
             out.append(
                 f"{w} worker(s): {_f(rows[0]['steps_per_s'])} steps/s with "
                 f"{rows[0]['clients']} client, at most {_f(best['steps_per_s'])} steps/s "
-                f"({best['clients']} clients); the whole machine was busy "
-                f"{_f(best['machine_busy_cores'], 2)} cores of {r['machine']['cpus']} then "
-                f"(server {_f(best['server_cores'], 2)}, clients {_f(best['client_cores'], 2)}, "
-                "the rest other users)."
+                f"({best['clients']} clients); then the server used "
+                f"{_f(best['server_cores'], 2)} cores, the clients "
+                f"{_f(best['client_cores'], 2)}, other work {_f(max(others, 0.0), 2)}, of "
+                f"{r['machine']['cpus']} CPUs."
             )
     ch = r.get("chip")
     if ch:
@@ -530,7 +540,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Findings (computed from the figures below)", ""]
         lines += [f"- {x}" for x in found] + [""]
     for key, fn in (
-        ("transport", _transport),
+        ("transport", lambda t: _transport(t, report["machine"]["cpus"])),
         ("backends", _backends),
         ("closed_loop", _closed_loop),
         ("scaling", _scaling),

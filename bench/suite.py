@@ -9,14 +9,18 @@ chosen ones and :mod:`bench.results` writes the page, the JSON and the plots):
    Interleaved: every round runs one block of each, in an order rotated each
    round, so drift of the machine's load hits all alike.
 2. ``backends``: ``EmulatorBackend`` vs the float torch ``ReferenceBackend`` in
-   this process, same shipped network, one thread each; single-call latency
+   one process, same shipped network, one thread each; single-call latency
    and batched throughput, repeats interleaved, best repeat reported.
 3. ``closed_loop``: real Gymnasium episodes through the server
    (:func:`clients.loop.run_client`), unpaced (per-step latency) and paced at
-   each rate (deadline misses: the action arrived after the period ended).
-4. ``scaling``: K concurrent closed loops (threads of this process, one
-   connection each) against a 1-worker and a 2-worker server, interleaved;
-   aggregate steps/s, RTT p99, and the cores each side used.
+   each rate (deadline misses: the action arrived after the period ended),
+   plus a control run against the floor; all runs advance in turns.
+4. ``scaling``: K concurrent closed loops (spread over client processes, threads
+   inside, one connection each) against a 1-worker and a 2-worker server,
+   interleaved; aggregate steps/s, RTT p99, and the cores each side used.
+
+Sections 2 and 3 run in spawned child processes, so this process never imports
+torch and the closed loops run in a process like a real controller's.
 5. ``chip``: ``hw.mapping`` estimates per inference and per episode (episode
    length from section 3) beside the figures quoted from arXiv 2507.23562.
 
@@ -132,9 +136,9 @@ class SuiteConfig:
     scaling_env: str = "CartPole-v1"
     scaling_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
     scaling_workers: tuple[int, ...] = (1, 2)
-    scaling_steps: int = 4_000  # all clients together, per configuration and round
+    scaling_steps: int = 10_000  # all clients together, per configuration and round
     scaling_rounds: int = 2
-    scaling_client_procs: int | None = None  # default: a quarter of the CPUs, at least 1
+    scaling_client_procs: int | None = None  # default: half the CPUs, at least 1
     ready_timeout_s: float = 180.0  # a fresh checkout compiles numba kernels on first start
 
     @classmethod
@@ -153,7 +157,7 @@ class SuiteConfig:
                 loop_ws_target_steps=1_000,
                 loop_floor_target_steps=1_000,
                 loop_chunk_s=2.0,
-                scaling_steps=1_000,
+                scaling_steps=2_000,
                 scaling_rounds=1,
             )
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -707,8 +711,9 @@ def _warm_client(_: int) -> int:
 
 
 def default_client_procs() -> int:
-    """Client processes for the scaling runs: a quarter of the CPUs, at least one."""
-    return max(1, (os.cpu_count() or 1) // 4)
+    """Client processes for the scaling runs: half the CPUs, at least one (a client
+    process with a few loops uses most of a core: Gymnasium, JSON and sockets in Python)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet) -> dict:
@@ -729,7 +734,7 @@ def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet
                     per_client = max(100, math.ceil(cfg.scaling_steps / k))
                     max_steps = min(500, per_client)
                     groups = min(k, procs)
-                    start_at = time.time() + 0.2
+                    start_at = time.time() + 0.1
                     jobs = [
                         {
                             "env_id": cfg.scaling_env,
@@ -747,7 +752,8 @@ def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet
                     cpu = meter.stop()
                     wall = max(r["end"] for r in results) - start_at
                     steps = sum(r["steps"] for r in results)
-                    cpu["client_cores"] = sum(r["cpu_s"] for r in results) / wall
+                    # over the meter's interval, like the server and machine figures
+                    cpu["client_cores"] = sum(r["cpu_s"] for r in results) / cpu["wall_s"]
                     p = pooled.setdefault(
                         (w, k), {"steps": 0, "wall_s": 0.0, "rtt": [], "errors": 0, "cpu": []}
                     )
@@ -788,7 +794,7 @@ def measure_scaling(servers: dict[int, Any], cfg: SuiteConfig, log: Log = _quiet
             "rounds": cfg.scaling_rounds,
             "client_processes": procs,
             "clients": (
-                f"spread over up to {procs} client process(es) (a quarter of the CPUs), "
+                f"spread over up to {procs} client process(es) (half the CPUs), "
                 "threads inside each, one keep-alive connection per client"
             ),
             "order": "for each client count, the servers of each worker count back to back",
@@ -852,6 +858,17 @@ def _copy_models(src: Path, dst: Path) -> dict[str, str]:
     return digests
 
 
+def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh (spawned) process. The backends section imports torch,
+    and a process holding torch's objects pays ~10x longer garbage collections: the
+    closed loops run where a real controller would, in a process without it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 @contextlib.contextmanager
 def _section(report: dict, name: str, log: Log) -> Iterator[None]:
     log(f"[{name}]")
@@ -898,12 +915,12 @@ def run_suite(cfg: SuiteConfig, command: str = "", log: Log = _quiet) -> dict[st
                     report["transport"] = measure_transport(floor.url, s2.url, cfg, log)
             if "backends" in cfg.sections:
                 with _section(report, "backends", log):
-                    report["backends"] = measure_backends(models_dir, cfg, log)
+                    report["backends"] = in_child(measure_backends, models_dir, cfg, log)
             if "closed_loop" in cfg.sections:
                 with _section(report, "closed_loop", log):
                     floor_url = servers.floor().url if cfg.loop_floor_target_steps else None
-                    report["closed_loop"] = measure_closed_loop(
-                        servers.s2loop(1).url, cfg, log, floor_url=floor_url
+                    report["closed_loop"] = in_child(
+                        measure_closed_loop, servers.s2loop(1).url, cfg, log, floor_url
                     )
             if "scaling" in cfg.sections:
                 with _section(report, "scaling", log):
