@@ -503,8 +503,8 @@ def findings(r: dict[str, Any]) -> list[str]:
                 f"{rows[0]['clients']} client, at most {_f(best['steps_per_s'])} steps/s "
                 f"({best['clients']} clients); then the server used "
                 f"{_f(best['server_cores'], 2)} cores, the clients "
-                f"{_f(best['client_cores'], 2)}, other work {_f(max(others, 0.0), 2)}, of "
-                f"{r['machine']['cpus']} CPUs."
+                f"{_f(best['client_cores'], 2)}, the rest (kernel networking, other "
+                f"processes) {_f(max(others, 0.0), 2)}, of {r['machine']['cpus']} CPUs."
             )
     ch = r.get("chip")
     if ch:
