@@ -175,3 +175,38 @@ def test_page_renders_from_the_json_alone(tiny_run):
     """The JSON keeps everything the tables need (plots need the raw samples)."""
     report = tiny_run[0]
     assert render_markdown(strip_raw(report)) == render_markdown(report)
+
+
+def _loop_run(server: str, rate: float | None, misses: int, steps: int = 10_000) -> dict:
+    return {
+        "server": server,
+        "env_id": "CartPole-v1",
+        "transport": "http",
+        "rate_hz": rate,
+        "steps": steps,
+        "rtt_us": {"p50": 500.0},
+        "server_us": {"p50": 50.0},
+        "deadline_misses": misses if rate else None,
+        "misses_rtt_over_period": misses if rate else None,
+        "miss_rate": misses / steps if rate else None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("service", "floor", "expected"),
+    [(2, 0, "too small"), (40, 36, "service ÷ floor: 1.1"), (40, 0, "floor missed none")],
+)
+def test_misses_are_attributed_only_when_there_are_enough(service, floor, expected):
+    from bench.results import findings
+
+    report = {
+        "closed_loop": {
+            "runs": [
+                _loop_run("s2loop", None, 0),
+                _loop_run("s2loop", 200.0, service),
+                _loop_run("floor", 200.0, floor),
+            ]
+        }
+    }
+    (line,) = [x for x in findings(report) if x.startswith("Deadline misses")]
+    assert expected in line
