@@ -21,6 +21,7 @@ failed steps in a row abort the run with :class:`LoopAborted`.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -262,6 +263,10 @@ def run_loops(
     """Run ``cfg.clients`` loops at once and gather their steps (ordered by client)."""
     result = LoopResult(config=cfg)
     stop = threading.Event()
+    # Imports and set-up objects live for the whole run: freeze them so a full cyclic
+    # GC (tens of ms with gymnasium, numpy and friends loaded) never stalls a step.
+    gc.collect()
+    gc.freeze()
     t0 = time.perf_counter()
     if cfg.clients == 1:
         outcomes = [run_client(cfg, 0, progress, stop)]
