@@ -60,16 +60,7 @@ def uvicorn_options(host: str, port: int) -> dict[str, object]:
     """The keyword arguments ``s2loop serve`` passes to ``uvicorn.run`` (one worker)."""
     from service.settings import Settings
 
-    settings = Settings(host=host, port=port)
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": settings.access_log,
-        "ws_max_size": max(16 << 20, 2 * settings.max_body_bytes),
-        "timeout_graceful_shutdown": 5,
-        "ws": settings.ws_impl,
-    }
+    return Settings(host=host, port=port).uvicorn_options()
 
 
 def main(argv: list[str] | None = None) -> None:

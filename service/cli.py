@@ -71,15 +71,7 @@ def register(app: typer.Typer) -> None:
         if settings.workers > 1 and settings.backend == "spinnaker2":
             raise typer.BadParameter("the board runs one network at a time: use --workers 1")
         configure_logging(settings.log_level, settings.log_json)
-        common = {
-            "host": settings.host,
-            "port": settings.port,
-            "log_config": None,
-            "access_log": settings.access_log,
-            "ws_max_size": max(16 << 20, 2 * settings.max_body_bytes),
-            "timeout_graceful_shutdown": 5,
-            "ws": settings.ws_impl,
-        }
+        common = settings.uvicorn_options()
         if settings.workers == 1:
             from service.app import create_app
 

@@ -127,3 +127,16 @@ class Settings(BaseSettings):
             return min(self.primary_timeout_ms, self.deadline_ms) / 1e3
         share = 0.8 if self.has_fallback else 1.0
         return self.deadline_ms * share / 1e3
+
+    def uvicorn_options(self) -> dict[str, object]:
+        """Keyword arguments for ``uvicorn.run`` (shared by ``s2loop serve`` and the
+        bench's floor server, so both run under the same server settings)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "log_config": None,
+            "access_log": self.access_log,
+            "ws_max_size": max(16 << 20, 2 * self.max_body_bytes),
+            "timeout_graceful_shutdown": 5,
+            "ws": self.ws_impl,
+        }
