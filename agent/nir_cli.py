@@ -59,8 +59,11 @@ def register(app: typer.Typer) -> None:
             obs = art.obs_offset + art.obs_scale * rng.uniform(
                 -1.0, 1.0, size=(check, art.observation_size)
             ).astype(np.float32)
-            res = run_nir_graph(graph, obs)
-            emu = run_raster(CompiledNetwork.from_artifact(art), encode(art, obs), record=True)
+            # a Poisson model: the same seeded draws on both sides
+            seeds = np.arange(check) + seed if art.encoder.kind == "poisson" else None
+            res = run_nir_graph(graph, obs, seeds=seeds)
+            raster = encode(art, obs, seeds=seeds)
+            emu = run_raster(CompiledNetwork.from_artifact(art), raster, record=True)
             q = readout(art, emu.v_final, emu.counts)
             report["check"] = {
                 "observations": check,

@@ -68,7 +68,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from hw.artifact import Encoder, ModelArtifact
+from hw.artifact import ModelArtifact, encoder_from_dict
 from hw.encoding import intensities, spike_raster
 
 NIR_DT = 1e-4
@@ -246,17 +246,18 @@ def graph_metadata(graph: nir.NIRGraph) -> dict[str, Any]:
 
 
 def encode_observations(
-    graph: nir.NIRGraph, observations: np.ndarray, rng: np.random.Generator | None = None
+    graph: nir.NIRGraph, observations: np.ndarray, seeds: np.ndarray | None = None
 ) -> np.ndarray:
     """Observations [B, obs] -> the graph Input's raster uint8 [B, input_ticks, n],
-    using only the encoder recorded in the graph's metadata."""
+    using only the encoder recorded in the graph's metadata (``seeds``: one per
+    observation for a Poisson encoder, as :func:`hw.encoding.encode`)."""
     meta = graph_metadata(graph)
-    encoder = Encoder(**meta["encoder"])
+    encoder = encoder_from_dict(meta["encoder"])
     offset = np.asarray(meta["obs_offset"], np.float32)
     scale = np.asarray(meta["obs_scale"], np.float32)
     obs = np.asarray(observations, np.float32)
     z = np.clip((obs - offset) / scale, np.float32(-1.0), np.float32(1.0))
-    return spike_raster(encoder, intensities(encoder, z), rng)
+    return spike_raster(encoder, intensities(encoder, z), seeds=seeds)
 
 
 @dataclass
@@ -313,7 +314,7 @@ def run_nir_graph(
     observations: np.ndarray | None = None,
     *,
     raster: np.ndarray | None = None,
-    rng: np.random.Generator | None = None,
+    seeds: np.ndarray | None = None,
 ) -> NIRRunResult:
     """Run an s2loop NIR graph on observations (encoded from the metadata) or on a
     ready input raster uint8 [B, input_ticks, n], with numpy only.
@@ -331,7 +332,7 @@ def run_nir_graph(
     if raster is None:
         if observations is None:
             raise ValueError("give observations or a raster")
-        raster = encode_observations(graph, observations, rng)
+        raster = encode_observations(graph, observations, seeds)
     raster = np.asarray(raster, np.uint8)
     n_batch, t_in = raster.shape[:2]
     series = np.zeros((n_batch, ticks, raster.shape[2]), np.float32)

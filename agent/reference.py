@@ -9,7 +9,6 @@ gives the float vs 8-bit decision agreement.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ import torch
 from agent.snn import LayerParams, float_params, greedy, simulate
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, InferenceResult, check_observations
-from hw.encoding import encode
+from hw.encoding import encode, request_seeds
 
 
 def synaptic_events(record: np.ndarray, raster: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -41,18 +40,18 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def __init__(self, **_: Any) -> None:
-        super().__init__()
-
     def _prepare(self, artifact: ModelArtifact) -> tuple[ModelArtifact, list[LayerParams]]:
         params = float_params(artifact)  # raises if the artifact has no float masters
         return artifact, params
 
-    def infer(self, model: str, observations: np.ndarray) -> InferenceResult:
+    def infer(
+        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+    ) -> InferenceResult:
         art, params = self._get(model)
         start = time.perf_counter()
         obs = check_observations(art, observations)
-        raster = encode(art, obs)
+        seeds = request_seeds(art, obs.shape[0], seeds)
+        raster = encode(art, obs, seeds=seeds)
         with torch.no_grad():
             out = simulate(
                 torch.from_numpy(raster.astype(np.float32)),
@@ -74,4 +73,5 @@ class ReferenceBackend(Backend):
             synaptic_events=synaptic_events(rec, raster, sizes),
             backend=self.name,
             compute_us=elapsed,
+            seeds=seeds,
         )

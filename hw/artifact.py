@@ -56,8 +56,8 @@ class Encoder:
        ``deterministic``: an accumulator starts at ``phase``, adds ``p`` each
        tick and spikes (subtracting 1) once it reaches 1, so a neuron fires
        ``floor(input_ticks * p + phase)`` times, evenly spread;
-       ``poisson``: a Bernoulli(p) draw per tick from a PCG64 generator seeded
-       with ``seed`` (the reference paper's rate coding).
+       ``poisson``: a Bernoulli(p) draw per tick, fresh on every run (the
+       reference paper's rate coding; see :mod:`hw.encoding` for the seeds).
     """
 
     kind: str = "deterministic"
@@ -65,7 +65,6 @@ class Encoder:
     bins: int = 5
     input_ticks: int = 8
     phase: float = 0.5
-    seed: int = 0
 
     def channels_per_dim(self) -> int:
         return 2 if self.channels == "signed" else self.bins
@@ -103,6 +102,11 @@ class Layer:
     @property
     def size(self) -> int:
         return int(self.weight.shape[0])
+
+    @property
+    def neuron(self) -> str:
+        """'IF' without leak (alpha_decay 1), else 'LIF'."""
+        return "IF" if self.alpha_decay == 1.0 else "LIF"
 
     @property
     def fan_in(self) -> int:
@@ -168,6 +172,19 @@ class ModelArtifact:
             "encoder": asdict(self.encoder),
             "readout": asdict(self.readout),
             "neuron_model": self.layers[0].neuron_model,
+            "recipe": self.provenance.get("recipe"),
+            "layers": [
+                {
+                    "name": lay.name,
+                    "size": lay.size,
+                    "neuron": lay.neuron,
+                    "alpha_decay": lay.alpha_decay,
+                    "threshold": lay.threshold,
+                    "reset": lay.reset,
+                    "weight_scale": lay.weight_scale,
+                }
+                for lay in self.layers
+            ],
             "sha256": self.sha256,
             "provenance": self.provenance,
         }
@@ -390,7 +407,7 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> ModelArtifact:
             action_names=tuple(str(a) for a in manifest["action_names"]),
             obs_offset=arrays["obs_offset"],
             obs_scale=arrays["obs_scale"],
-            encoder=Encoder(**manifest["encoder"]),
+            encoder=encoder_from_dict(manifest["encoder"]),
             layers=tuple(layers),
             ticks=int(manifest["ticks"]),
             readout=Readout(**manifest["readout"]),
@@ -406,6 +423,13 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> ModelArtifact:
     except ArtifactError as exc:
         raise ArtifactError(f"{source}: {exc}") from None
     return artifact
+
+
+def encoder_from_dict(fields: dict[str, Any]) -> Encoder:
+    """An :class:`Encoder` from its JSON fields. Files written before per-request seeds
+    carry an encoder "seed" that no longer means anything (every run of a Poisson
+    model draws fresh spikes): it is dropped."""
+    return Encoder(**{k: v for k, v in fields.items() if k != "seed"})
 
 
 def default_models_dir() -> Path:

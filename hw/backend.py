@@ -34,6 +34,7 @@ class InferenceResult:
     synaptic_events: np.ndarray  # int64 [B] spikes x fan-out, input layer included
     backend: str
     compute_us: float  # wall time of the backend call, microseconds
+    seeds: np.ndarray | None = None  # int64 [B]: Poisson encoder seeds used; None if deterministic
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -92,8 +93,14 @@ class Backend(ABC):
         """Backend-specific compiled form of an artifact."""
 
     @abstractmethod
-    def infer(self, model: str, observations: np.ndarray) -> InferenceResult:
-        """Run a batch of observations (float32 [B, obs]) through ``model``."""
+    def infer(
+        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+    ) -> InferenceResult:
+        """Run a batch of observations (float32 [B, obs]) through ``model``.
+
+        ``seeds`` (int [B]) make a Poisson encoder's draws reproducible; without
+        them each observation gets fresh draws (:func:`hw.encoding.request_seeds`).
+        The result reports the seeds used. Deterministic encoders ignore them."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "models": self.models()}

@@ -76,7 +76,7 @@ import numpy as np
 
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, BackendError, InferenceResult, check_observations
-from hw.encoding import encode, spike_times
+from hw.encoding import encode, request_seeds, spike_times
 from hw.mapping import ChipSpec, MappingError, map_network
 
 logger = logging.getLogger(__name__)
@@ -280,13 +280,14 @@ class SpiNNaker2Backend(Backend):
     # -------------------------------------------------------------------- infer
 
     def infer(
-        self, model: str, observations: np.ndarray, rng: np.random.Generator | None = None
+        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
     ) -> InferenceResult:
         prepared: BoardModel = self._get(model)
         art = prepared.artifact
         start = time.perf_counter()
         obs = check_observations(art, observations)
-        rasters = encode(art, obs, rng)
+        seeds = request_seeds(art, obs.shape[0], seeds)
+        rasters = encode(art, obs, seeds=seeds)
         n = obs.shape[0]
         ticks = int(art.ticks)
         v_final = np.zeros((n, art.action_count), np.float32)
@@ -333,6 +334,7 @@ class SpiNNaker2Backend(Backend):
             synaptic_events=syn,
             backend=self.name,
             compute_us=elapsed,
+            seeds=seeds,
             extra={
                 "board_runs": runs,
                 "copies_per_run": self._copies.get(model, prepared.copies),

@@ -128,6 +128,9 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("emulator", help="emulator, spinnaker2 or module:Class"),
         eth_ip: str | None = typer.Option(None, help="SpiNNaker2 board address (spinnaker2)"),
         sys_tick: float = typer.Option(1e-3, help="tick length in seconds (spinnaker2)"),
+        seed: int | None = typer.Option(
+            None, help="Poisson-coded models: seed of the input spikes (default: fresh draws)"
+        ),
     ) -> None:
         """Run one observation through a model on any backend and print the result as JSON."""
         import json
@@ -144,8 +147,9 @@ def register(app: typer.Typer) -> None:
         try:
             with create_backend(backend, **settings) as be:
                 be.load(art)
-                res = be.infer(art.name, np.asarray([observation], np.float32))
-        except BackendError as exc:
+                seeds = None if seed is None else np.array([seed])
+                res = be.infer(art.name, np.asarray([observation], np.float32), seeds)
+        except (BackendError, ValueError) as exc:
             typer.echo(f"backend {backend!r} failed: {exc}", err=True)
             raise typer.Exit(1) from None
         action = int(res.actions[0])
@@ -161,6 +165,7 @@ def register(app: typer.Typer) -> None:
                     "spikes_per_layer": [int(x) for x in res.spikes_per_layer[0]],
                     "synaptic_events": int(res.synaptic_events[0]),
                     "compute_us": round(res.compute_us, 1),
+                    "seed": None if res.seeds is None else int(res.seeds[0]),
                     "extra": res.extra,
                 }
             )

@@ -28,7 +28,7 @@ from numba import njit
 
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, InferenceResult, check_observations
-from hw.encoding import encode
+from hw.encoding import encode, request_seeds
 
 
 @dataclass(frozen=True)
@@ -545,23 +545,24 @@ class EmulatorBackend(Backend):
         net = CompiledNetwork.from_artifact(artifact)
         # compile (or load from cache) and smoke-run once so the first request is fast
         zeros = np.zeros((1, artifact.observation_size), np.float32)
-        run_raster(net, encode(artifact, zeros))
+        run_raster(net, encode(artifact, zeros, seeds=request_seeds(artifact, 1)))
         if artifact.encoder.kind == "deterministic":
             run_observations(net, zeros)
         return net
 
     def infer(
-        self, model: str, observations: np.ndarray, rng: np.random.Generator | None = None
+        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
     ) -> InferenceResult:
-        """``rng`` overrides the seed of a Poisson encoder (ignored for deterministic)."""
         net: CompiledNetwork = self._get(model)
         art = net.artifact
         start = time.perf_counter()
         if art.encoder.kind == "deterministic":
+            seeds = None  # nothing random to seed
             q, actions, spikes, syn = run_observations(net, observations, settings=self.settings)
         else:
             obs = check_observations(art, observations)
-            out = run_raster(net, encode(art, obs, rng), settings=self.settings)
+            seeds = request_seeds(art, obs.shape[0], seeds)
+            out = run_raster(net, encode(art, obs, seeds=seeds), settings=self.settings)
             q = readout(art, out.v_final, out.counts)
             actions = greedy_actions(q)
             spikes, syn = out.layer_spikes, out.synaptic_events
@@ -574,6 +575,7 @@ class EmulatorBackend(Backend):
             synaptic_events=syn,
             backend=self.name,
             compute_us=elapsed,
+            seeds=seeds,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -1,12 +1,25 @@
 """Observation -> input spike ticks. The one encoder, shared by the emulator,
 the board backend and the torch model (which calls it on the host), so all of
-them see the same input spikes bit for bit."""
+them see the same input spikes bit for bit.
+
+Poisson (rate) coding draws fresh spikes on every call: the caller passes either
+one ``numpy.random.Generator`` for the whole batch (training) or one integer
+seed per observation (serving: row ``b`` draws from ``PCG64(seeds[b])``, so an
+observation sent alone with seed ``s`` gets the same spikes as in a batch row
+with seed ``s``). :func:`request_seeds` picks fresh seeds where none were given.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from hw.artifact import Encoder, ModelArtifact
+
+# Seeds handed out by the server stay below 2**53 so that any JSON client (a
+# JavaScript number included) reads them back exactly; any seed in [0, 2**63)
+# is accepted.
+SEED_LIMIT = 2**63
+FRESH_SEED_LIMIT = 2**53
 
 
 def normalize(artifact: ModelArtifact, observations: np.ndarray) -> np.ndarray:
@@ -35,18 +48,49 @@ def intensities(encoder: Encoder, z: np.ndarray) -> np.ndarray:
     return p.reshape(b, -1)
 
 
+def request_seeds(
+    artifact: ModelArtifact, n: int, seeds: np.ndarray | list[int] | None = None
+) -> np.ndarray | None:
+    """The per-observation seeds a run of ``n`` observations uses: ``None`` for a
+    deterministic encoder (seeds are ignored), ``seeds`` checked, or fresh ones
+    from the operating system's entropy. int64 [n]."""
+    if artifact.encoder.kind != "poisson":
+        return None
+    if seeds is None:
+        return np.random.default_rng().integers(0, FRESH_SEED_LIMIT, n, dtype=np.int64)
+    out = np.asarray(seeds)
+    if out.shape != (n,) or out.dtype.kind not in "iu":
+        raise ValueError(f"seeds must be {n} integers, one per observation")
+    if n and (int(out.min()) < 0 or int(out.max()) >= SEED_LIMIT):
+        raise ValueError("seeds must lie in [0, 2**63)")
+    return out.astype(np.int64)
+
+
 def spike_raster(
-    encoder: Encoder, p: np.ndarray, rng: np.random.Generator | None = None
+    encoder: Encoder,
+    p: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Input spikes, uint8 [B, input_ticks, n_inputs]; ``raster[b, t, i] == 1`` means
     input neuron ``i`` fires at tick ``t``.
 
-    ``rng`` overrides the encoder's seed for Poisson coding (ignored otherwise).
+    Poisson coding needs a source of fresh draws: ``seeds`` (one per row) or
+    ``rng`` (one generator for the batch); the deterministic encoder ignores both.
     """
     t_in = encoder.input_ticks
     if encoder.kind == "poisson":
-        gen = rng if rng is not None else np.random.Generator(np.random.PCG64(encoder.seed))
-        draws = gen.random((p.shape[0], t_in, p.shape[1]), dtype=np.float32)
+        shape = (p.shape[0], t_in, p.shape[1])
+        if seeds is not None:
+            draws = np.empty(shape, dtype=np.float32)
+            for b, seed in enumerate(np.asarray(seeds, dtype=np.int64)):
+                gen = np.random.Generator(np.random.PCG64(int(seed)))
+                draws[b] = gen.random(shape[1:], dtype=np.float32)
+        elif rng is not None:
+            draws = rng.random(shape, dtype=np.float32)
+        else:
+            raise ValueError("a Poisson encoder draws fresh spikes: pass rng or seeds")
         return (draws < p[:, None, :]).astype(np.uint8)
     raster = np.empty((p.shape[0], t_in, p.shape[1]), dtype=np.uint8)
     acc = np.full(p.shape, np.float32(encoder.phase), dtype=np.float32)
@@ -60,11 +104,15 @@ def spike_raster(
 
 
 def encode(
-    artifact: ModelArtifact, observations: np.ndarray, rng: np.random.Generator | None = None
+    artifact: ModelArtifact,
+    observations: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Observations [B, obs] -> input spike raster uint8 [B, input_ticks, n_inputs]."""
     z = normalize(artifact, observations)
-    return spike_raster(artifact.encoder, intensities(artifact.encoder, z), rng)
+    return spike_raster(artifact.encoder, intensities(artifact.encoder, z), rng=rng, seeds=seeds)
 
 
 def spike_times(raster: np.ndarray) -> dict[int, list[int]]:

@@ -259,19 +259,24 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
         }
         if req.id is not None:
             out["id"] = req.id
+        if res.seeds is not None:
+            out["seed"] = int(res.seeds[0])
         return orjson.dumps(out, option=_NUMPY)
 
     async def act_core(body: bytes | str, t0: float, rid: str | None = None) -> bytes:
         req = parse_body(ActRequest, body)
         entry = service.entry(req.model)
-        res, fallback = await service.infer(entry, entry.observation(req.observation), t0, rid)
+        obs = entry.observation(req.observation)
+        seeds = entry.seeds(None if req.seed is None else [req.seed], 1)
+        res, fallback = await service.infer(entry, obs, t0, rid, seeds)
         return act_answer(req, t0, res, fallback, entry)
 
     async def batch_core(body: bytes | str, t0: float, rid: str | None = None) -> bytes:
         req = parse_body(BatchRequest, body)
         entry = service.entry(req.model)
         obs = entry.observations(req.observations, max_batch)
-        res, fallback = await service.infer(entry, obs, t0, rid)
+        seeds = entry.seeds(req.seeds, len(obs))
+        res, fallback = await service.infer(entry, obs, t0, rid, seeds)
         chip_time, energy = entry.estimate(len(obs))
         elapsed = time.perf_counter() - t0
         metrics.observe_request("batch", entry.name, elapsed)
@@ -292,6 +297,8 @@ def create_app(settings: Settings | None = None) -> S2LoopApp:
         }
         if req.id is not None:
             out["id"] = req.id
+        if res.seeds is not None:
+            out["seeds"] = res.seeds
         return orjson.dumps(out, option=_NUMPY)
 
     async def run_route(request: Request, core: Any) -> Response:

@@ -109,10 +109,10 @@ class Lane:
     def has(self, model: str) -> bool:
         return model in self.backend._models
 
-    def _call(self, model: str, obs: np.ndarray) -> InferenceResult:
+    def _call(self, model: str, obs: np.ndarray, seeds: np.ndarray | None) -> InferenceResult:
         start = time.perf_counter()
         try:
-            return self.backend.infer(model, obs)
+            return self.backend.infer(model, obs, seeds)
         finally:
             took = time.perf_counter() - start
             last = self._service_s
@@ -122,10 +122,12 @@ class Lane:
         with self._lock:
             self.pending -= 1
 
-    async def run(self, model: str, obs: np.ndarray, timeout_s: float) -> InferenceResult:
+    async def run(
+        self, model: str, obs: np.ndarray, timeout_s: float, seeds: np.ndarray | None = None
+    ) -> InferenceResult:
         """One backend call; raises QueueFull, LaneTimeout or what the backend raised."""
         if obs.shape[0] <= self.inline_max_batch:
-            return self.backend.infer(model, obs)
+            return self.backend.infer(model, obs, seeds)
         with self._lock:
             if self.pending >= self.capacity:
                 waiting = self.pending - self.threads + 1
@@ -136,7 +138,7 @@ class Lane:
             with self._lock:
                 self.pending -= 1
             raise LaneTimeout
-        cfut = self._executor.submit(self._call, model, obs)
+        cfut = self._executor.submit(self._call, model, obs, seeds)
         cfut.add_done_callback(self._finished)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(cfut), timeout_s)
@@ -175,6 +177,7 @@ class ModelEntry:
         art = self.artifact
         self.observation_size = art.observation_size
         self.ticks = art.ticks
+        self.stochastic = art.encoder.kind == "poisson"
         self.chip_time_s = self.mapping.chip_time_s if self.mapping else None
         self.energy_j = self.mapping.energy_j if self.mapping else None
         summary = art.summary()
@@ -228,6 +231,19 @@ class ModelEntry:
                 f"observation values must fit in float32 (|x| <= {FLOAT32_MAX:.4g})",
             )
         return arr.astype(np.float32)
+
+    def seeds(self, seeds: list[int] | None, n: int) -> np.ndarray | None:
+        """Request seeds as int64 [n] (None: fresh draws); ApiError 422 when the count
+        does not match. Deterministic models ignore them."""
+        if seeds is None or not self.stochastic:
+            return None
+        if len(seeds) != n:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"seeds has {len(seeds)} values for {n} observations; give one per observation",
+            )
+        return np.array(seeds, dtype=np.int64)
 
     def estimate(self, batch: int) -> tuple[float | None, float | None]:
         """Estimated chip time and energy of ``batch`` observations (hw.mapping):
@@ -433,12 +449,18 @@ class Service:
         self._breaker_reason = reason
 
     async def infer(
-        self, entry: ModelEntry, obs: np.ndarray, t0: float, request_id: str | None = None
+        self,
+        entry: ModelEntry,
+        obs: np.ndarray,
+        t0: float,
+        request_id: str | None = None,
+        seeds: np.ndarray | None = None,
     ) -> tuple[InferenceResult, bool]:
         """Run ``obs`` through the primary, else the fallback; returns (result, fallback).
 
         ``t0`` is the request's start (perf_counter); nothing is answered after
-        ``t0 + deadline``: 504 instead."""
+        ``t0 + deadline``: 504 instead. ``seeds``: Poisson encoder seeds, one per
+        observation (checked by :meth:`ModelEntry.seeds`), or None for fresh draws."""
         deadline = t0 + self.deadline_s
         primary = self.primary
         if (
@@ -450,13 +472,13 @@ class Service:
                 or time.monotonic() >= self._breaker_until  # time to try the primary again
             )
         ):
-            outcome = await self._try_primary(primary, entry, obs, t0, deadline, request_id)
+            outcome = await self._try_primary(primary, entry, obs, t0, deadline, request_id, seeds)
             if type(outcome) is InferenceResult:
                 return outcome, False
             reason = str(outcome)
         else:
             reason = "primary_unavailable"
-        return await self._run_fallback(entry, obs, deadline, reason), True
+        return await self._run_fallback(entry, obs, deadline, reason, seeds), True
 
     async def _try_primary(
         self,
@@ -466,11 +488,12 @@ class Service:
         t0: float,
         deadline: float,
         request_id: str | None,
+        seeds: np.ndarray | None,
     ) -> InferenceResult | str:
         """The primary's result, or the reason to fall back (a string)."""
         budget = min(t0 + self.primary_timeout_s, deadline) - time.perf_counter()
         try:
-            res = await lane.run(entry.name, obs, budget)
+            res = await lane.run(entry.name, obs, budget, seeds)
         except QueueFull as exc:
             raise ApiError(
                 429,
@@ -508,7 +531,12 @@ class Service:
         return f"no answer within the deadline of {self.settings.deadline_ms:g} ms"
 
     async def _run_fallback(
-        self, entry: ModelEntry, obs: np.ndarray, deadline: float, reason: str
+        self,
+        entry: ModelEntry,
+        obs: np.ndarray,
+        deadline: float,
+        reason: str,
+        seeds: np.ndarray | None,
     ) -> InferenceResult:
         lane = self.fallback
         if lane is None or not lane.has(entry.name):
@@ -517,7 +545,7 @@ class Service:
             detail = self._breaker_reason or self.primary_error or "backend unavailable"
             raise ApiError(503, "backend_error", f"no backend could answer: {detail}")
         try:
-            res = await lane.run(entry.name, obs, deadline - time.perf_counter())
+            res = await lane.run(entry.name, obs, deadline - time.perf_counter(), seeds)
         except QueueFull as exc:
             raise ApiError(
                 429,

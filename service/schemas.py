@@ -23,6 +23,8 @@ ModelName = Annotated[
     ),
 ]
 
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="Poisson encoder seed")]
+
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
@@ -46,6 +48,12 @@ class ActRequest(BaseModel):
     id: str | int | None = Field(
         None, description="optional client tag, echoed back (handy to match WebSocket answers)"
     )
+    seed: Seed | None = Field(
+        None,
+        description="Poisson-coded models: seed of this request's input spikes (reproducible "
+        "draws); without it the server draws fresh spikes and reports the seed it used. "
+        "Deterministic models ignore it.",
+    )
 
 
 class BatchRequest(BaseModel):
@@ -66,6 +74,11 @@ class BatchRequest(BaseModel):
     model: ModelName
     observations: list[list[float]] = Field(..., min_length=1)
     id: str | int | None = None
+    seeds: list[Seed] | None = Field(
+        None,
+        description="Poisson-coded models: one seed per observation (row i with seed s draws "
+        "the spikes /v1/act would with seed s); without them fresh draws, reported back",
+    )
 
 
 class Timing(BaseModel):
@@ -114,6 +127,9 @@ class ActResponse(BaseModel):
     fallback: bool = Field(..., description="true when the fallback backend answered")
     timing: Timing
     id: str | int | None = Field(None, description="the request's id, when it had one")
+    seed: int | None = Field(
+        None, description="Poisson-coded models: the seed of the input spikes used"
+    )
 
 
 class BatchResponse(BaseModel):
@@ -124,6 +140,9 @@ class BatchResponse(BaseModel):
     fallback: bool
     timing: Timing
     id: str | int | None = None
+    seeds: list[int] | None = Field(
+        None, description="Poisson-coded models: the seed of each row's input spikes"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -38,10 +38,9 @@ def _compare(art, obs, rng_seed=None, **board_kw):
     with EmulatorBackend() as emu, SpiNNaker2Backend(**board_kw) as board:
         emu.load(art)
         board.load(art)
-        rng_e = None if rng_seed is None else np.random.default_rng(rng_seed)
-        rng_b = None if rng_seed is None else np.random.default_rng(rng_seed)
-        a = emu.infer(art.name, obs, rng=rng_e)
-        b = board.infer(art.name, obs, rng=rng_b)
+        seeds = None if rng_seed is None else rng_seed + np.arange(len(obs))
+        a = emu.infer(art.name, obs, seeds)
+        b = board.infer(art.name, obs, seeds)
     np.testing.assert_array_equal(b.q_values, a.q_values)
     np.testing.assert_array_equal(b.actions, a.actions)
     np.testing.assert_array_equal(b.spikes_per_layer, a.spikes_per_layer)
@@ -72,7 +71,7 @@ def test_spiking_output_layer_and_poisson_input_match(fake_sdk, observations):
         name="m",
         hidden=(16,),
         readout="count_membrane",
-        encoder=Encoder(kind="poisson", channels="tent", bins=4, input_ticks=12, seed=3),
+        encoder=Encoder(kind="poisson", channels="tent", bins=4, input_ticks=12),
         ticks=16,
     )
     out = art.layers[-1]

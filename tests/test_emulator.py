@@ -123,14 +123,18 @@ def test_deterministic_encoder_counts_and_spacing():
     np.testing.assert_array_equal(np.flatnonzero(raster[0, :, 2]), [0, 2, 4, 6])
 
 
-def test_poisson_encoder_is_seeded():
+def test_poisson_encoder_rates_and_seeds():
     from hw.artifact import Encoder
 
-    enc = Encoder(kind="poisson", channels="signed", input_ticks=200, seed=5)
-    p = np.full((1, 3), 0.3, np.float32)
-    a, b = spike_raster(enc, p), spike_raster(enc, p)
-    np.testing.assert_array_equal(a, b)
-    assert 0.2 < a.mean() < 0.4
+    enc = Encoder(kind="poisson", channels="signed", input_ticks=200)
+    p = np.full((2, 3), 0.3, np.float32)
+    a = spike_raster(enc, p, seeds=np.array([5, 6]))
+    np.testing.assert_array_equal(a, spike_raster(enc, p, seeds=np.array([5, 6])))
+    assert not np.array_equal(a[0], a[1])  # each row its own stream
+    np.testing.assert_array_equal(a[1:], spike_raster(enc, p[:1], seeds=np.array([6])))
+    assert 0.25 < a.mean() < 0.35
+    with pytest.raises(ValueError, match="pass rng or seeds"):
+        spike_raster(enc, p)
 
 
 def test_backend_is_batched_and_deterministic(observations):
@@ -171,10 +175,10 @@ def test_bad_observations_are_rejected(bad):
 # --------------------------------------------------------------- fused fast path
 
 
-def _slow_path(art, obs, settings):
+def _slow_path(art, obs, settings, seeds=None):
     """encode + run_raster + readout + greedy_actions: the reference for the fast path."""
     net = CompiledNetwork.from_artifact(art)
-    out = run_raster(net, encode(art, obs), settings=settings)
+    out = run_raster(net, encode(art, obs, seeds=seeds), settings=settings)
     q = readout(art, out.v_final, out.counts)
     return q, greedy_actions(q), out.layer_spikes, out.synaptic_events
 
@@ -227,18 +231,19 @@ def test_threshold_comparison_setting_decides_equality():
         assert run_observations(net, obs, settings=settings)[2][0, 0] == rec[0, :, :8].sum()
 
 
-def test_emulator_backend_poisson_uses_rng(observations):
-    enc = Encoder(kind="poisson", channels="tent", bins=5, input_ticks=12, seed=1)
+def test_emulator_backend_poisson_uses_the_seeds(observations):
+    enc = Encoder(kind="poisson", channels="tent", bins=5, input_ticks=12)
     art = random_artifact(seed=4, name="p", encoder=enc)
+    seeds = np.arange(len(observations)) * 7
     with EmulatorBackend() as be:
         be.load(art)
-        a = be.infer("p", observations, rng=np.random.default_rng(5))
-        b = be.infer("p", observations, rng=np.random.default_rng(5))
-        c = be.infer("p", observations, rng=np.random.default_rng(6))
+        a = be.infer("p", observations, seeds)
+        b = be.infer("p", observations, seeds)
+        c = be.infer("p", observations, seeds + 1)
         d = be.infer("p", observations)
     np.testing.assert_array_equal(a.q_values, b.q_values)
     assert not np.array_equal(a.q_values, c.q_values)
-    slow = _slow_path(art, observations, EmulatorSettings())  # encoder seed, like d
+    slow = _slow_path(art, observations, EmulatorSettings(), d.seeds)  # the seeds d reports
     np.testing.assert_array_equal(d.q_values, slow[0])
 
 

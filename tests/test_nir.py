@@ -163,10 +163,11 @@ def test_reader_rejects_graphs_without_s2loop_metadata():
 def test_encoder_metadata_reproduces_the_artifact_encoder(tmp_path, observations):
     from hw.artifact import Encoder
 
-    art = random_artifact(seed=2, encoder=Encoder(kind="poisson", channels="signed", seed=9))
+    art = random_artifact(seed=2, encoder=Encoder(kind="poisson", channels="signed"))
     graph = nir.read(export_nir(art, tmp_path / "p.nir"))
+    seeds = np.arange(len(observations)) + 9
     np.testing.assert_array_equal(
-        encode_observations(graph, observations), encode(art, observations)
+        encode_observations(graph, observations, seeds), encode(art, observations, seeds=seeds)
     )
 
 

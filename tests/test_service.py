@@ -61,7 +61,7 @@ class SlowBackend(Backend):
     def _prepare(self, artifact):
         return artifact
 
-    def infer(self, model, observations):
+    def infer(self, model, observations, seeds=None):
         art = self._get(model)
         time.sleep(self.delay)
         return _result(art, observations, self.name, self.delay * 1e6)
@@ -72,7 +72,7 @@ class FailingBackend(SlowBackend):
 
     name = "failing"
 
-    def infer(self, model, observations):
+    def infer(self, model, observations, seeds=None):
         raise BackendError("board unreachable (fake)")
 
 
@@ -91,9 +91,9 @@ class CountingBackend(EmulatorBackend):
     thread_safe = True
     calls = 0
 
-    def infer(self, model, observations, rng=None):
+    def infer(self, model, observations, seeds=None):
         type(self).calls += 1
-        return super().infer(model, observations, rng)
+        return super().infer(model, observations, seeds)
 
 
 SPEC = "tests.test_service:"
@@ -675,3 +675,70 @@ def test_json_logs_carry_the_request_id():
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "abc-1" and line["model"] == "cartpole"
     assert line["level"] == "warning" and line["msg"] == "fallback"
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+@pytest.fixture(scope="module")
+def poisson_dir(tmp_path_factory) -> Path:
+    from hw.artifact import Encoder
+
+    d = tmp_path_factory.mktemp("poisson")
+    enc = Encoder(kind="poisson", channels="tent", bins=5, input_ticks=13)
+    save_artifact(random_artifact(seed=4, name="rate", encoder=enc), d / "rate.s2l")
+    save_artifact(random_artifact(seed=5, name="det"), d / "det.s2l")
+    return d
+
+
+def test_poisson_model_draws_fresh_spikes_per_request_and_reports_the_seed(poisson_dir):
+    obs = [0.3, -0.4, 0.05, 0.6]
+    with TestClient(create_app(make_settings(poisson_dir))) as client:
+        answers = [client.post("/v1/act", json={"model": "rate", "observation": obs}).json()
+                   for _ in range(8)]  # fmt: skip
+        seeds = [a["seed"] for a in answers]
+        assert len(set(seeds)) == 8 and all(0 <= s < 2**53 for s in seeds)
+        assert len({tuple(a["q_values"]) for a in answers}) > 1  # not one fixed draw
+        # the reported seed reproduces the answer, over HTTP, in a batch and over WebSocket
+        again = client.post(
+            "/v1/act", json={"model": "rate", "observation": obs, "seed": seeds[3]}
+        ).json()
+        assert again["seed"] == seeds[3] and again["q_values"] == answers[3]["q_values"]
+        batch = client.post(
+            "/v1/act/batch",
+            json={"model": "rate", "observations": [obs, obs], "seeds": seeds[2:4]},
+        ).json()
+        assert batch["seeds"] == seeds[2:4]
+        assert batch["q_values"] == [answers[2]["q_values"], answers[3]["q_values"]]
+        fresh = client.post("/v1/act/batch", json={"model": "rate", "observations": [obs] * 3})
+        assert len(set(fresh.json()["seeds"])) == 3
+        with client.websocket_connect("/v1/act/ws") as ws:
+            ws.send_text(json.dumps({"model": "rate", "observation": obs, "seed": seeds[5]}))
+            assert json.loads(ws.receive_text())["q_values"] == answers[5]["q_values"]
+
+
+@pytest.mark.parametrize(
+    "body,where",
+    [
+        ({"model": "rate", "observation": OBS, "seed": -1}, "seed"),
+        ({"model": "rate", "observation": OBS, "seed": 2**63}, "seed"),
+        ({"model": "rate", "observation": OBS, "seed": True}, "seed"),
+        ({"model": "rate", "observation": OBS, "seed": 1.5}, "seed"),
+        ({"model": "rate", "observation": OBS, "seed": "7"}, "seed"),
+    ],
+)
+def test_bad_seed_is_a_422_naming_it(poisson_dir, body, where):
+    with TestClient(create_app(make_settings(poisson_dir))) as client:
+        r = client.post("/v1/act", json=body)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(where)
+
+
+def test_batch_seeds_must_match_the_observations(poisson_dir):
+    with TestClient(create_app(make_settings(poisson_dir))) as client:
+        r = client.post(
+            "/v1/act/batch", json={"model": "rate", "observations": [OBS, OBS], "seeds": [1]}
+        )
+        assert r.status_code == 422
+        assert "seeds has 1 values for 2 observations" in r.json()["error"]["message"]
+        det = client.post("/v1/act", json={"model": "det", "observation": OBS, "seed": 3})
+        assert det.status_code == 200 and "seed" not in det.json()
