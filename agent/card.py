@@ -14,10 +14,83 @@ def _ret(r: dict[str, Any] | None) -> str:
     return f"{r['mean']:.2f} | {r['std']:.2f} | {r['min']:.0f}"
 
 
+def _neurons(artifact: ModelArtifact) -> str:
+    hidden = artifact.layers[:-1]
+    if not hidden:
+        return "no hidden layer"
+    parts = [
+        f"{lay.name}: {lay.neuron}"
+        + (f" (alpha_decay {lay.alpha_decay:.4g})" if lay.neuron == "LIF" else " (no leak)")
+        + f", float threshold {lay.float_threshold:.4g}"
+        for lay in hidden
+    ]
+    return "; ".join(parts) + f"; {hidden[0].reset}"
+
+
+_FORMS = (
+    ("emulator, 8-bit (`hw.emulator`)", "emulator"),
+    ("torch fake-quant 8-bit", "torch"),
+    ("float spiking network (reference backend)", "float"),
+)
+
+
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    seeds = ev.get("seeds", ["?", "?"])
+    emu = ev.get("emulator", {})
+    repeats = emu.get("repeats")
+    lines = [
+        f"## Evaluation ({ev.get('episodes')} greedy episodes, env seeds "
+        f"{seeds[0]}..{seeds[1]}, none used in training)",
+        "",
+    ]
+    if repeats:
+        lines += [
+            f"Poisson input spikes are drawn fresh at every step; each form ran the "
+            f"{ev.get('episodes')} episodes {repeats} times with different draws. Mean, std and "
+            "min pool all episodes; 'std of repeat means' is the spread between repeats.",
+            "",
+            "| form | mean | std | min | std of repeat means |",
+            "|---|---|---|---|---|",
+        ]
+        for label, key in _FORMS:
+            r = ev.get(key) or {}
+            lines.append(f"| {label} | {_ret(r)} | {r.get('repeat_std', float('nan')):.2f} |")
+    else:
+        lines += [
+            "| form | mean | std | min |",
+            "|---|---|---|---|",
+            *(f"| {label} | {_ret(ev.get(key))} |" for label, key in _FORMS),
+        ]
+    if ev.get("teacher_float_mlp"):
+        lines.append(f"| float MLP teacher (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |")
+    lines.append("")
+    agree = ev.get("agreement_float_vs_8bit")
+    if agree is not None:
+        lines += [
+            f"Decision agreement float vs 8-bit: **{100 * agree:.2f}%** of "
+            f"{emu.get('agreement_states')} states visited by the emulator policy (same action "
+            "from the float reference on the same input spikes).",
+            "",
+        ]
+    teacher = ev.get("agreement_teacher_vs_8bit")
+    if teacher is not None:
+        lines += [
+            f"Agreement with the float MLP teacher on the same states: {100 * teacher:.2f}% "
+            "(ANN-to-SNN conversion agreement in the sense of arXiv 2009.14456).",
+            "",
+        ]
+    return lines
+
+
 def card_text(artifact: ModelArtifact) -> str:
     p = artifact.provenance
-    ev = p.get("evaluation", {})
     enc = artifact.encoder
+    recipe = p.get("recipe", "n/a")
+    ft = p.get("finetune", {})
+    stages = [f"train {p.get('train_seconds')} s"]
+    if p.get("teacher"):
+        stages.append(f"(teacher {p['teacher'].get('seconds', 0):.0f} s included)")
+    stages.append(f"+ finetune {p.get('finetune_seconds')} s")
     lines = [
         f"# Model card: `{artifact.name}` ({artifact.env_id})",
         "",
@@ -26,74 +99,58 @@ def card_text(artifact: ModelArtifact) -> str:
         "",
         "## Network",
         "",
-        f"- layers (LIF): {artifact.input_size} inputs -> "
+        f"- layers: {artifact.input_size} inputs -> "
         + " -> ".join(str(s) for s in artifact.layer_sizes)
-        + f" (output layer non-spiking, readout `{artifact.readout.kind}`)",
-        f"- encoder: `{enc.kind}`, `{enc.channels}` channels, {enc.bins} bins per dimension, "
-        f"{enc.input_ticks} input ticks; {artifact.ticks} ticks per inference "
+        + f" (output layer a non-spiking integrator, readout `{artifact.readout.kind}`)",
+        f"- hidden neurons: {_neurons(artifact)}",
+        f"- encoder: `{enc.kind}`"
+        + (" (fresh input spikes on every inference)" if enc.kind == "poisson" else "")
+        + f", `{enc.channels}` channels, {enc.bins} bins per dimension, "
+        f"{enc.input_ticks} input ticks (T); {artifact.ticks} ticks per inference "
         "(input ticks + one per hop)",
-        f"- hidden neurons: alpha_decay {artifact.layers[0].alpha_decay}, "
-        f"{artifact.layers[0].reset}, float threshold {artifact.layers[0].float_threshold}",
         "- observation normalisation `clip(obs / obs_scale, -1, 1)`, obs_scale = "
         + ", ".join(f"{x:.4g}" for x in artifact.obs_scale),
         f"- weights sha256: `{artifact.sha256}`",
         "",
         "## How it was made",
         "",
-        f"Recipe: {p.get('recipe', 'n/a')}.",
+        f"Recipe: **{recipe}**: {p.get('recipe_description', '')}.",
         "",
+    ]
+    if ft.get("chosen"):
+        tried = ", ".join(
+            f"{k} {v.get('select_mean', float('nan')):.1f}"
+            for k, v in ft.get("pipelines", {}).items()
+        )
+        lines += [
+            f"8-bit fine-tuning: pipeline **{ft['chosen']}** chosen by greedy emulator return over "
+            f"{ft.get('select_episodes')} training-range episodes (candidates: {tried}).",
+            "",
+        ]
+    lines += [
         "```",
         *p.get("commands", []),
         "```",
         "",
         f"- seed: {p.get('seed')}; git commit: `{p.get('git_commit')}`",
-        f"- training time on this machine: train {p.get('train_seconds')} s "
-        f"(teacher {p.get('teacher', {}).get('seconds', 0):.0f} s included) + finetune "
-        f"{p.get('finetune_seconds')} s",
+        f"- training time on this machine: {' '.join(stages)}",
         f"- machine: {p.get('machine', {}).get('platform')}, "
         f"torch {p.get('machine', {}).get('torch')}, "
         f"{p.get('machine', {}).get('torch_threads')} torch threads, "
         f"{p.get('machine', {}).get('cpu_count', '?')} CPU cores (shared with other work)",
         "",
     ]
-    if ev:
-        seeds = ev.get("seeds", ["?", "?"])
+    if p.get("evaluation"):
+        lines += _evaluation_lines(p["evaluation"])
+    rms = p.get("float_master_grid_rms_lsb")
+    if rms:
         lines += [
-            f"## Evaluation ({ev.get('episodes')} greedy episodes, env seeds "
-            f"{seeds[0]}..{seeds[1]}, none used in training)",
-            "",
-            "| form | mean | std | min |",
-            "|---|---|---|---|",
-            f"| emulator, 8-bit (`hw.emulator`) | {_ret(ev.get('emulator'))} |",
-            f"| torch fake-quant 8-bit | {_ret(ev.get('torch'))} |",
-            f"| float spiking network (reference backend) | {_ret(ev.get('float'))} |",
-            f"| float MLP teacher (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |",
+            "The fine-tuning pulls the float master weights toward the 8-bit grid (RMS "
+            "distance per layer, in LSBs: " + ", ".join(f"{x:.3f}" for x in rms) + "), "
+            "so float vs 8-bit agreement measures what rounding to 8 bits still changes, not "
+            "the gap to an independently trained float network.",
             "",
         ]
-        agree = ev.get("agreement_float_vs_8bit")
-        if agree is not None:
-            n = ev.get("emulator", {}).get("agreement_states")
-            lines += [
-                f"Decision agreement float vs 8-bit: **{100 * agree:.2f}%** of {n} states "
-                "visited by the emulator policy (same action from the float reference).",
-                "",
-            ]
-        rms = p.get("float_master_grid_rms_lsb")
-        if rms:
-            lines += [
-                "The fine-tuning pulls the float master weights toward the 8-bit grid (RMS "
-                "distance per layer, in LSBs: " + ", ".join(f"{x:.3f}" for x in rms) + "), "
-                "so this agreement measures what rounding to 8 bits still changes, not the "
-                "gap to an independently trained float network.",
-                "",
-            ]
-        teacher = ev.get("agreement_teacher_vs_8bit")
-        if teacher is not None:
-            lines += [
-                f"Agreement with the float MLP teacher on the same states: {100 * teacher:.2f}% "
-                "(ANN-to-SNN conversion agreement in the sense of arXiv 2009.14456).",
-                "",
-            ]
     lines += _mapping_lines(artifact)
     lines += [
         "Re-check: `s2loop eval "

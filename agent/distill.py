@@ -32,103 +32,44 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from agent.network import Mode, SpikingQNet, env_spec
+from agent.options import DistillArgs, SNNConfig
 from agent.rollout import Episodes, run_episodes
-from agent.snn import SNNConfig, SpikingQNet, quant_scale
+from agent.snn import grid_distance
 from agent.teacher import MLP, TRAIN_SEED_BASE
 from hw.emulator import EmulatorBackend
 
 
 @dataclass
-class DistillArgs:
-    seed: int = 0
-    rounds: int = 12
-    """DAgger rounds (train, then roll out the student and label its states)"""
-    steps_per_round: int = 500
-    batch_size: int = 256
-    lr: float = 2e-3
-    lr_final: float = 2e-4
-    """cosine decay of the learning rate to this over all rounds"""
-    adv_weight: float = 0.05
-    """regression of the teacher's advantages q - mean(q), in action-gap stds"""
-    value_weight: float = 0.05
-    """regression of the teacher's mean Q over actions, in stds of that mean"""
-    ce_weight: float = 1.0
-    sharpness: float = 4.0
-    margin_weight: float = 1.0
-    margin: float = 2.0
-    """hinge: the teacher's action should lead by this many action-gap stds"""
-    float_weight: float = 0.5
-    """quant mode only: weight of the float-master loss"""
-    grid_weight: float = 30.0
-    """quant mode only: pull of the float masters toward the 8-bit grid (mean squared
-    distance in LSBs), ramped up quadratically over the rounds"""
-    rollout_episodes: int = 16
-    rollout_epsilon: float = 0.05
-    """random actions while the student drives, to visit a few more states"""
-    teacher_episodes: int = 24
-    eval_episodes: int = 30
-    max_states: int = 300_000
-
-
-@dataclass
 class StateSet:
-    """Observations, their input rasters (uint8) and the teacher's Q-values."""
+    """Observations and the teacher's Q-values for them."""
 
     obs: list[np.ndarray] = field(default_factory=list)
-    rasters: list[np.ndarray] = field(default_factory=list)
     q: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, obs: np.ndarray, student: SpikingQNet, teacher: MLP) -> None:
-        from hw.encoding import encode
-
+    def add(self, obs: np.ndarray, teacher: MLP) -> None:
         obs = np.asarray(obs, np.float32)
         self.obs.append(obs)
-        self.rasters.append(encode(student.encoding, obs))  # type: ignore[arg-type]
         self.q.append(teacher.q(obs).astype(np.float32))
 
     def arrays(self, max_states: int) -> tuple[np.ndarray, np.ndarray]:
-        r = np.concatenate(self.rasters)[-max_states:]
-        q = np.concatenate(self.q)[-max_states:]
-        return r, q
+        return np.concatenate(self.obs)[-max_states:], np.concatenate(self.q)[-max_states:]
 
 
-def observation_scale(env_id: str, states: np.ndarray) -> np.ndarray:
-    """Per-dimension normalisation scale: 1.2 x the 99.9th percentile of |observation|
-    on teacher episodes, never above the observation-space bound (where finite)."""
-    env = gym.make(env_id)
-    high = np.asarray(env.observation_space.high, np.float64)  # type: ignore[attr-defined]
-    env.close()
-    q = np.quantile(np.abs(states), 0.999, axis=0) * 1.2
-    q = np.where(np.isfinite(high) & (high < 1e6), np.minimum(q, high), q)
-    return np.maximum(q, 1e-3).astype(np.float32)
-
-
-def make_student(env_id: str, teacher: MLP, states: np.ndarray, seed: int, **snn_kw) -> SpikingQNet:
-    env = gym.make(env_id)
-    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
-    env.close()
-    names = {
-        "CartPole-v1": ("push_left", "push_right"),
-        "Acrobot-v1": ("torque_neg", "torque_zero", "torque_pos"),
-    }.get(env_id, tuple(f"action{i}" for i in range(n_actions)))
-    scale = observation_scale(env_id, states)
-    cfg = SNNConfig(
-        env_id=env_id,
-        obs_offset=tuple(0.0 for _ in scale),
-        obs_scale=tuple(float(x) for x in scale),
-        action_names=names,
-        **snn_kw,
-    )
-    net = SpikingQNet(cfg, seed=seed)
+def make_student(
+    env_id: str, teacher: MLP, states: np.ndarray, seed: int, snn: SNNConfig
+) -> SpikingQNet:
+    """A new network whose observation scale comes from the teacher's states (unless
+    ``snn`` sets one) and whose output starts at the teacher's mean Q."""
+    net = SpikingQNet(snn, env_spec(env_id, snn, states), seed=seed)
     with torch.no_grad():
         # the output layer integrates its bias every tick: start at the teacher's mean Q
-        net.biases[-1].fill_(float(teacher.q(states).mean()) / cfg.ticks)
+        net.biases[-1].fill_(float(teacher.q(states).mean()) / snn.ticks)
     return net
 
 
@@ -160,16 +101,6 @@ def _hinge(q: torch.Tensor, target: torch.Tensor, gap: float, margin: float) -> 
     return torch.relu(margin - (chosen - others.max(dim=1).values) / gap).mean()
 
 
-def grid_distance(student: SpikingQNet) -> torch.Tensor:
-    """Mean squared distance of the float master weights to their 8-bit grid points,
-    in LSBs (``(w*s - round(w*s))^2``, ``s = 127/max|w|`` held fixed)."""
-    total = torch.zeros(())
-    for w in student.weights:
-        ws = w * quant_scale(w)
-        total = total + (ws - torch.round(ws.detach())).pow(2).mean()
-    return total / len(student.weights)
-
-
 def distill(
     student: SpikingQNet,
     teacher: MLP,
@@ -177,29 +108,28 @@ def distill(
     args: DistillArgs,
     out_dir: Path,
     *,
-    mode: str = "float",
+    seed: int,
+    mode: Mode = "float",
     initial_states: np.ndarray | None = None,
     tag: str = "distill",
     progress: bool = True,
 ) -> tuple[SpikingQNet, dict]:
     """Run DAgger rounds; return the best student (by greedy return) and a summary."""
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed + 7)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 7)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    seed_base = (
-        TRAIN_SEED_BASE + 100_000 + 10_000 * (args.seed % 50) + (0 if mode == "float" else 5000)
-    )
+    seed_base = TRAIN_SEED_BASE + 100_000 + 10_000 * (seed % 50) + (0 if mode == "float" else 5000)
 
     data = StateSet()
     if initial_states is not None:
-        data.add(initial_states, student, teacher)
+        data.add(initial_states, teacher)
     seeds = [seed_base + i for i in range(args.teacher_episodes)]
     # teacher episodes, half of them with some random actions to widen the state cover
     half = args.teacher_episodes // 2
     for eps, ss in ((0.0, seeds[:half]), (0.1, seeds[half:])):
         ep = run_episodes(env_id, teacher.act, ss, keep_states=True, epsilon=eps, rng=rng)
-        data.add(ep.all_states(), student, teacher)
+        data.add(ep.all_states(), teacher)
     _, q_all = data.arrays(args.max_states)
     adv = q_all - q_all.mean(axis=1, keepdims=True)
     gap = float(max(adv.std(), 1e-3))
@@ -216,23 +146,30 @@ def distill(
     best: dict = {"eval_mean": -np.inf, "score": -np.inf}
     best_state = copy.deepcopy(student.state_dict())
     bar = tqdm(range(args.rounds), desc=f"{tag} {env_id} ({mode})", disable=not progress)
+    deterministic = student.config.encoder == "deterministic"
     for rnd in bar:
-        rasters, q_t = data.arrays(args.max_states)
+        obs_all, q_t = data.arrays(args.max_states)
+        # deterministic spikes are computed once per round; Poisson ones fresh per batch
+        rasters = student.encode(obs_all).numpy().astype(np.uint8) if deterministic else None
         grid = args.grid_weight * ((rnd + 1) / args.rounds) ** 2
         losses = []
         student.train()
         for _ in range(args.steps_per_round):
-            idx = rng.integers(0, len(rasters), args.batch_size)
-            x = torch.from_numpy(rasters[idx].astype(np.float32))
+            idx = rng.integers(0, len(q_t), args.batch_size)
+            if rasters is not None:
+                x = torch.from_numpy(rasters[idx].astype(np.float32))
+            else:
+                x = student.encode(obs_all[idx], rng)
             qt = torch.from_numpy(q_t[idx])
-            out = student(x, "float" if mode == "float" else "quant")
+            out = student(x, mode)
             loss = _loss(out.q_values, qt, gap, vstd, args)
             if mode != "float":
                 if args.float_weight > 0:
                     out_f = student(x, "float")
                     loss = loss + args.float_weight * _loss(out_f.q_values, qt, gap, vstd, args)
                 if grid > 0:
-                    loss = loss + grid * grid_distance(student)
+                    weights = list(student.weights)
+                    loss = loss + grid * grid_distance(weights, student.scale_percentile)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), 5.0)
@@ -242,12 +179,12 @@ def distill(
 
         # the student drives; its states get teacher labels
         student.eval()
-        policy = _policy(student, mode, emulator)
+        policy = _policy(student, mode, emulator, rng)
         ss = [seed_base + 1000 + rnd * 100 + i for i in range(args.rollout_episodes)]
         roll = run_episodes(
             env_id, policy, ss, keep_states=True, epsilon=args.rollout_epsilon, rng=rng
         )
-        data.add(roll.all_states(), student, teacher)
+        data.add(roll.all_states(), teacher)
 
         ev_seeds = [seed_base + 3000 + rnd * 100 + i for i in range(args.eval_episodes)]
         ev: Episodes = run_episodes(env_id, policy, ev_seeds)
@@ -284,9 +221,14 @@ def distill(
     return student, best
 
 
-def _policy(student: SpikingQNet, mode: str, emulator: EmulatorBackend | None):
+def _policy(
+    student: SpikingQNet, mode: Mode, emulator: EmulatorBackend | None, rng: np.random.Generator
+):
+    """The student's greedy policy: the torch float network, or (quant mode) its
+    exported artifact on the emulator; Poisson draws seeded from ``rng``."""
     if mode == "float" or emulator is None:
-        return lambda obs: student.act(obs, "float")
-    art = student.export("candidate")
-    emulator.load(art)
-    return lambda obs: emulator.infer("candidate", obs).actions
+        return lambda obs: student.predict(obs, "float", rng)
+    from agent.export import to_artifact
+
+    emulator.load(to_artifact(student, "candidate"))
+    return lambda obs: emulator.infer("candidate", obs, rng.integers(0, 2**53, len(obs))).actions

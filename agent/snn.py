@@ -1,4 +1,5 @@
-"""The spiking Q-network in torch, with the emulator's tick semantics exactly.
+"""The one forward of a spiking Q-network in torch, with the emulator's tick semantics
+exactly; training, the float reference backend and the tests all run it.
 
 The network is a stack of ``lif_no_delay`` populations fed by the artifact's
 input encoder (:func:`hw.encoding.encode`, called on the host; the torch side
@@ -17,10 +18,11 @@ After ``ticks`` ticks the output layer becomes Q-values through the readout of
 Three ways to run the same function (:class:`LayerParams` lists):
 
 - ``float``: the float master parameters (training, the reference backend);
-- ``quant``: fake-quantized, as export does: per layer ``s = 127 / max|W|``,
-  ``W_q = round(W * s)`` (straight-through gradient), ``threshold * s`` and
-  ``i_offset * s``; the readout divides by ``s``. Bit-identical to the emulator
-  running the exported artifact;
+- ``quant``: fake-quantized by :func:`fake_quant`, as export does: per layer
+  ``s = 127 / max|W|`` (the SDK's rule; or a percentile of ``|W|``, clipping the
+  few largest weights), ``W_q = clip(round(W * s), -127, 127)`` (straight-through
+  gradient), ``threshold * s`` and ``i_offset * s``; the readout divides by ``s``.
+  Bit-identical to the emulator running the exported artifact;
 - from an artifact's int8 weights (:func:`artifact_params`).
 
 Spikes use a surrogate gradient (fast sigmoid) in the backward pass only.
@@ -28,88 +30,16 @@ Spikes use a surrogate gradient (fast sigmoid) in the backward pass only.
 
 from __future__ import annotations
 
-import itertools
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
-from hw.artifact import Encoder, Layer, ModelArtifact, Readout
+from hw.artifact import ModelArtifact
 from hw.encoding import encode
 
 # Output layer: a non-spiking integrator (alpha 1, threshold never reached).
 OUTPUT_THRESHOLD = 1e9
-
-
-@dataclass(frozen=True)
-class SNNConfig:
-    """Everything but the learned tensors; JSON-able."""
-
-    env_id: str
-    obs_offset: tuple[float, ...]
-    obs_scale: tuple[float, ...]
-    action_names: tuple[str, ...]
-    hidden: tuple[int, ...] = (64, 64)
-    channels: str = "tent"
-    bins: int = 7
-    input_ticks: int = 12
-    encoder_kind: str = "deterministic"
-    phase: float = 0.5
-    alpha_decay: float = 1.0  # hidden layers
-    threshold: float = 1.0  # hidden layers, float units
-    reset: str = "reset_by_subtraction"
-    readout: str = "membrane"
-    surrogate_slope: float = 5.0
-
-    @property
-    def observation_size(self) -> int:
-        return len(self.obs_offset)
-
-    @property
-    def action_count(self) -> int:
-        return len(self.action_names)
-
-    @property
-    def encoder(self) -> Encoder:
-        return Encoder(
-            kind=self.encoder_kind,
-            channels=self.channels,
-            bins=self.bins,
-            input_ticks=self.input_ticks,
-            phase=self.phase,
-        )
-
-    @property
-    def input_size(self) -> int:
-        return self.observation_size * self.encoder.channels_per_dim()
-
-    @property
-    def ticks(self) -> int:
-        # one tick per hop flushes the pipe: the last input spike reaches the output
-        return self.input_ticks + len(self.hidden) + 1
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SNNConfig:
-        d = dict(d)
-        for k in ("obs_offset", "obs_scale", "action_names", "hidden"):
-            d[k] = tuple(d[k])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class EncodingSpec:
-    """The three fields :func:`hw.encoding.encode` reads from an artifact."""
-
-    obs_offset: np.ndarray
-    obs_scale: np.ndarray
-    encoder: Encoder
 
 
 @dataclass
@@ -167,7 +97,7 @@ class _RoundSTE(torch.autograd.Function):
         return grad
 
 
-def _f32(x: float) -> torch.Tensor:
+def f32(x: float) -> torch.Tensor:
     return torch.tensor(np.float32(x), dtype=torch.float32)
 
 
@@ -227,180 +157,44 @@ def greedy(q_values: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.argmax(q, axis=1).astype(np.int64)
 
 
-class SpikingQNet(nn.Module):
-    """Float master weights and biases of a feed-forward LIF Q-network."""
+def quant_scale(weight: torch.Tensor, percentile: float = 100.0) -> torch.Tensor:
+    """Per-layer scale ``127 / max|W|`` (float32, no gradient), the SDK's NIR rule; with
+    ``percentile`` < 100, ``127 / percentile(|W|)`` (weights above it are clipped)."""
+    w = weight.detach().abs()
+    m = w.max() if percentile >= 100.0 else torch.quantile(w.flatten(), percentile / 100.0)
+    return (torch.tensor(127.0, dtype=torch.float32) / m.clamp_min(1e-8)).to(torch.float32)
 
-    def __init__(self, config: SNNConfig, seed: int | None = None) -> None:
-        super().__init__()
-        self.config = config
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        sizes = [config.input_size, *config.hidden, config.action_count]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, size in itertools.pairwise(sizes):
-            bound = 1.0 / np.sqrt(fan_in)
-            w = (torch.rand(size, fan_in, generator=gen) * 2 - 1) * bound * 2.0
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(size)))
-        self.encoding = EncodingSpec(
-            obs_offset=np.asarray(config.obs_offset, np.float32),
-            obs_scale=np.asarray(config.obs_scale, np.float32),
-            encoder=config.encoder,
+
+def fake_quant(layers: list[LayerParams], percentile: float = 100.0) -> list[LayerParams]:
+    """Float layers -> the 8-bit chip-unit layers export writes (straight-through
+    rounding, so gradients reach the float masters)."""
+    out = []
+    for lay in layers:
+        s = quant_scale(lay.weight, percentile)
+        w_q = torch.clamp(_RoundSTE.apply(lay.weight * s), -127.0, 127.0)
+        out.append(
+            LayerParams(
+                weight=w_q,
+                i_offset=lay.i_offset * s,
+                threshold=lay.threshold * s,
+                alpha_decay=lay.alpha_decay,
+                reset_by_subtraction=lay.reset_by_subtraction,
+                v_reset=lay.v_reset * s,
+                v_init=lay.v_init * s,
+                scale=s,
+            )
         )
-
-    # ------------------------------------------------------------------ parameters
-
-    def _thresholds(self) -> list[float]:
-        n = len(self.weights)
-        return [self.config.threshold] * (n - 1) + [OUTPUT_THRESHOLD]
-
-    def _alphas(self) -> list[float]:
-        n = len(self.weights)
-        return [self.config.alpha_decay] * (n - 1) + [1.0]
-
-    def layer_params(self, mode: str = "float") -> list[LayerParams]:
-        """The layers in ``float`` units or fake-quantized (``quant``) chip units."""
-        out = []
-        sub = self.config.reset == "reset_by_subtraction"
-        for w, b, thr, alpha in zip(
-            self.weights, self.biases, self._thresholds(), self._alphas(), strict=True
-        ):
-            thr_t, alpha_t = _f32(thr), _f32(alpha)
-            if mode == "float":
-                out.append(LayerParams(w, b, thr_t, alpha_t, sub, _f32(0.0), _f32(0.0), _f32(1.0)))
-            elif mode == "quant":
-                s = quant_scale(w)
-                w_q = torch.clamp(_RoundSTE.apply(w * s), -127.0, 127.0)
-                out.append(
-                    LayerParams(w_q, b * s, thr_t * s, alpha_t, sub, _f32(0.0), _f32(0.0), s)
-                )
-            else:
-                raise ValueError(f"mode must be 'float' or 'quant', got {mode!r}")
-        return out
-
-    # ------------------------------------------------------------------ running
-
-    def encode(self, observations: np.ndarray) -> torch.Tensor:
-        """Observations [B, obs] -> float32 raster [B, input_ticks, n_in] via hw.encoding."""
-        obs = np.asarray(observations, np.float32)
-        return torch.from_numpy(encode(self.encoding, obs).astype(np.float32))  # type: ignore[arg-type]
-
-    def forward(self, raster: torch.Tensor, mode: str = "float", record: bool = False) -> SimOutput:
-        return simulate(
-            raster,
-            self.layer_params(mode),
-            self.config.ticks,
-            self.config.readout,
-            record=record,
-            slope=self.config.surrogate_slope,
-        )
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray, mode: str = "float") -> np.ndarray:
-        return greedy(self(self.encode(observations), mode).q_values)
-
-    # ------------------------------------------------------------------ export
-
-    def export(self, name: str, provenance: dict[str, Any] | None = None) -> ModelArtifact:
-        """The quantized artifact (bit-identical to ``mode='quant'``), float masters included."""
-        cfg = self.config
-        layers = []
-        n = len(self.weights)
-        with torch.no_grad():
-            qparams = self.layer_params("quant")
-            for i, (p, w, b, thr) in enumerate(
-                zip(qparams, self.weights, self.biases, self._thresholds(), strict=True)
-            ):
-                last = i == n - 1
-                layers.append(
-                    Layer(
-                        name="out" if last else f"fc{i + 1}",
-                        weight=p.weight.numpy().astype(np.int8),
-                        i_offset=p.i_offset.numpy().astype(np.float32),
-                        threshold=float(p.threshold),
-                        alpha_decay=float(p.alpha_decay),
-                        reset=cfg.reset,
-                        v_reset=0.0,
-                        v_init=0.0,
-                        weight_scale=float(p.scale),
-                        float_weight=w.detach().numpy().astype(np.float32).copy(),
-                        float_i_offset=b.detach().numpy().astype(np.float32).copy(),
-                        float_threshold=float(np.float32(thr)),
-                    )
-                )
-        art = ModelArtifact(
-            name=name,
-            env_id=cfg.env_id,
-            action_names=tuple(cfg.action_names),
-            obs_offset=np.asarray(cfg.obs_offset, np.float32),
-            obs_scale=np.asarray(cfg.obs_scale, np.float32),
-            encoder=cfg.encoder,
-            layers=tuple(layers),
-            ticks=cfg.ticks,
-            readout=Readout(kind=cfg.readout),
-            provenance=dict(provenance or {}),
-        )
-        art.validate()
-        return art
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        torch.save(
-            {
-                "config": json.dumps(self.config.to_json()),
-                "state_dict": self.state_dict(),
-                "extra": json.dumps(extra or {}),
-            },
-            path,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> tuple[SpikingQNet, dict[str, Any]]:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        net = cls(SNNConfig.from_json(json.loads(ckpt["config"])))
-        net.load_state_dict(ckpt["state_dict"])
-        return net, json.loads(ckpt["extra"])
-
-    @classmethod
-    def from_artifact(cls, artifact: ModelArtifact) -> SpikingQNet:
-        """The float master network stored in an artifact (needs its float_* fields)."""
-        hidden = artifact.layers[:-1]
-        first = artifact.layers[0]
-        enc = artifact.encoder
-        cfg = SNNConfig(
-            env_id=artifact.env_id,
-            obs_offset=tuple(float(x) for x in artifact.obs_offset),
-            obs_scale=tuple(float(x) for x in artifact.obs_scale),
-            action_names=tuple(artifact.action_names),
-            hidden=tuple(lay.size for lay in hidden),
-            channels=enc.channels,
-            bins=enc.bins,
-            input_ticks=enc.input_ticks,
-            encoder_kind=enc.kind,
-            phase=enc.phase,
-            alpha_decay=first.alpha_decay if hidden else 1.0,
-            threshold=float(first.float_threshold or 1.0) if hidden else 1.0,
-            reset=first.reset,
-            readout=artifact.readout.kind,
-        )
-        if cfg.ticks != artifact.ticks:
-            raise ValueError(f"artifact ticks {artifact.ticks} != input_ticks + layers")
-        net = cls(cfg)
-        with torch.no_grad():
-            for i, lay in enumerate(artifact.layers):
-                if lay.float_weight is None or lay.float_i_offset is None:
-                    raise ValueError(f"layer {lay.name} has no float master weights")
-                net.weights[i].copy_(torch.from_numpy(np.asarray(lay.float_weight, np.float32)))
-                net.biases[i].copy_(torch.from_numpy(np.asarray(lay.float_i_offset, np.float32)))
-        net.encoding = EncodingSpec(artifact.obs_offset, artifact.obs_scale, artifact.encoder)
-        return net
+    return out
 
 
-def quant_scale(weight: torch.Tensor) -> torch.Tensor:
-    """Per-layer scale ``127 / max|W|`` (float32, no gradient), as the SDK's NIR path."""
-    m = weight.detach().abs().max().clamp_min(1e-8)
-    return (torch.tensor(127.0, dtype=torch.float32) / m).to(torch.float32)
+def grid_distance(weights: list[torch.Tensor], percentile: float = 100.0) -> torch.Tensor:
+    """Mean squared distance of float master weights to their 8-bit grid points, in
+    LSBs (``(w*s - round(w*s))^2`` with ``s`` held fixed), averaged over layers."""
+    total = torch.zeros(())
+    for w in weights:
+        ws = w * quant_scale(w, percentile)
+        total = total + (ws - torch.round(ws.detach())).pow(2).mean()
+    return total / len(weights)
 
 
 def artifact_params(artifact: ModelArtifact) -> list[LayerParams]:
@@ -409,12 +203,12 @@ def artifact_params(artifact: ModelArtifact) -> list[LayerParams]:
         LayerParams(
             weight=torch.from_numpy(lay.weight.astype(np.float32)),
             i_offset=torch.from_numpy(lay.i_offset.astype(np.float32)),
-            threshold=_f32(lay.threshold),
-            alpha_decay=_f32(lay.alpha_decay),
+            threshold=f32(lay.threshold),
+            alpha_decay=f32(lay.alpha_decay),
             reset_by_subtraction=lay.reset == "reset_by_subtraction",
-            v_reset=_f32(lay.v_reset),
-            v_init=_f32(lay.v_init),
-            scale=_f32(lay.weight_scale),
+            v_reset=f32(lay.v_reset),
+            v_init=f32(lay.v_init),
+            scale=f32(lay.weight_scale),
         )
         for lay in artifact.layers
     ]
@@ -433,12 +227,12 @@ def float_params(artifact: ModelArtifact) -> list[LayerParams]:
             LayerParams(
                 weight=torch.from_numpy(np.asarray(lay.float_weight, np.float32)),
                 i_offset=torch.from_numpy(np.asarray(lay.float_i_offset, np.float32)),
-                threshold=_f32(thr),
-                alpha_decay=_f32(lay.alpha_decay),
+                threshold=f32(thr),
+                alpha_decay=f32(lay.alpha_decay),
                 reset_by_subtraction=lay.reset == "reset_by_subtraction",
-                v_reset=_f32(lay.v_reset / lay.weight_scale),
-                v_init=_f32(lay.v_init / lay.weight_scale),
-                scale=_f32(1.0),
+                v_reset=f32(lay.v_reset / lay.weight_scale),
+                v_init=f32(lay.v_init / lay.weight_scale),
+                scale=f32(1.0),
             )
         )
     return out
@@ -450,10 +244,12 @@ def run_artifact(
     *,
     use_float: bool = False,
     record: bool = False,
+    seeds: np.ndarray | None = None,
 ) -> SimOutput:
     """Run an artifact in torch: its int8 layers (bit-identical to the emulator) or,
-    with ``use_float``, its float master layers."""
-    raster = torch.from_numpy(encode(artifact, np.asarray(observations, np.float32)))
+    with ``use_float``, its float master layers. ``seeds``: Poisson encoders only."""
+    obs = np.asarray(observations, np.float32)
+    raster = torch.from_numpy(encode(artifact, obs, seeds=seeds))
     params = float_params(artifact) if use_float else artifact_params(artifact)
     with torch.no_grad():
         return simulate(

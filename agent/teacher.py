@@ -12,7 +12,6 @@ import copy
 import csv
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,66 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from agent.options import TeacherArgs
 from agent.rollout import run_episodes
-
-
-@dataclass
-class TeacherArgs:
-    env_id: str = "CartPole-v1"
-    seed: int = 0
-    total_steps: int = 60_000
-    """environment steps"""
-    hidden: int = 128
-    lr: float = 5e-4
-    gamma: float = 0.99
-    buffer_size: int = 50_000
-    batch_size: int = 128
-    learning_starts: int = 1_000
-    train_every: int = 1
-    """env steps between training phases"""
-    gradient_steps: int = 1
-    """gradient steps per training phase"""
-    target_every: int = 500
-    """hard target-network copy every this many steps"""
-    eps_start: float = 1.0
-    eps_end: float = 0.02
-    eps_steps: int = 15_000
-    eval_every: int = 5_000
-    eval_episodes: int = 20
-    stop_at: float | None = None
-    """stop early once a greedy evaluation (over 2 x eval_episodes) averages at least this"""
-
-
-# rl-baselines3-zoo-like settings: few long training phases, frequent target copies
-TEACHER_DEFAULTS: dict[str, dict] = {
-    "CartPole-v1": {
-        "total_steps": 60_000,
-        "hidden": 256,
-        "lr": 2.3e-3,
-        "batch_size": 64,
-        "train_every": 256,
-        "gradient_steps": 128,
-        "target_every": 10,
-        "eps_end": 0.04,
-        "eps_steps": 8_000,
-        "eval_every": 2_500,
-        "stop_at": 500.0,
-    },
-    "Acrobot-v1": {
-        "total_steps": 100_000,
-        "hidden": 256,
-        "lr": 6.3e-4,
-        "batch_size": 128,
-        "train_every": 4,
-        "gradient_steps": 1,
-        "target_every": 250,
-        "eps_end": 0.01,
-        "eps_steps": 12_000,
-        "eval_every": 5_000,
-        "eval_episodes": 30,
-        "stop_at": None,
-    },
-}
 
 
 class MLP(nn.Module):
@@ -117,17 +58,19 @@ def seed_everything(seed: int) -> None:
 TRAIN_SEED_BASE = 10_000
 
 
-def train_teacher(args: TeacherArgs, out_dir: Path, progress: bool = True) -> tuple[MLP, dict]:
+def train_teacher(
+    env_id: str, args: TeacherArgs, out_dir: Path, *, seed: int, progress: bool = True
+) -> tuple[MLP, dict]:
     """Train, write ``teacher.pt`` and ``teacher.csv`` in ``out_dir``, return the best net."""
-    seed_everything(args.seed)
+    seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = gym.make(args.env_id)
+    env = gym.make(env_id)
     n_obs = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
     q = MLP(n_obs, n_actions, args.hidden)
     target = copy.deepcopy(q)
     opt = torch.optim.Adam(q.parameters(), lr=args.lr)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
 
     obs_buf = np.zeros((args.buffer_size, n_obs), np.float32)
     next_buf = np.zeros((args.buffer_size, n_obs), np.float32)
@@ -141,11 +84,11 @@ def train_teacher(args: TeacherArgs, out_dir: Path, progress: bool = True) -> tu
     log.writerow(["step", "seconds", "episodic_return", "eval_mean", "eval_min", "td_loss", "eps"])
     best = {"eval_mean": -np.inf, "step": 0}
     best_state = copy.deepcopy(q.state_dict())
-    eval_seed = TRAIN_SEED_BASE + 1000 * (args.seed % 100)
+    eval_seed = TRAIN_SEED_BASE + 1000 * (seed % 100)
     start = time.perf_counter()
-    obs, _ = env.reset(seed=args.seed)
+    obs, _ = env.reset(seed=seed)
     ep_ret, td = 0.0, float("nan")
-    bar = tqdm(range(1, args.total_steps + 1), desc=f"teacher {args.env_id}", disable=not progress)
+    bar = tqdm(range(1, args.total_steps + 1), desc=f"teacher {env_id}", disable=not progress)
     for step in bar:
         eps = max(
             args.eps_end,
@@ -192,11 +135,11 @@ def train_teacher(args: TeacherArgs, out_dir: Path, progress: bool = True) -> tu
 
         if step % args.eval_every == 0 and step >= args.learning_starts:
             seeds = [eval_seed + step + i for i in range(args.eval_episodes)]
-            ev = run_episodes(args.env_id, q.act, seeds)
+            ev = run_episodes(env_id, q.act, seeds)
             if args.stop_at is not None and ev.mean >= args.stop_at:
                 # confirm on more episodes before stopping early
                 more = [eval_seed + step + 500 + i for i in range(args.eval_episodes)]
-                ev2 = run_episodes(args.env_id, q.act, more)
+                ev2 = run_episodes(env_id, q.act, more)
                 ev = type(ev)(np.concatenate([ev.returns, ev2.returns]), ev.lengths)
             log.writerow(
                 [step, f"{time.perf_counter() - start:.1f}", "", ev.mean, ev.returns.min(), td, eps]

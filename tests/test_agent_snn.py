@@ -6,8 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from agent.export import from_artifact, to_artifact  # noqa: E402
+from agent.network import EnvSpec, SpikingQNet  # noqa: E402
+from agent.options import SNNConfig  # noqa: E402
 from agent.reference import ReferenceBackend, synaptic_events  # noqa: E402
-from agent.snn import SNNConfig, SpikingQNet, run_artifact  # noqa: E402
+from agent.snn import run_artifact  # noqa: E402
 from hw.artifact import from_bytes, to_bytes  # noqa: E402
 from hw.emulator import CompiledNetwork, EmulatorBackend, greedy_actions, readout, run_raster  # noqa: E402
 from hw.encoding import encode  # noqa: E402
@@ -17,14 +20,15 @@ SCALE = (2.4, 3.0, 0.21, 3.0)
 
 
 def _net(seed: int, **kw) -> SpikingQNet:
-    cfg = SNNConfig(
+    cfg = SNNConfig(**kw)
+    env = EnvSpec(
         env_id="CartPole-v1",
-        obs_offset=(0.0, 0.0, 0.0, 0.0),
-        obs_scale=SCALE,
+        obs_offset=np.zeros(4, np.float32),
+        obs_scale=np.array(SCALE, np.float32),
         action_names=("left", "right"),
-        **kw,
+        encoder=cfg.encoder_spec,
     )
-    net = SpikingQNet(cfg, seed=seed)
+    net = SpikingQNet(cfg, env, seed=seed)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
         for b in net.biases:
@@ -56,17 +60,20 @@ def _observations(n: int = 200) -> np.ndarray:
         {},
         {"alpha_decay": 0.9, "readout": "count_membrane"},
         {"reset": "reset_to_v_reset", "channels": "signed", "input_ticks": 8, "hidden": (32,)},
-        {"encoder_kind": "poisson", "bins": 5, "hidden": (48, 32, 16), "alpha_decay": 0.75},
+        {"encoder": "poisson", "bins": 5, "hidden": (48, 32, 16), "alpha_decay": 0.75},
+        {"alpha_decay": 0.8, "learn_alpha": True, "learn_threshold": True, "threshold": 0.7},
     ],
 )
 def test_fake_quant_torch_is_bit_identical_to_emulator(kw):
     net = _net(seed=3, **kw)
-    art = net.export("parity")
+    art = to_artifact(net, "parity")
     obs = _observations()
-    out = run_raster(CompiledNetwork.from_artifact(art), encode(art, obs), record=True)
+    seeds = np.arange(len(obs)) + 1000
+    raster = encode(art, obs, seeds=seeds)
+    out = run_raster(CompiledNetwork.from_artifact(art), raster, record=True)
     q_emu = readout(art, out.v_final, out.counts)
     with torch.no_grad():
-        sim = net(net.encode(obs), "quant", record=True)
+        sim = net(torch.from_numpy(raster.astype(np.float32)), "quant", record=True)
     np.testing.assert_array_equal(sim.record.numpy(), out.record)
     np.testing.assert_array_equal(sim.q_values.numpy(), q_emu)
     np.testing.assert_array_equal(sim.q_values.numpy().argmax(axis=1), greedy_actions(q_emu))
@@ -90,7 +97,7 @@ def test_artifact_params_in_torch_match_emulator(reset, readout_kind, observatio
 
 def test_export_round_trip_keeps_quantization_and_masters():
     net = _net(seed=5)
-    art = net.export("rt", provenance={"seed": 5})
+    art = to_artifact(net, "rt", provenance={"seed": 5})
     back = from_bytes(to_bytes(art))
     for lay, w, b in zip(back.layers, net.weights, net.biases, strict=True):
         w = w.detach().numpy()
@@ -103,14 +110,73 @@ def test_export_round_trip_keeps_quantization_and_masters():
         assert lay.weight_scale == pytest.approx(float(s), rel=1e-7)
         assert np.float32(lay.threshold) == np.float32(lay.float_threshold) * np.float32(s)
     # the float masters rebuild the same network
-    again = SpikingQNet.from_artifact(back)
+    again = from_artifact(back)
     obs = _observations(50)
     with torch.no_grad():
         a = net(net.encode(obs), "float").q_values
         b = again(again.encode(obs), "float").q_values
     np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert back.provenance == {"seed": 5}
+    assert back.provenance["seed"] == 5
+    assert back.provenance["snn"]["hidden"] == [64, 64]
     assert back.ticks == net.config.input_ticks + 3
+
+
+def test_learned_leak_and_threshold_survive_the_artifact_bit_for_bit():
+    net = _net(seed=6, alpha_decay=0.9, learn_alpha=True, learn_threshold=True)
+    with torch.no_grad():
+        net.alpha.copy_(torch.tensor([0.8123, 0.9577]))
+        net.threshold.copy_(torch.tensor([0.61, 1.37]))
+    back = from_bytes(to_bytes(to_artifact(net, "leaky")))
+    assert [lay.alpha_decay for lay in back.layers] == [
+        float(np.float32(0.8123)),
+        float(np.float32(0.9577)),
+        1.0,
+    ]
+    assert [lay.neuron for lay in back.layers[:-1]] == ["LIF", "LIF"]
+    again = from_artifact(back)
+    assert again.config.learn_alpha and again.config.learn_threshold
+    x = net.encode(_observations(40))
+    with torch.no_grad():
+        for mode in ("float", "quant"):
+            np.testing.assert_array_equal(net(x, mode).q_values, again(x, mode).q_values)
+    # and the emulator runs exactly what torch's quant mode computes
+    out = run_raster(CompiledNetwork.from_artifact(back), x.numpy().astype(np.uint8))
+    with torch.no_grad():
+        np.testing.assert_array_equal(
+            readout(back, out.v_final, out.counts), net(x, "quant").q_values.numpy()
+        )
+
+
+def test_poisson_encoder_draws_fresh_spikes_unless_seeded():
+    net = _net(seed=8, encoder="poisson")
+    art = to_artifact(net, "poisson")
+    obs = _observations(30)
+    n = len(obs)
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        a = emu.infer("poisson", obs)
+        b = emu.infer("poisson", obs)
+        assert a.seeds is not None and len(a.seeds) == n
+        assert not np.array_equal(a.seeds, b.seeds)
+        assert not np.array_equal(a.q_values, b.q_values)  # fresh draws, not a fixed seed
+        again = emu.infer("poisson", obs, a.seeds)
+        np.testing.assert_array_equal(again.q_values, a.q_values)
+        np.testing.assert_array_equal(again.seeds, a.seeds)
+        # one observation alone with seed s == the batch row with seed s
+        row = emu.infer("poisson", obs[7:8], a.seeds[7:8])
+        np.testing.assert_array_equal(row.q_values[0], a.q_values[7])
+        with pytest.raises(ValueError, match=f"seeds must be {n} integers"):
+            emu.infer("poisson", obs, [1, 2])
+
+
+def test_deterministic_models_ignore_seeds(observations):
+    art = to_artifact(_net(seed=4), "det")
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        a = emu.infer("det", observations)
+        b = emu.infer("det", observations, np.arange(len(observations)))
+    assert a.seeds is None and b.seeds is None
+    np.testing.assert_array_equal(a.q_values, b.q_values)
 
 
 def test_quantized_network_stays_close_to_float():
@@ -136,7 +202,7 @@ def test_surrogate_gradient_reaches_every_layer():
 
 def test_reference_backend_runs_float_masters(observations):
     net = _net(seed=9)
-    art = net.export("ref")
+    art = to_artifact(net, "ref")
     with ReferenceBackend() as ref, EmulatorBackend() as emu:
         ref.load(art)
         emu.load(art)

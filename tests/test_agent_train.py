@@ -1,18 +1,29 @@
 """Training pipeline smoke test (a few hundred steps), evaluation, CLI import hygiene,
 and the shipped models."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from agent.evaluate import evaluate  # noqa: E402
-from agent.snn import SpikingQNet, run_artifact  # noqa: E402
+from agent.options import (  # noqa: E402
+    DistillArgs,
+    DSQNArgs,
+    FinetuneConfig,
+    QATArgs,
+    SNNConfig,
+    TeacherArgs,
+    TrainConfig,
+)
+from agent.snn import run_artifact  # noqa: E402
 from hw.artifact import load_artifact  # noqa: E402
 from hw.emulator import EmulatorBackend  # noqa: E402
 from hw.synthetic import random_artifact  # noqa: E402
@@ -20,89 +31,214 @@ from hw.synthetic import random_artifact  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-TINY_TEACHER = {
-    "total_steps": 400,
-    "learning_starts": 100,
-    "train_every": 4,
-    "gradient_steps": 1,
-    "eval_every": 200,
-    "eval_episodes": 2,
-    "hidden": 32,
-}
-TINY_DISTILL = {
-    "rounds": 1,
-    "steps_per_round": 5,
-    "batch_size": 32,
-    "teacher_episodes": 2,
-    "rollout_episodes": 2,
-    "eval_episodes": 2,
-}
+TINY_SNN = SNNConfig(hidden=(16,), input_ticks=4, bins=5)
+TINY_TEACHER = TeacherArgs(
+    total_steps=400, learning_starts=100, train_every=4, eval_every=200, eval_episodes=2, hidden=32
+)
+TINY_DISTILL = DistillArgs(
+    rounds=1,
+    steps_per_round=5,
+    batch_size=32,
+    teacher_episodes=2,
+    rollout_episodes=2,
+    eval_episodes=2,
+)
+TINY_DSQN = DSQNArgs(
+    total_steps=300, learning_starts=100, batch_size=16, eval_every=100, eval_episodes=2
+)
+TINY_QAT = QATArgs(
+    pipelines=("qat", "qat-adaptive-threshold", "ptq-percentile"),
+    percentiles=(100.0, 99.0),
+    select_episodes=2,
+)
 
 
-def _tiny_train(run: Path, seed: int = 3) -> dict:
+def _tiny_train(run: Path, recipe: str = "distill", seed: int = 3, **snn) -> dict:
     from agent.pipeline import train_run
 
-    return train_run(
-        "CartPole-v1",
-        seed,
-        run,
-        teacher_overrides=TINY_TEACHER,
-        distill_overrides=TINY_DISTILL,
-        snn_overrides={"hidden": (16,), "input_ticks": 4, "bins": 5},
+    cfg = TrainConfig(
+        out=run,
+        env="CartPole-v1",
+        recipe=recipe,
+        seed=seed,
         threads=1,
         progress=False,
-        command="smoke",
+        snn=dataclasses.replace(TINY_SNN, **snn),
+        dsqn=TINY_DSQN,
+        teacher=TINY_TEACHER,
+        distill=TINY_DISTILL,
     )
+    return train_run(cfg, command="smoke")
 
 
-def test_train_and_finetune_smoke(tmp_path):
-    from agent.card import card_text
+def _tiny_finetune(run: Path, out: Path) -> dict:
     from agent.pipeline import finetune_run
+
+    cfg = FinetuneConfig(
+        run=run,
+        out=out,
+        eval_episodes=2,
+        eval_repeats=2,
+        threads=1,
+        progress=False,
+        qat=TINY_QAT,
+        dsqn=dataclasses.replace(TINY_DSQN, grid_weight=10.0),
+        distill=TINY_DISTILL,
+    )
+    return finetune_run(cfg, command="smoke-finetune")
+
+
+def test_distill_recipe_train_and_finetune_smoke(tmp_path):
+    from agent.card import card_text
 
     run = tmp_path / "run"
     summary = _tiny_train(run)
-    for f in ("teacher.pt", "student.pt", "teacher.csv", "distill.csv", "train.json"):
+    for f in ("teacher.pt", "student.s2l", "teacher.csv", "distill.csv", "train.json"):
         assert (run / f).exists(), f
-    assert summary["teacher"]["steps_run"] == 400
+    assert summary["teacher"]["steps_run"] == 400 and summary["recipe"] == "distill"
     assert json.loads((run / "train.json").read_text())["seed"] == 3
 
     out = tmp_path / "tiny.s2l"
-    prov = finetune_run(
-        run, out, distill_overrides=TINY_DISTILL, eval_episodes=2, threads=1, progress=False
-    )
+    prov = _tiny_finetune(run, out)
     art = load_artifact(out)
     assert art.name == "tiny" and art.env_id == "CartPole-v1"
     assert art.layer_sizes == [16, 2] and art.ticks == 4 + 2
-    assert art.provenance["seed"] == 3 and art.provenance["commands"][0] == "smoke"
+    assert art.provenance["recipe"] == "distill"
+    assert art.provenance["seed"] == 3 and art.provenance["commands"] == ["smoke", "smoke-finetune"]
+    ft = art.provenance["finetune"]
+    assert set(ft["pipelines"]) == {"qat", "qat-adaptive-threshold", "ptq-percentile"}
+    assert ft["chosen"] in ft["pipelines"]
+    assert ft["pipelines"]["ptq-percentile"]["percentile"] in (100.0, 99.0)
     ev = art.provenance["evaluation"]
     assert ev["episodes"] == 2 and 0.0 <= ev["agreement_float_vs_8bit"] <= 1.0
     # the torch fake-quant model and the emulator run the same exported network
     assert ev["emulator"]["mean"] == ev["torch"]["mean"]
     assert prov["evaluation"] == ev
-
-    # the saved QAT student exports exactly the shipped weights
-    student, _ = SpikingQNet.load(run / "student_quant.pt")
-    again = student.export("tiny")
-    for a, b in zip(again.layers, art.layers, strict=True):
-        np.testing.assert_array_equal(a.weight, b.weight)
-        np.testing.assert_array_equal(a.i_offset, b.i_offset)
     text = card_text(art)
-    assert "Decision agreement" in text and "smoke" in text
+    assert "Decision agreement" in text and "smoke" in text and "**distill**" in text
+    assert "fc1: IF (no leak)" in text
     assert len(art.provenance["float_master_grid_rms_lsb"]) == 2
 
 
+def test_dsqn_recipe_poisson_lif_train_and_finetune_smoke(tmp_path):
+    from agent.card import card_text
+
+    run = tmp_path / "run"
+    summary = _tiny_train(run, recipe="dsqn", encoder="poisson", alpha_decay=0.9)
+    assert summary["recipe"] == "dsqn" and "teacher" not in summary
+    assert not (run / "teacher.pt").exists() and (run / "dsqn.csv").exists()
+    out = tmp_path / "dsqn.s2l"
+    _tiny_finetune(run, out)
+    art = load_artifact(out)
+    assert art.provenance["recipe"] == "dsqn" and art.encoder.kind == "poisson"
+    assert art.layers[0].alpha_decay == pytest.approx(0.9) and art.layers[0].neuron == "LIF"
+    ev = art.provenance["evaluation"]["emulator"]
+    assert ev["repeats"] == 2 and len(ev["repeat_means"]) == 2
+    # the TD-driven QAT logs its own CSV
+    assert (run / "finetune-qat.csv").exists()
+    summary = art.summary()
+    assert summary["recipe"] == "dsqn"
+    assert summary["layers"][0]["alpha_decay"] == pytest.approx(0.9)
+    text = card_text(art)
+    assert "**dsqn**" in text and "fc1: LIF (alpha_decay 0.9)" in text
+    assert "std of repeat means" in text
+
+
 def test_training_is_reproducible_for_a_seed(tmp_path):
-    _tiny_train(tmp_path / "a", seed=4)
-    _tiny_train(tmp_path / "b", seed=4)
-    a, _ = SpikingQNet.load(tmp_path / "a" / "student.pt")
-    b, _ = SpikingQNet.load(tmp_path / "b" / "student.pt")
-    for wa, wb in zip(a.weights, b.weights, strict=True):
-        assert torch.equal(wa, wb)
-    rows_a = (tmp_path / "a" / "teacher.csv").read_text().splitlines()
-    rows_b = (tmp_path / "b" / "teacher.csv").read_text().splitlines()
-    # same episodes, same losses (the seconds column differs)
-    strip = [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_a]
-    assert strip == [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_b]
+    for recipe in ("dsqn", "distill"):
+        _tiny_train(tmp_path / f"a-{recipe}", recipe=recipe, seed=4, encoder="poisson")
+        _tiny_train(tmp_path / f"b-{recipe}", recipe=recipe, seed=4, encoder="poisson")
+        a = load_artifact(tmp_path / f"a-{recipe}" / "student.s2l")
+        b = load_artifact(tmp_path / f"b-{recipe}" / "student.s2l")
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            np.testing.assert_array_equal(la.float_weight, lb.float_weight)
+        log = "dsqn.csv" if recipe == "dsqn" else "teacher.csv"
+        rows_a = (tmp_path / f"a-{recipe}" / log).read_text().splitlines()
+        rows_b = (tmp_path / f"b-{recipe}" / log).read_text().splitlines()
+        # same episodes, same losses (the seconds column differs)
+        strip = [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_a]
+        assert strip == [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_b]
+
+
+class SignBandit(gym.Env):
+    """One-step task: observation x in [-1, 1], reward 1 for action (x > 0), else 0."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, size=1).astype(np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        return self.x.copy(), float(int(action) == int(self.x[0] > 0)), True, False, {}
+
+
+def test_dsqn_learns_a_task_through_the_spikes(tmp_path):
+    """TD learning through Poisson-coded LIF neurons, no teacher: a few hundred steps
+    take the greedy policy from chance to nearly always right."""
+    from agent.dsqn import train_dsqn
+
+    gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
+    args = DSQNArgs(
+        total_steps=1500,
+        learning_starts=200,
+        train_every=1,
+        batch_size=32,
+        lr=3e-3,
+        lr_final=3e-4,
+        eps_steps=500,
+        eval_every=500,
+        eval_episodes=50,
+        target_every=50,
+    )
+    snn = SNNConfig(hidden=(16,), encoder="poisson", bins=5, input_ticks=8, alpha_decay=0.9)
+    net, info = train_dsqn("S2LoopSignBandit-v0", args, tmp_path, seed=0, snn=snn, progress=False)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(400, 1)).astype(np.float32)
+    x = x[np.abs(x[:, 0]) > 0.2]  # away from the boundary, where the rate code is clear
+    accuracy = (net.predict(x, "float", rng) == (x[:, 0] > 0)).mean()
+    assert accuracy > 0.9, accuracy
+    assert info["eval_mean"] > 0.8
+
+
+def test_train_cli_options_come_from_the_dataclasses():
+    from agent.cli import parse_options
+
+    cfg = parse_options(
+        TrainConfig,
+        ["--out", "r", "--recipe", "dsqn", "--snn.alpha-decay", "0.95", "--dsqn.lr", "1e-3"],
+        "s2loop train",
+        ("out",),
+    )
+    assert cfg.recipe == "dsqn" and cfg.snn.alpha_decay == 0.95 and cfg.dsqn.lr == 1e-3
+    cfg = parse_options(
+        TrainConfig, ["--preset", "distill-acrobot", "--out", "r"], "s2loop train", ("out",)
+    )
+    assert cfg.env == "Acrobot-v1" and cfg.teacher.target_every == 250
+    ft = parse_options(
+        FinetuneConfig,
+        ["--preset=distill-acrobot", "--run", "r", "--out", "m.s2l", "--qat.pipelines", "qat"],
+        "s2loop finetune",
+        ("run", "out"),
+    )
+    assert ft.distill.rounds == 6 and ft.qat.pipelines == ("qat",)
+
+
+def test_train_cli_help_and_errors():
+    cli = [sys.executable, "-m", "s2loop.cli", "train"]
+    out = subprocess.run([*cli, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for group in ("snn", "dsqn", "teacher", "distill"):
+        assert f"--{group}." in out.stdout
+    assert "--preset" in out.stdout and "paper-cartpole" in out.stdout
+    bad = subprocess.run(
+        [*cli, "--preset", "nope", "--out", "x"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr
+    missing = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True)
+    assert missing.returncode == 2 and "--out" in missing.stdout + missing.stderr
 
 
 def test_evaluate_emulator_and_torch_agree_exactly():

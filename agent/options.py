@@ -1,0 +1,392 @@
+"""Every training option, declared once as typed dataclasses (each field with its
+one-line doc); ``s2loop train`` and ``s2loop finetune`` are generated from them
+by tyro, grouped as ``--snn.*``, ``--dsqn.*``, ``--teacher.*``, ``--distill.*``
+and ``--qat.*``. Named presets hold the settings that made the shipped models.
+
+No torch here: ``s2loop train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hw.artifact import Encoder
+
+Recipe = Literal["dsqn", "distill"]
+Pipeline = Literal["qat", "qat-adaptive-threshold", "ptq-percentile"]
+
+
+@dataclass(frozen=True)
+class SNNConfig:
+    """The spiking network and its input encoder."""
+
+    hidden: tuple[int, ...] = (64, 64)
+    """hidden LIF layer sizes"""
+    encoder: Literal["deterministic", "poisson"] = "deterministic"
+    """input spikes: 'poisson' rate coding (fresh draws every step) or our deterministic
+    accumulator"""
+    channels: Literal["tent", "signed"] = "tent"
+    """per observation dimension: a 'tent' population of `bins` neurons, or 2 'signed' ones"""
+    bins: int = 7
+    """tent-coding neurons per observation dimension"""
+    input_ticks: int = 12
+    """ticks T during which the encoder emits input spikes (the paper: 10 or 20)"""
+    phase: float = 0.5
+    """deterministic encoder only: initial accumulator value"""
+    alpha_decay: float = 1.0
+    """hidden layers' membrane leak per tick (v = alpha_decay * v + I): 1.0 is IF, < 1 LIF"""
+    learn_alpha: bool = False
+    """learn alpha_decay per hidden layer, starting from alpha_decay"""
+    threshold: float = 1.0
+    """hidden layers' firing threshold (float units)"""
+    learn_threshold: bool = False
+    """learn the threshold per hidden layer"""
+    reset: Literal["reset_by_subtraction", "reset_to_v_reset"] = "reset_by_subtraction"
+    """what a spike does to the membrane"""
+    readout: Literal["membrane", "count_membrane"] = "membrane"
+    """output layer -> Q-values: final membrane, or spike count x threshold + membrane"""
+    surrogate_slope: float = 5.0
+    """slope k of the fast-sigmoid surrogate gradient 1 / (1 + k|x|)^2"""
+    obs_scale: tuple[float, ...] | None = None
+    """|observation| that maps to +-1, per dimension (beyond: clipped); default: estimated
+    from the first states seen"""
+
+    @property
+    def encoder_spec(self) -> Encoder:
+        return Encoder(
+            kind=self.encoder,
+            channels=self.channels,
+            bins=self.bins,
+            input_ticks=self.input_ticks,
+            phase=self.phase,
+        )
+
+    @property
+    def ticks(self) -> int:
+        # one tick per hop flushes the pipe: the last input spike reaches the output
+        return self.input_ticks + len(self.hidden) + 1
+
+    @property
+    def neuron(self) -> str:
+        return "IF" if self.alpha_decay >= 1.0 and not self.learn_alpha else "LIF"
+
+
+@dataclass(frozen=True)
+class DSQNArgs:
+    """Deep spiking Q-learning: DQN on the spiking network (also drives TD-based QAT)."""
+
+    total_steps: int = 100_000
+    """environment steps"""
+    lr: float = 5e-4
+    """Adam learning rate at the start"""
+    lr_final: float = 5e-5
+    """learning rate at the end (cosine decay over the gradient steps)"""
+    gamma: float = 0.99
+    """discount"""
+    buffer_size: int = 100_000
+    """replay capacity (transitions)"""
+    batch_size: int = 128
+    """transitions per gradient step"""
+    learning_starts: int = 1_000
+    """random-action steps before learning (they also fix the observation scale)"""
+    train_every: int = 2
+    """environment steps between training phases"""
+    gradient_steps: int = 1
+    """gradient steps per training phase"""
+    target_every: int = 100
+    """environment steps between copies of the online network into the target network"""
+    eps_start: float = 1.0
+    """exploration: epsilon at the first step"""
+    eps_end: float = 0.02
+    """exploration: epsilon after eps_steps"""
+    eps_steps: int = 10_000
+    """environment steps over which epsilon decays linearly"""
+    grad_clip: float = 10.0
+    """max gradient norm"""
+    eval_every: int = 5_000
+    """environment steps between greedy evaluations (checkpoint selection)"""
+    eval_episodes: int = 20
+    """episodes per evaluation"""
+    stop_at: float | None = None
+    """stop early once an evaluation averages at least this"""
+    grid_weight: float = 0.0
+    """QAT only: pull of the float masters toward the 8-bit grid, ramped up over the run"""
+
+
+@dataclass(frozen=True)
+class TeacherArgs:
+    """The float MLP Double-DQN teacher of the distill recipe."""
+
+    total_steps: int = 60_000
+    """environment steps"""
+    hidden: int = 128
+    """width of the two hidden layers"""
+    lr: float = 5e-4
+    """Adam learning rate"""
+    gamma: float = 0.99
+    """discount"""
+    buffer_size: int = 50_000
+    """replay capacity (transitions)"""
+    batch_size: int = 128
+    """transitions per gradient step"""
+    learning_starts: int = 1_000
+    """steps before learning"""
+    train_every: int = 1
+    """env steps between training phases"""
+    gradient_steps: int = 1
+    """gradient steps per training phase"""
+    target_every: int = 500
+    """hard target-network copy every this many steps"""
+    eps_start: float = 1.0
+    """exploration: epsilon at the first step"""
+    eps_end: float = 0.02
+    """exploration: epsilon after eps_steps"""
+    eps_steps: int = 15_000
+    """steps over which epsilon decays linearly"""
+    eval_every: int = 5_000
+    """steps between greedy evaluations (checkpoint selection)"""
+    eval_episodes: int = 20
+    """episodes per evaluation"""
+    stop_at: float | None = None
+    """stop early once a greedy evaluation (over 2 x eval_episodes) averages at least this"""
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """DAgger distillation of the teacher into the spiking network (also drives its QAT)."""
+
+    rounds: int = 12
+    """DAgger rounds (train, then roll out the student and label its states)"""
+    steps_per_round: int = 500
+    """gradient steps per round"""
+    batch_size: int = 256
+    """states per gradient step"""
+    lr: float = 2e-3
+    """Adam learning rate at the start"""
+    lr_final: float = 2e-4
+    """cosine decay of the learning rate to this over all rounds"""
+    adv_weight: float = 0.05
+    """regression of the teacher's advantages q - mean(q), in action-gap stds"""
+    value_weight: float = 0.05
+    """regression of the teacher's mean Q over actions, in stds of that mean"""
+    ce_weight: float = 1.0
+    """cross-entropy toward the teacher's action"""
+    sharpness: float = 4.0
+    """temperature of that cross-entropy, in action-gap stds"""
+    margin_weight: float = 1.0
+    """weight of the margin hinge"""
+    margin: float = 2.0
+    """hinge: the teacher's action should lead by this many action-gap stds"""
+    float_weight: float = 0.5
+    """QAT only: weight of the float-master loss"""
+    grid_weight: float = 30.0
+    """QAT only: pull of the float masters toward the 8-bit grid (mean squared distance
+    in LSBs), ramped up quadratically over the rounds"""
+    rollout_episodes: int = 16
+    """student episodes per round whose states the teacher labels"""
+    rollout_epsilon: float = 0.05
+    """random actions while the student drives, to visit a few more states"""
+    teacher_episodes: int = 24
+    """teacher episodes labelled before the first round"""
+    eval_episodes: int = 30
+    """greedy episodes per round (checkpoint selection)"""
+    max_states: int = 300_000
+    """most recent labelled states kept"""
+
+
+@dataclass(frozen=True)
+class QATArgs:
+    """Hardware-aware fine-tuning to 8 bits; each pipeline makes a candidate and the one
+    with the best greedy return on the emulator is exported."""
+
+    pipelines: tuple[Pipeline, ...] = ("qat",)
+    """'qat': quantization-aware training with the SDK's per-layer scale 127/max|W| and a
+    pull toward the 8-bit grid; 'qat-adaptive-threshold': the same with the hidden
+    thresholds learned; 'ptq-percentile': no training, the weight scale from a percentile
+    of |W| (thresholds and i_offset scaled alike), the percentile chosen on the emulator"""
+    percentiles: tuple[float, ...] = (100.0, 99.9, 99.5, 99.0, 98.0)
+    """ptq-percentile: the percentiles of |W| tried"""
+    select_episodes: int = 30
+    """greedy emulator episodes (training seed range) that score each candidate"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`s2loop train`: train a spiking Q-network (float weights) into a run folder."""
+
+    out: Path
+    """run folder (student.s2l, train.json, CSV logs)"""
+    env: str = "CartPole-v1"
+    """Gymnasium environment id"""
+    recipe: Recipe = "dsqn"
+    """'dsqn': DQN directly on the spiking network (the paper's recipe); 'distill': float MLP
+    Double-DQN teacher distilled into the spiking network"""
+    seed: int = 0
+    """seeds torch, numpy and the environments"""
+    threads: int = 2
+    """torch threads"""
+    progress: bool = True
+    """progress bars"""
+    snn: SNNConfig = field(default_factory=SNNConfig)
+    dsqn: DSQNArgs = field(default_factory=DSQNArgs)
+    teacher: TeacherArgs = field(default_factory=TeacherArgs)
+    distill: DistillArgs = field(default_factory=DistillArgs)
+
+
+# fine-tuning starts from a trained network: smaller steps than training
+QAT_DSQN = DSQNArgs(
+    total_steps=20_000,
+    lr=1e-4,
+    lr_final=1e-5,
+    eps_start=0.05,
+    eps_end=0.01,
+    eps_steps=1,
+    eval_every=2_000,
+    grid_weight=30.0,
+)
+QAT_DISTILL = DistillArgs(rounds=8, lr=5e-4, lr_final=2e-5)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """`s2loop finetune`: 8-bit hardware-aware fine-tuning of a run, export, evaluation."""
+
+    run: Path
+    """run folder written by `s2loop train`"""
+    out: Path
+    """artifact to write, e.g. models/cartpole.s2l"""
+    name: str | None = None
+    """model name (default: the file stem)"""
+    seed: int | None = None
+    """default: the training seed"""
+    eval_episodes: int = 100
+    """final greedy evaluation episodes (unseen seeds)"""
+    eval_repeats: int = 5
+    """Poisson models: repeats of the final evaluation with fresh input spikes"""
+    card: bool = True
+    """write a model card next to the artifact"""
+    threads: int = 2
+    """torch threads"""
+    progress: bool = True
+    """progress bars"""
+    qat: QATArgs = field(default_factory=QATArgs)
+    dsqn: DSQNArgs = QAT_DSQN
+    """TD-driven QAT (dsqn runs)"""
+    distill: DistillArgs = QAT_DISTILL
+    """distillation-driven QAT (distill runs)"""
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    train: dict
+    finetune: dict = field(default_factory=dict)
+
+
+def _replace(obj, changes: dict):
+    """``dataclasses.replace`` that recurses into nested option groups."""
+    kw = {}
+    for k, v in changes.items():
+        cur = getattr(obj, k)
+        kw[k] = _replace(cur, v) if dataclasses.is_dataclass(cur) and isinstance(v, dict) else v
+    return dataclasses.replace(obj, **kw)
+
+
+_ALL_PIPELINES = ("qat", "qat-adaptive-threshold", "ptq-percentile")
+
+PRESETS: dict[str, Preset] = {
+    "paper-cartpole": Preset(
+        "the paper's recipe on CartPole-v1: DQN directly on 2x64 LIF neurons (alpha_decay 0.9), "
+        "Poisson-coded 7-bin tent inputs over T = 20 ticks; every 8-bit pipeline tried",
+        train={
+            "env": "CartPole-v1",
+            "recipe": "dsqn",
+            "snn": {
+                "encoder": "poisson",
+                "bins": 7,
+                "input_ticks": 20,
+                "alpha_decay": 0.9,
+                "obs_scale": (0.5, 1.0, 0.1, 1.0),
+            },
+            "dsqn": {
+                "total_steps": 80_000,
+                "target_every": 500,
+                "eval_every": 2_500,
+                "stop_at": 495.0,
+            },
+        },
+        finetune={"qat": {"pipelines": _ALL_PIPELINES}},
+    ),
+    "paper-acrobot": Preset(
+        "the paper's recipe on Acrobot-v1: as paper-cartpole, settings for Acrobot",
+        train={
+            "env": "Acrobot-v1",
+            "recipe": "dsqn",
+            "snn": {
+                "encoder": "poisson",
+                "bins": 7,
+                "input_ticks": 20,
+                "alpha_decay": 0.9,
+                "obs_scale": (1.0, 1.0, 1.0, 1.0, 6.0, 12.0),
+            },
+            "dsqn": {"total_steps": 100_000, "target_every": 500, "eval_every": 5_000},
+        },
+        finetune={"qat": {"pipelines": _ALL_PIPELINES}},
+    ),
+    "distill-cartpole": Preset(
+        "the shipped models/cartpole.s2l: MLP teacher (rl-zoo-like settings) distilled into "
+        "2x64 IF neurons, deterministic 7-bin tent encoder, 12 input ticks",
+        train={
+            "env": "CartPole-v1",
+            "recipe": "distill",
+            "teacher": {
+                "total_steps": 60_000,
+                "hidden": 256,
+                "lr": 2.3e-3,
+                "batch_size": 64,
+                "train_every": 256,
+                "gradient_steps": 128,
+                "target_every": 10,
+                "eps_end": 0.04,
+                "eps_steps": 8_000,
+                "eval_every": 2_500,
+                "stop_at": 500.0,
+            },
+        },
+    ),
+    "distill-acrobot": Preset(
+        "the shipped models/acrobot.s2l: as distill-cartpole, teacher settings for Acrobot",
+        train={
+            "env": "Acrobot-v1",
+            "recipe": "distill",
+            "teacher": {
+                "total_steps": 100_000,
+                "hidden": 256,
+                "lr": 6.3e-4,
+                "batch_size": 128,
+                "train_every": 4,
+                "gradient_steps": 1,
+                "target_every": 250,
+                "eps_end": 0.01,
+                "eps_steps": 12_000,
+                "eval_every": 5_000,
+                "eval_episodes": 30,
+            },
+        },
+        finetune={"distill": {"rounds": 6, "lr_final": 5e-5}},
+    ),
+}
+
+
+def preset_defaults(name: str | None, config_type: type, required: dict) -> object:
+    """The default instance for ``config_type`` under preset ``name`` (or none)."""
+    base = config_type(**required)
+    if name is None:
+        return base
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    p = PRESETS[name]
+    return _replace(base, p.train if config_type is TrainConfig else p.finetune)

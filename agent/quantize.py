@@ -1,0 +1,129 @@
+"""Hardware-aware fine-tuning to 8 bits, for both recipes.
+
+Each pipeline of :class:`~agent.options.QATArgs` turns the trained float network
+into an 8-bit candidate; the candidate with the best greedy return of its exported
+artifact on the emulator (episodes from the training seed range) is kept. The
+pipelines follow the two of arXiv 2504.06748, in our chip's terms:
+
+- ``ptq-percentile``: post-training quantization with percentile-based scaling.
+  No training: each layer's scale is ``127 / percentile(|W|, p)`` instead of the
+  SDK's ``127 / max|W|``, the few weights above clip to +-127, and the threshold
+  and ``i_offset`` are scaled by the same factor (so firing stays where it was up
+  to rounding); ``p`` is chosen among ``percentiles`` on the emulator.
+- ``qat-adaptive-threshold``: quantization-aware training in which the hidden
+  thresholds are learned along with the weights (their chip value is the learned
+  float threshold times the layer's scale).
+- ``qat``: quantization-aware training with the SDK's scale and fixed thresholds.
+
+Both QAT pipelines run the fake-quantized network forward (straight-through
+rounding) with a ramped pull of the float masters toward their 8-bit grid, and
+are driven by the recipe's own loss: the TD loss for ``dsqn`` (Q-learning goes on
+through the 8-bit network), the distillation loss for ``distill``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.export import to_artifact
+from agent.network import SpikingQNet
+from agent.options import DistillArgs, DSQNArgs, QATArgs, Recipe
+from agent.rollout import run_episodes
+from agent.teacher import MLP, TRAIN_SEED_BASE
+from hw.emulator import EmulatorBackend
+
+
+def emulator_return(net: SpikingQNet, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
+    """(mean, min) greedy return of ``net``'s exported artifact on the emulator, over
+    episodes of the training seed range (Poisson draws seeded from ``seed``)."""
+    rng = np.random.default_rng(seed)
+    seeds = [TRAIN_SEED_BASE + 400_000 + 1000 * (seed % 100) + i for i in range(episodes)]
+    with EmulatorBackend() as emu:
+        emu.load(to_artifact(net, "candidate"))
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return emu.infer("candidate", obs, rng.integers(0, 2**53, len(obs))).actions
+
+        ev = run_episodes(env_id, act, seeds)
+    return ev.mean, float(ev.returns.min())
+
+
+def with_options(net: SpikingQNet, **changes: Any) -> SpikingQNet:
+    """A copy of ``net`` with other network options (e.g. learned thresholds)."""
+    new = SpikingQNet(dataclasses.replace(net.config, **changes), net.env)
+    new.load_state_dict(net.state_dict())
+    new.scale_percentile = net.scale_percentile
+    return new
+
+
+def ptq_percentile(
+    net: SpikingQNet, env_id: str, qat: QATArgs, seed: int
+) -> tuple[SpikingQNet, dict[str, Any]]:
+    tried = {}
+    best_p, best = 100.0, (-np.inf, -np.inf)
+    for p in sorted(qat.percentiles, reverse=True):
+        cand = with_options(net)
+        cand.scale_percentile = float(p)
+        score = emulator_return(cand, env_id, qat.select_episodes, seed)
+        tried[str(p)] = score[0]
+        if score > best:  # ties keep the larger percentile (closest to the SDK's rule)
+            best_p, best = float(p), score
+    out = with_options(net)
+    out.scale_percentile = best_p
+    return out, {"percentile": best_p, "tried": tried}
+
+
+def finetune(
+    net: SpikingQNet,
+    recipe: Recipe,
+    env_id: str,
+    qat: QATArgs,
+    *,
+    dsqn: DSQNArgs,
+    distill: DistillArgs,
+    teacher: MLP | None,
+    out_dir: Path,
+    seed: int,
+    progress: bool = True,
+) -> tuple[SpikingQNet, dict[str, Any]]:
+    """Run each pipeline on ``net``; return the best 8-bit candidate and a report."""
+    from agent.distill import distill as run_distill
+    from agent.dsqn import train_dsqn
+
+    candidates: dict[str, SpikingQNet] = {}
+    report: dict[str, Any] = {"pipelines": {}}
+    for pipeline in qat.pipelines:
+        if pipeline == "ptq-percentile":
+            cand, info = ptq_percentile(net, env_id, qat, seed)
+        else:
+            start = with_options(net, learn_threshold=pipeline == "qat-adaptive-threshold")
+            tag = f"finetune-{pipeline}"
+            if recipe == "dsqn":
+                cand, info = train_dsqn(
+                    env_id, dsqn, out_dir, seed=seed, net=start, mode="quant", tag=tag,
+                    progress=progress,
+                )  # fmt: skip
+            else:
+                assert teacher is not None, "the distill recipe fine-tunes with its teacher"
+                cand, info = run_distill(
+                    start, teacher, env_id, distill, out_dir, seed=seed, mode="quant", tag=tag,
+                    progress=progress,
+                )  # fmt: skip
+            info = {k: v for k, v in info.items() if k != "score"}
+        mean, low = emulator_return(cand, env_id, qat.select_episodes, seed)
+        report["pipelines"][pipeline] = {**info, "select_mean": mean, "select_min": low}
+        candidates[pipeline] = cand
+    chosen = max(
+        candidates,
+        key=lambda k: (
+            report["pipelines"][k]["select_mean"],
+            report["pipelines"][k]["select_min"],
+        ),
+    )
+    report["chosen"] = chosen
+    report["select_episodes"] = qat.select_episodes
+    return candidates[chosen], report
