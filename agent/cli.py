@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
             5, help="Poisson models: repeats with fresh input spikes (mean and std reported)"
         ),
         agreement: bool = typer.Option(True, help="also measure float vs 8-bit agreement"),
+        device: str = typer.Option("cpu", help="torch device of the float reference: cpu | cuda"),
         threads: int = typer.Option(2, help="torch threads"),
     ) -> None:
         """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement."""
@@ -127,6 +128,7 @@ def register(app: typer.Typer) -> None:
             backend=backend,
             agreement=agreement,
             repeats=repeats,
+            device=device,
         )
         res.pop("returns")
         typer.echo(json.dumps(res))

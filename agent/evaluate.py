@@ -38,12 +38,14 @@ def evaluate(
     agreement: bool = True,
     compare: dict[str, Policy] | None = None,
     repeats: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Mean/std/min return over ``episodes`` episodes with seeds ``seed .. seed+episodes-1``
     (times ``repeats`` for a Poisson model; a deterministic one runs once).
 
     ``compare``: other policies (name -> policy) whose agreement with the evaluated
-    backend is measured on the same visited states (``agreement_with``)."""
+    backend is measured on the same visited states (``agreement_with``). ``device``: where
+    the float reference runs (``cuda`` for a GPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     stochastic = artifact.encoder.kind == "poisson"
@@ -51,7 +53,7 @@ def evaluate(
     has_float = all(lay.float_weight is not None for lay in artifact.layers)
     check = agreement and has_float
     emu = EmulatorBackend()
-    ref = ReferenceBackend()
+    ref = ReferenceBackend(device)
     if backend == "emulator" or (check and backend == "float"):
         emu.load(artifact)
     if has_float:

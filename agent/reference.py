@@ -3,7 +3,8 @@ with the same tick semantics as the chip (``agent.snn.simulate``).
 
 Registered for the service as ``agent.reference:ReferenceBackend`` (name
 ``reference``); ``hw`` never imports it. Comparing its actions with the emulator's
-gives the float vs 8-bit decision agreement.
+gives the float vs 8-bit decision agreement. With ``device="cuda"`` it runs on a GPU
+(the paper's comparison axis); encoding stays on the host, as for the chip.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from agent.snn import LayerParams, float_params, greedy, simulate
 from hw.artifact import ModelArtifact
-from hw.backend import Backend, InferenceResult, check_observations
+from hw.backend import Backend, BackendError, InferenceResult, check_observations
 from hw.encoding import encode, request_seeds
 
 
@@ -40,9 +41,24 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
+        self.device = torch.device(device)
+
     def _prepare(self, artifact: ModelArtifact) -> tuple[ModelArtifact, list[LayerParams]]:
         params = float_params(artifact)  # raises if the artifact has no float masters
-        return artifact, params
+        moved = [
+            LayerParams(
+                **{
+                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                    for k, v in vars(p).items()
+                }
+            )
+            for p in params
+        ]
+        return artifact, moved
 
     def infer(
         self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
@@ -54,14 +70,14 @@ class ReferenceBackend(Backend):
         raster = encode(art, obs, seeds=seeds)
         with torch.no_grad():
             out = simulate(
-                torch.from_numpy(raster.astype(np.float32)),
+                torch.from_numpy(raster.astype(np.float32)).to(self.device),
                 params,
                 art.ticks,
                 art.readout.kind,
                 record=True,
             )
-        q = out.q_values.numpy().astype(np.float32)
-        rec = out.record.numpy() if out.record is not None else None
+        q = out.q_values.cpu().numpy().astype(np.float32)  # waits for a GPU to finish
+        rec = out.record.cpu().numpy() if out.record is not None else None
         assert rec is not None
         sizes = [lay.size for lay in art.layers]
         elapsed = (time.perf_counter() - start) * 1e6
@@ -69,9 +85,12 @@ class ReferenceBackend(Backend):
             q_values=q,
             actions=greedy(q),
             ticks=art.ticks,
-            spikes_per_layer=out.spikes_per_layer.numpy().astype(np.int64),
+            spikes_per_layer=out.spikes_per_layer.cpu().numpy().astype(np.int64),
             synaptic_events=synaptic_events(rec, raster, sizes),
             backend=self.name,
             compute_us=elapsed,
             seeds=seeds,
         )
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "device": str(self.device)}

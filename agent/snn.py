@@ -114,7 +114,7 @@ def simulate(
     n_b, t_in = raster.shape[0], raster.shape[1]
     v = [lay.v_init.expand(n_b, lay.weight.shape[0]).clone() for lay in layers]
     prev: list[torch.Tensor | None] = [None] * len(layers)
-    counts = [torch.zeros(n_b, lay.weight.shape[0]) for lay in layers]
+    counts = [raster.new_zeros(n_b, lay.weight.shape[0]) for lay in layers]
     rec: list[torch.Tensor] = []
     for t in range(ticks):
         cur: list[torch.Tensor] = []

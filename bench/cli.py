@@ -81,6 +81,55 @@ def suite(
 
 
 bench_app.command("suite")(suite)
+
+
+@bench_app.command("recipes")
+def recipes(
+    quick: bool = typer.Option(False, "--quick", help="tiny training budgets (a smoke test)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent,
+        "--out",
+        help="folder for RECIPES.md, recipes.json and recipes.png [default: bench/]",
+    ),
+    runs_dir: Path = typer.Option(
+        Path("runs/recipes"), help="run folders (kept: a second call resumes)"
+    ),
+    envs: str = typer.Option("CartPole-v1,Acrobot-v1", help="comma-separated environments"),
+    seeds: str | None = typer.Option(
+        None, help="comma-separated training seeds [default: 0,1,2; --quick: 0]"
+    ),
+    variants: str = typer.Option("all", help="comma-separated setting keys (see RECIPES.md)"),
+    jobs: int = typer.Option(2, help="runs at a time (one torch thread each)"),
+    tick_sweep: bool = typer.Option(True, help="also sweep input ticks of the shipped models"),
+) -> None:
+    """Train and fine-tune every recipe setting over several seeds and write the
+    reproduction page OUT/RECIPES.md with a plot (hours; resumes from RUNS_DIR)."""
+    import shlex
+    import sys
+
+    from bench.recipes import VARIANTS, RecipesConfig, run_recipes, write_recipes
+
+    known = {v.key: v for v in VARIANTS}
+    chosen = tuple(known) if variants == "all" else tuple(x.strip() for x in variants.split(","))
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise typer.BadParameter(f"unknown settings {unknown}; choose from {', '.join(known)}")
+    chosen_seeds = {} if seeds is None else {"seeds": tuple(int(s) for s in seeds.split(","))}
+    cfg = RecipesConfig.make(
+        quick=quick,
+        envs=tuple(e.strip() for e in envs.split(",") if e.strip()),
+        variants=tuple(known[k] for k in chosen),
+        **chosen_seeds,
+        runs_dir=runs_dir,
+        jobs=jobs,
+        tick_sweep=tick_sweep,
+    )
+    command = shlex.join(["s2loop", *sys.argv[1:]])
+    report = run_recipes(cfg, command=command, log=typer.echo)
+    for path in write_recipes(report, out):
+        typer.echo(f"wrote {path}")
+
+
 bench_app.command("all", help="Same as `suite`.")(suite)
 
 

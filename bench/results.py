@@ -221,7 +221,33 @@ def _backends(b: dict[str, Any]) -> list[str]:
         "",
         f"![backend throughput]({PLOTS['backends']})",
         "",
+        *_gpu(b.get("gpu")),
     ]
+
+
+def _gpu(g: dict[str, Any] | None) -> list[str]:
+    """The paper's GPU axis: the float reference on CUDA, batch 1."""
+    if not g:
+        return []
+    if not g["available"]:
+        return [f"GPU (the paper's comparison): not measured, {g['reason']}.", ""]
+    s = g["single"]
+    lines = [
+        f"GPU (the paper's comparison): the float reference on {g['device']}, batch 1: "
+        f"median {_f(s['median_us'], 1)} µs, p99 {_f(s['p99_us'], 1)} µs per call.",
+    ]
+    e = g.get("energy", {})
+    if e.get("measured"):
+        lines.append(
+            f"NVML: {_f(e['energy_j_per_inference'] * 1e3, 3)} mJ per inference at "
+            f"{_f(e['mean_power_w'], 1)} W mean power ({_f(e['idle_power_w'], 1)} W idle; "
+            f"{_f(e['dynamic_energy_j_per_inference'] * 1e3, 3)} mJ above idle), over "
+            f"{e['inferences']} back-to-back inferences. Compare with the chip estimates in "
+            "section 5 (those are estimates, these are measurements)."
+        )
+    else:
+        lines.append(f"GPU energy not measured: {e.get('reason', 'unknown')}.")
+    return [" ".join(lines), ""]
 
 
 def _closed_loop(c: dict[str, Any]) -> list[str]:

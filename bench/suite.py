@@ -483,6 +483,7 @@ def measure_backends(models_dir: Path, cfg: SuiteConfig, log: Log = _quiet) -> d
         "ticks": art.ticks,
     }
     out["action_agreement"] = {"value": agreement, "states": len(pool)}
+    out["gpu"] = measure_gpu(models_dir, log=log)
     out["threads"] = {
         "torch": torch.get_num_threads(),
         "torch_interop": torch.get_num_interop_threads(),
@@ -494,6 +495,70 @@ def measure_backends(models_dir: Path, cfg: SuiteConfig, log: Log = _quiet) -> d
         "batched_min_time_s": cfg.batched_min_time_s,
         "best": "lowest median (single), highest throughput (batched) of the repeats",
         "path": "Backend.infer (input checks, encoding, network, readout, result object)",
+    }
+    return out
+
+
+def measure_gpu(models_dir: Path, calls: int = 2_000, log: Log = _quiet) -> dict:
+    """The paper's GPU axis: the float reference on CUDA, batch 1 (a control loop's
+    request), its latency and, through NVML, the GPU's power and energy per inference.
+    Without a CUDA GPU: says so and measures nothing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"available": False, "reason": "no CUDA GPU visible to torch on this machine"}
+    from agent.reference import ReferenceBackend
+    from bench.emulator import _single
+    from hw.artifact import load_artifact
+
+    art = load_artifact("cartpole", models_dir)
+    be = ReferenceBackend("cuda")
+    be.load(art)
+    pool = env_observations("CartPole-v1", 1024, 7)
+    for i in range(200):  # warm: CUDA context, kernels, allocator
+        be.infer(art.name, pool[i : i + 1])
+    out: dict[str, Any] = {
+        "available": True,
+        "device": torch.cuda.get_device_name(),
+        "single": _single(be, art.name, pool, calls),
+    }
+    log("  GPU latency done")
+    try:
+        import pynvml
+    except ImportError:
+        out["energy"] = {"measured": False, "reason": "nvidia-ml-py is not installed"}
+        be.close()
+        return out
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        idle = []
+        t_end = time.perf_counter() + 2.0
+        while time.perf_counter() < t_end:  # idle power, the baseline
+            idle.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3)
+            time.sleep(0.05)
+        n = 0
+        e0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # mJ since driver load
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 5.0 or n < 1000:  # long enough for the counter
+            be.infer(art.name, pool[n % len(pool) : n % len(pool) + 1])
+            n += 1
+        seconds = time.perf_counter() - t0
+        joules = (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - e0) / 1e3
+    finally:
+        pynvml.nvmlShutdown()
+        be.close()
+    idle_w = float(np.median(idle))
+    out["energy"] = {
+        "measured": True,
+        "inferences": n,
+        "seconds": seconds,
+        "energy_j_per_inference": joules / n,
+        "mean_power_w": joules / seconds,
+        "idle_power_w": idle_w,
+        "dynamic_energy_j_per_inference": max(0.0, joules / seconds - idle_w) * seconds / n,
+        "how": "NVML total-energy counter over back-to-back batch-1 inferences; idle power: "
+        "median of NVML power samples over 2 s before",
     }
     return out
 

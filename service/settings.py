@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (s2loop serve)")
 
     board_eth_ip: str | None = Field(None, description="SpiNNaker2 board address (spinnaker2)")
+    reference_device: str = Field(
+        "cpu", description="torch device of the float reference backend: cpu | cuda (reference)"
+    )
     sys_tick_in_s: float = Field(1e-3, gt=0, description="chip tick length, seconds")
 
     deadline_ms: float = Field(
@@ -115,6 +118,8 @@ class Settings(BaseSettings):
         name = self.backend if name is None else name
         if name == "spinnaker2":
             return {"eth_ip": self.board_eth_ip, "sys_tick_in_s": self.sys_tick_in_s}
+        if name == "reference":
+            return {"device": self.reference_device}
         return {}
 
     @property

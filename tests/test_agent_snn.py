@@ -226,3 +226,26 @@ def test_reference_backend_needs_float_masters():
     )
     with ReferenceBackend() as ref, pytest.raises(ValueError, match="float master"):
         ref.load(bare)
+
+
+def test_reference_backend_on_cuda_runs_or_says_there_is_no_gpu(observations):
+    """The paper's GPU axis: a CUDA reference gives the CPU reference's answers; on a
+    machine without a GPU it refuses with a clear error, and the bench says so."""
+    from bench.suite import measure_gpu
+    from hw.backend import BackendError
+
+    art = to_artifact(_net(seed=9), "ref")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA GPU"):
+            ReferenceBackend("cuda")
+        assert measure_gpu(None) == {
+            "available": False,
+            "reason": "no CUDA GPU visible to torch on this machine",
+        }
+        return
+    with ReferenceBackend("cuda") as gpu, ReferenceBackend() as cpu:
+        gpu.load(art)
+        cpu.load(art)
+        a, b = gpu.infer("ref", observations), cpu.infer("ref", observations)
+    np.testing.assert_allclose(a.q_values, b.q_values, rtol=1e-4, atol=1e-4)
+    assert (a.actions == b.actions).mean() > 0.95

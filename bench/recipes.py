@@ -1,0 +1,510 @@
+"""``s2loop bench recipes``: the reproduction page, ``bench/RECIPES.md`` and a plot.
+
+For each environment, training variants around the paper's recipe (recipe x encoder x
+neuron x input ticks, one factor at a time from the paper's setting, plus our distill
+recipe), several training seeds each. Every run is ``s2loop train`` then ``s2loop
+finetune`` with a named preset and a few overrides, in its own process (``jobs`` at a
+time); a run folder that already holds its model is reused, so an interrupted page
+resumes where it stopped. Then, per model, on the 8-bit emulator: greedy return over
+unseen episodes (from the finetune's evaluation), float-vs-8-bit agreement, spikes and
+synaptic events per inference, ticks, the mapping's chip time and energy estimates per
+inference and per episode (and per CartPole-v0 episode, the 200-step task the paper's
+quoted energy figure is for), training wall time. Last, a sweep of input ticks on the
+shipped models: the fewest that keep their return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.suite import PAPER
+
+MD_NAME = "RECIPES.md"
+JSON_NAME = "recipes.json"
+PLOT_NAME = "recipes.png"
+ENVS = ("CartPole-v1", "Acrobot-v1")
+#: first seed of the extra-metric episodes (far from training and from the final evaluation)
+METRIC_SEED = 3_000_000
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training setting: a preset and the options that differ from it."""
+
+    key: str
+    recipe: str
+    encoder: str
+    neuron: str
+    input_ticks: int
+    base: str  # "paper" or "distill": the preset family
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe} · {self.encoder} · {self.neuron} · T={self.input_ticks}"
+
+    def preset(self, env_id: str) -> str:
+        return f"{self.base}-{env_id.split('-')[0].lower()}"
+
+    def options(self) -> list[str]:
+        return [
+            "--snn.encoder",
+            self.encoder,
+            "--snn.alpha-decay",
+            "0.9" if self.neuron == "LIF" else "1.0",
+            "--snn.input-ticks",
+            str(self.input_ticks),
+        ]
+
+
+PAPER_VARIANT = Variant("dsqn-poisson-lif-t20", "dsqn", "poisson", "LIF", 20, "paper")
+VARIANTS = (
+    PAPER_VARIANT,
+    replace(PAPER_VARIANT, key="dsqn-poisson-lif-t10", input_ticks=10),
+    replace(PAPER_VARIANT, key="dsqn-poisson-if-t20", neuron="IF"),
+    replace(PAPER_VARIANT, key="dsqn-deterministic-lif-t20", encoder="deterministic"),
+    Variant("distill-deterministic-if-t12", "distill", "deterministic", "IF", 12, "distill"),
+    Variant("distill-poisson-lif-t20", "distill", "poisson", "LIF", 20, "distill"),
+)
+
+#: --quick: budgets small enough for a test (the page it writes says so)
+QUICK_TRAIN = [
+    "--dsqn.total-steps", "300", "--dsqn.learning-starts", "100", "--dsqn.eval-every", "100",
+    "--dsqn.eval-episodes", "2", "--dsqn.batch-size", "16",
+    "--teacher.total-steps", "300", "--teacher.learning-starts", "100",
+    "--teacher.eval-every", "100", "--teacher.eval-episodes", "2", "--teacher.hidden", "32",
+    "--distill.rounds", "1", "--distill.steps-per-round", "5", "--distill.batch-size", "32",
+    "--distill.teacher-episodes", "2", "--distill.rollout-episodes", "2",
+    "--distill.eval-episodes", "2", "--snn.hidden", "16",
+]  # fmt: skip
+QUICK_FINETUNE = [
+    "--dsqn.total-steps", "300", "--dsqn.learning-starts", "100", "--dsqn.eval-every", "100",
+    "--dsqn.eval-episodes", "2", "--dsqn.batch-size", "16",
+    "--distill.rounds", "1", "--distill.steps-per-round", "5", "--distill.batch-size", "32",
+    "--distill.teacher-episodes", "2", "--distill.rollout-episodes", "2",
+    "--distill.eval-episodes", "2", "--qat.select-episodes", "2",
+    "--qat.percentiles", "100", "99", "--eval-episodes", "3",
+]  # fmt: skip
+
+
+@dataclass
+class RecipesConfig:
+    envs: tuple[str, ...] = ENVS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[Variant, ...] = VARIANTS
+    runs_dir: Path = Path("runs/recipes")
+    jobs: int = 2
+    eval_repeats: int = 3
+    metric_episodes: int = 10  # episodes whose states give spikes per inference
+    v0_episodes: int = 100  # CartPole-v0 episodes per CartPole model
+    tick_sweep: bool = True
+    models_dir: Path | None = None  # shipped models for the tick sweep (default models/)
+    quick: bool = False
+
+    @classmethod
+    def make(cls, quick: bool = False, **kw: Any) -> RecipesConfig:
+        if quick:
+            kw = {"seeds": (0,), "metric_episodes": 2, "v0_episodes": 3, "eval_repeats": 2, **kw}
+        return cls(quick=quick, **kw)
+
+
+def run_dir(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> Path:
+    return cfg.runs_dir / env_id / variant.key / f"seed{seed}"
+
+
+def commands(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> list[list[str]]:
+    """The two commands that make one model."""
+    d = run_dir(cfg, env_id, variant, seed)
+    preset = ["--preset", variant.preset(env_id)]
+    common = ["--threads", "1", "--no-progress"]
+    train = ["s2loop", "train", *preset, "--out", str(d), "--seed", str(seed), *common]
+    train += variant.options() + (QUICK_TRAIN if cfg.quick else [])
+    finetune = ["s2loop", "finetune", *preset, "--run", str(d), "--out", str(d / "model.s2l")]
+    finetune += [*common, "--eval-repeats", str(cfg.eval_repeats), "--no-card"]
+    finetune += QUICK_FINETUNE if cfg.quick else []
+    return [train, finetune]
+
+
+def _run_all(cfg: RecipesConfig, log: Log) -> None:
+    """Train and fine-tune every missing model, ``cfg.jobs`` at a time."""
+    todo = [
+        (env_id, v, s)
+        for env_id in cfg.envs
+        for v in cfg.variants
+        for s in cfg.seeds
+        if not (run_dir(cfg, env_id, v, s) / "model.s2l").exists()
+    ]
+    running: list[tuple[subprocess.Popen, str]] = []
+    exe = [sys.executable, "-m", "s2loop.cli"]
+    while todo or running:
+        while todo and len(running) < cfg.jobs:
+            env_id, v, s = todo.pop(0)
+            d = run_dir(cfg, env_id, v, s)
+            d.mkdir(parents=True, exist_ok=True)
+            script = " && ".join(shlex.join(exe + c[1:]) for c in commands(cfg, env_id, v, s))
+            out = open(d / "log.txt", "w")  # noqa: SIM115 - closed with the process
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+            proc = subprocess.Popen(
+                script, shell=True, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+            running.append((proc, f"{env_id} {v.key} seed {s}"))
+            log(f"started {running[-1][1]}")
+        time.sleep(1.0)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                log(f"{'done' if proc.returncode == 0 else 'FAILED'}: {name}")
+
+
+# ------------------------------------------------------------------ metrics of one model
+
+
+def model_metrics(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
+    """What the page reports of one trained model (see the module docstring)."""
+    from agent.rollout import run_episodes
+    from hw.artifact import load_artifact
+    from hw.emulator import EmulatorBackend
+    from hw.mapping import map_network
+
+    art = load_artifact(path)
+    p = art.provenance
+    ev = p["evaluation"]
+    emu_ev = ev["emulator"]
+    rep = map_network(art)
+    rng = np.random.default_rng(0)
+    with EmulatorBackend() as emu:
+        emu.load(art)
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return emu.infer(art.name, obs, rng.integers(0, 2**53, len(obs))).actions
+
+        seeds = list(range(METRIC_SEED, METRIC_SEED + cfg.metric_episodes))
+        states = run_episodes(art.env_id, act, seeds, keep_states=True).all_states()
+        res = emu.infer(art.name, states, rng.integers(0, 2**53, len(states)))
+        v0 = None
+        if art.env_id == "CartPole-v1":
+            seeds = list(range(METRIC_SEED, METRIC_SEED + cfg.v0_episodes))
+            v0 = run_episodes("CartPole-v0", act, seeds).summary()
+    length = emu_ev["mean_length"]
+    out = {
+        "return_mean": emu_ev["mean"],
+        "return_std": emu_ev["std"],
+        "return_min": emu_ev["min"],
+        "repeat_std": emu_ev.get("repeat_std"),
+        "episodes": ev["episodes"],
+        "agreement": ev.get("agreement_float_vs_8bit"),
+        "float_return_mean": ev["float"]["mean"],
+        "spikes_per_inference": float(res.spikes_per_layer[:, :-1].sum(axis=1).mean()),
+        "synaptic_events_per_inference": float(res.synaptic_events.mean()),
+        "ticks": art.ticks,
+        "pes_used": rep.pes_used,
+        "chip_time_s": rep.chip_time_s,
+        "energy_j": rep.energy_j,
+        "energy_batched_j": rep.energy_batched_j,
+        "episode_length": length,
+        "episode_energy_j": rep.energy_j * length,
+        "train_seconds": p.get("train_seconds"),
+        "finetune_seconds": p.get("finetune_seconds"),
+        "pipeline": p.get("finetune", {}).get("chosen"),
+        "alpha_decay": [lay.alpha_decay for lay in art.layers[:-1]],
+    }
+    if v0 is not None:
+        out["v0_return_mean"] = v0["mean"]
+        out["v0_episode_length"] = v0["mean_length"]
+        out["v0_episode_energy_j"] = rep.energy_j * v0["mean_length"]
+    return out
+
+
+def tick_sweep(models_dir: Path | None, episodes: int = 100) -> list[dict[str, Any]]:
+    """Each shipped model with fewer input ticks (same weights): greedy emulator return
+    over ``episodes`` unseen episodes per setting, down to the fewest that keep it."""
+    import dataclasses
+
+    from agent.evaluate import DEFAULT_EVAL_SEED, evaluate
+    from hw.artifact import load_artifact
+
+    rows = []
+    for name in ("cartpole", "acrobot"):
+        art = load_artifact(name, models_dir)
+        hops = art.ticks - art.encoder.input_ticks
+        full = None
+        for t_in in range(art.encoder.input_ticks, 0, -1):
+            cut = dataclasses.replace(
+                art,
+                encoder=dataclasses.replace(art.encoder, input_ticks=t_in),
+                ticks=t_in + hops,
+            )
+            r = evaluate(cut, episodes=episodes, seed=DEFAULT_EVAL_SEED, agreement=False)
+            full = full if full is not None else r
+            rows.append(
+                {
+                    "model": name,
+                    "input_ticks": t_in,
+                    "ticks": t_in + hops,
+                    "mean": r["mean"],
+                    "std": r["std"],
+                    "min": r["min"],
+                    "keeps": r["mean"] >= full["mean"] - 0.5 * max(full["std"], 1.0),
+                }
+            )
+            if r["mean"] < full["mean"] - 3 * max(full["std"], 5.0):
+                break  # clearly worse: fewer ticks will not come back
+    return rows
+
+
+# ------------------------------------------------------------------ the page
+
+
+def _agg(values: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in values if v is not None], float)
+    return (float(a.mean()), float(a.std())) if a.size else (math.nan, math.nan)
+
+
+def summarize(models: dict[str, dict[str, Any]], cfg: RecipesConfig) -> list[dict[str, Any]]:
+    rows = []
+    for env_id in cfg.envs:
+        for v in cfg.variants:
+            per_seed = [
+                models[k] for s in cfg.seeds if (k := f"{env_id}/{v.key}/seed{s}") in models
+            ]
+            if not per_seed:
+                continue
+            row: dict[str, Any] = {"env_id": env_id, "variant": asdict(v), "label": v.label}
+            row["seeds"] = len(per_seed)
+            row["returns"] = [m["return_mean"] for m in per_seed]
+            for key in (
+                "return_mean", "return_std", "agreement", "spikes_per_inference",
+                "synaptic_events_per_inference", "chip_time_s", "energy_j", "episode_energy_j",
+                "v0_episode_energy_j", "v0_return_mean", "train_seconds", "finetune_seconds",
+                "ticks",
+            ):  # fmt: skip
+                row[key] = _agg([m.get(key) for m in per_seed])
+            rows.append(row)
+    return rows
+
+
+def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict[str, Any]:
+    start = time.time()
+    _run_all(cfg, log)
+    models: dict[str, dict[str, Any]] = {}
+    failed = []
+    for env_id in cfg.envs:
+        for v in cfg.variants:
+            for s in cfg.seeds:
+                path = run_dir(cfg, env_id, v, s) / "model.s2l"
+                key = f"{env_id}/{v.key}/seed{s}"
+                if path.exists():
+                    models[key] = model_metrics(path, cfg)
+                else:
+                    failed.append(key)
+    sweep = tick_sweep(cfg.models_dir, 10 if cfg.quick else 100) if cfg.tick_sweep else []
+    from agent.pipeline import git_commit
+
+    return {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git_commit": git_commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
+        "quick": cfg.quick,
+        "config": {
+            "envs": list(cfg.envs),
+            "seeds": list(cfg.seeds),
+            "jobs": cfg.jobs,
+            "eval_repeats": cfg.eval_repeats,
+            "commands": {
+                v.key: [shlex.join(c) for c in commands(cfg, "<env>", v, 0)] for v in cfg.variants
+            },
+        },
+        "models": models,
+        "missing": failed,
+        "rows": summarize(models, cfg),
+        "tick_sweep": sweep,
+        "paper": PAPER,
+        "seconds": time.time() - start,
+    }
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def _pm(pair: Any, digits: int = 1, scale: float = 1.0) -> str:
+    mean, std = pair
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{_f(mean * scale, digits)} ± {_f(std * scale, digits)}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    m = report["machine"]
+    lines = [
+        "# Recipes: the paper's training recipe and ours, side by side",
+        "",
+        f"Written by `{report['command']}` on {report['date']}, commit "
+        f"`{report['git_commit'][:12]}`, {m['processor']}, {m['cpu_count']} CPUs "
+        f"({cfg['jobs']} runs at a time, one torch thread each). Every figure below is "
+        "**ours**, measured by that command, except where a line says it is the paper's.",
+        "",
+    ]
+    if report["quick"]:
+        lines += [
+            "**Quick mode**: tiny training budgets for a smoke test; these figures say nothing "
+            "about the recipes.",
+            "",
+        ]
+    lines += [
+        "Each row: a training setting, "
+        f"{len(cfg['seeds'])} training seeds ({', '.join(map(str, cfg['seeds']))}). Return: "
+        "8-bit emulator, greedy, mean over the unseen evaluation episodes per seed, then mean "
+        "± std over seeds (a Poisson model's episodes ran "
+        f"{cfg['eval_repeats']} times with fresh input spikes). Agreement: share of visited "
+        "states where the float network and the 8-bit network pick the same action on the "
+        "same spikes. Spikes and synaptic events per inference: hidden-layer spikes and "
+        "spikes x fan-out, on states the model visits. Chip time and energy: **estimates** of "
+        "the mapping model (`hw.mapping`, secondary power figures), per inference alone on "
+        "the chip and per episode (x the mean episode length). Train time: train + finetune "
+        "wall time, one torch thread.",
+        "",
+    ]
+    for env_id in dict.fromkeys(r["env_id"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["env_id"] == env_id]
+        head = ["setting", "seeds", "return (8-bit)", "per seed", "agreement", "spikes/inf",
+                "syn. events/inf", "ticks", "chip ms/inf", "mJ/inf", "J/episode"]  # fmt: skip
+        if env_id == "CartPole-v1":
+            head += ["v0 return", "J/v0 episode"]
+        head += ["train min"]
+        body = []
+        for r in rows:
+            cells = [
+                r["label"],
+                str(r["seeds"]),
+                _pm(r["return_mean"]),
+                ", ".join(_f(x) for x in r["returns"]),
+                _pm(r["agreement"], 2, 100) + " %",
+                _pm(r["spikes_per_inference"], 0),
+                _pm(r["synaptic_events_per_inference"], 0),
+                _f(r["ticks"][0], 0),
+                _f(r["chip_time_s"][0] * 1e3, 0),
+                _f(r["energy_j"][0] * 1e3, 2),
+                _pm(r["episode_energy_j"], 2),
+            ]
+            if env_id == "CartPole-v1":
+                cells += [_pm(r["v0_return_mean"]), _pm(r["v0_episode_energy_j"], 3)]
+            minutes = r["train_seconds"][0] + r["finetune_seconds"][0]
+            cells.append(_f(minutes / 60, 0))
+            body.append(cells)
+        lines += [f"## {env_id}", "", *_table(head, body), ""]
+    lines += [f"![returns per setting]({PLOT_NAME})", ""]
+    if report["missing"]:
+        lines += [
+            "Runs that did not produce a model (see their `log.txt`): "
+            + ", ".join(report["missing"]),
+            "",
+        ]
+    claims = {c["what"]: c for c in report["paper"]["claims"]}
+    cp = [r for r in report["rows"] if r["env_id"] == "CartPole-v1"]
+    lines += [
+        "## The paper's figures (quoted, not measured here)",
+        "",
+        f"{report['paper']['citation']}: {report['paper']['network']}. Energy for CartPole: "
+        f"{claims['CartPole energy, SpiNNaker2']['value_j']} J on SpiNNaker2 against "
+        f"{claims['CartPole energy, GTX 1650']['value_j']} J on a GTX 1650 GPU "
+        f"({claims['CartPole energy, SpiNNaker2']['grade']}; a secondary source calls it "
+        "episode energy on CartPole-v0). Latency on par with the GPU, up to 32x less energy "
+        "(abstract). Network sizes, learning rates and returns: not found in what we could "
+        "read.",
+        "",
+    ]
+    if cp:
+        best = max(cp, key=lambda r: r["return_mean"][0])
+        lines += [
+            f"Ours beside it: the {best['label']} CartPole models need an estimated "
+            f"{_pm(best['v0_episode_energy_j'], 3)} J per CartPole-v0 episode on the chip "
+            "(mapping estimate, one copy alone on the chip), against the paper's 0.006 J; "
+            "different network sizes, tick lengths and power figures make this a rough "
+            "comparison.",
+            "",
+        ]
+    if report["tick_sweep"]:
+        body = [
+            [r["model"], str(r["input_ticks"]), str(r["ticks"]),
+             f"{_f(r['mean'])} ± {_f(r['std'])}", _f(r["min"], 0),
+             "yes" if r["keeps"] else "no"]
+            for r in report["tick_sweep"]
+        ]  # fmt: skip
+        lines += [
+            "## Fewer ticks per inference for the shipped models",
+            "",
+            "The shipped models evaluated with fewer input ticks (same weights, no "
+            "retraining), 8-bit emulator, greedy, unseen episodes. 'keeps': mean return within "
+            "half a std of the full-tick model's. Chip time is ticks x 1 ms.",
+            "",
+            *_table(["model", "input ticks", "ticks", "return", "min", "keeps"], body),
+            "",
+        ]
+    lines += ["## Commands", "", "Per setting (`<env>` and the seed vary):", ""]
+    for key, cmds in cfg["commands"].items():
+        lines += [f"- `{key}`:", "", "  ```", *(f"  {c}" for c in cmds), "  ```", ""]
+    lines += [f"Whole page: {report['seconds'] / 3600:.1f} h of wall time.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(dict.fromkeys(r["env_id"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, max(1, len(envs)), figsize=(6.5 * max(1, len(envs)), 4.2))
+    axes = np.atleast_1d(axes)
+    for ax, env_id in zip(axes, envs, strict=False):
+        rows = [r for r in report["rows"] if r["env_id"] == env_id]
+        x = np.arange(len(rows))
+        ax.bar(x, [r["return_mean"][0] for r in rows], yerr=[r["return_mean"][1] for r in rows],
+               color="#9ecae1", capsize=3)  # fmt: skip
+        for i, r in enumerate(rows):
+            ax.plot([i] * len(r["returns"]), r["returns"], "k.", ms=5)
+        ax.set_xticks(x, [r["label"].replace(" · ", "\n") for r in rows], fontsize=7)
+        ax.set_title(f"{env_id}: 8-bit emulator return (dots: seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_recipes(report: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / MD_NAME, out / JSON_NAME]
+    paths[0].write_text(markdown(report))
+    paths[1].write_text(json.dumps(report, indent=1, default=float))
+    if report["rows"]:
+        paths.append(plot(report, out / PLOT_NAME))
+    return paths
