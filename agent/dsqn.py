@@ -64,18 +64,29 @@ def td_loss(
     gamma: float,
     mode: Mode,
     rng: np.random.Generator,
+    reward_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Huber loss of Q(s, a) against r + gamma * (1 - terminated) * Q_target(s', argmax Q(s'))."""
+    """Huber loss of Q(s, a) against c r + gamma (1 - terminated) Q_target(s', argmax Q(s'))
+    (``c``: the reward scale)."""
     n = len(idx)
     both = q(q.encode(np.concatenate([replay.obs[idx], replay.next_obs[idx]]), rng), mode)
     q_sa = both.q_values[:n].gather(1, torch.from_numpy(replay.action[idx])[:, None]).squeeze(1)
     with torch.no_grad():
         a_next = both.q_values[n:].argmax(dim=1, keepdim=True)
         q_next = target(target.encode(replay.next_obs[idx], rng), mode).q_values
-        y = torch.from_numpy(replay.reward[idx]) + gamma * (
+        y = reward_scale * torch.from_numpy(replay.reward[idx]) + gamma * (
             1.0 - torch.from_numpy(replay.terminated[idx])
         ) * q_next.gather(1, a_next).squeeze(1)
     return nn.functional.smooth_l1_loss(q_sa, y)
+
+
+def scale_output(net: SpikingQNet, factor: float) -> None:
+    """Multiply the Q-values by ``factor``: the output layer is a linear integrator, so
+    scaling its weights and bias scales its final membrane exactly as much."""
+    if factor != 1.0:
+        with torch.no_grad():
+            net.weights[-1].mul_(factor)
+            net.biases[-1].mul_(factor)
 
 
 def new_network(env_id: str, snn: SNNConfig, seed: int, states: np.ndarray | None) -> SpikingQNet:
@@ -115,6 +126,7 @@ def train_dsqn(
     if net is None:
         assert snn is not None, "give a network or its options"
         net = new_network(env_id, snn, seed, replay.obs[: replay.size])
+    scale_output(net, args.reward_scale)  # learn in scaled units (undone at the end)
     target = copy.deepcopy(net)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     n_updates = max(1, (args.total_steps - args.learning_starts) // args.train_every)
@@ -152,7 +164,7 @@ def train_dsqn(
             grid = args.grid_weight * (step / args.total_steps) ** 2 if mode == "quant" else 0.0
             for _ in range(args.gradient_steps):
                 idx = rng.integers(0, replay.size, args.batch_size)
-                loss = td_loss(net, target, replay, idx, args.gamma, mode, rng)
+                loss = td_loss(net, target, replay, idx, args.gamma, mode, rng, args.reward_scale)
                 if grid > 0:
                     loss = loss + grid * grid_distance(list(net.weights), net.scale_percentile)
                 opt.zero_grad()
@@ -162,7 +174,9 @@ def train_dsqn(
                 sched.step()
                 td = float(loss.detach())
         if step % args.target_every == 0:
-            target.load_state_dict(net.state_dict())
+            with torch.no_grad():
+                for t_p, p in zip(target.parameters(), net.parameters(), strict=True):
+                    t_p.lerp_(p, args.tau)
 
         if step % args.eval_every == 0 or step == args.total_steps:
             ev = evaluator(net, step)
@@ -188,6 +202,7 @@ def train_dsqn(
     env.close()
     evaluator.close()
     net.load_state_dict(best_state)
+    scale_output(net, 1.0 / args.reward_scale)
     best.pop("score")
     return net, {**best, "steps_run": step, "seconds": time.perf_counter() - start}
 

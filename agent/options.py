@@ -86,6 +86,9 @@ class DSQNArgs:
     """learning rate at the end (cosine decay over the gradient steps)"""
     gamma: float = 0.99
     """discount"""
+    reward_scale: float = 1.0
+    """rewards are multiplied by this while learning (Q-values in smaller units); the
+    output layer is rescaled afterwards, so exported Q-values are in reward units"""
     buffer_size: int = 100_000
     """replay capacity (transitions)"""
     batch_size: int = 128
@@ -97,7 +100,9 @@ class DSQNArgs:
     gradient_steps: int = 1
     """gradient steps per training phase"""
     target_every: int = 100
-    """environment steps between copies of the online network into the target network"""
+    """environment steps between updates of the target network"""
+    tau: float = 1.0
+    """target update: target <- tau * online + (1 - tau) * target (1.0: a hard copy)"""
     eps_start: float = 1.0
     """exploration: epsilon at the first step"""
     eps_end: float = 0.02

@@ -40,6 +40,7 @@ class ReferenceBackend(Backend):
     ``float_threshold``; same encoder, ticks, resets and readout as the emulator."""
 
     name = "reference"
+    thread_safe = True  # torch releases the GIL; no state changes during a call
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__()

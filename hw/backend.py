@@ -9,10 +9,11 @@ named ``agent.reference:ReferenceBackend``, so ``hw`` never imports it).
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -59,9 +60,21 @@ def check_observations(artifact: ModelArtifact, observations: Any) -> np.ndarray
 
 
 class Backend(ABC):
-    """Holds loaded models by name; ``load`` of a known name swaps atomically."""
+    """Holds loaded models by name; ``load`` of a known name swaps atomically.
 
-    name: str = "backend"
+    What a backend is, declared by its class (the server decides how to call it from
+    these, never from its name):
+
+    - ``inline_safe``: a small call is fast enough (tens of microseconds) to run on the
+      server's event loop rather than pay for a hop to a worker thread;
+    - ``thread_safe``: several calls may run at once (else one worker thread);
+    - :meth:`copies_per_run`: observations one call runs side by side at no extra time
+      (a board run holds one copy of the network per group of free PEs).
+    """
+
+    name: ClassVar[str] = "backend"
+    inline_safe: ClassVar[bool] = False
+    thread_safe: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
@@ -81,6 +94,12 @@ class Backend(ABC):
 
     def models(self) -> list[str]:
         return sorted(self._models)
+
+    def has(self, model: str) -> bool:
+        return model in self._models
+
+    def copies_per_run(self, model: str) -> int:
+        return 1
 
     def _get(self, name: str) -> Any:
         try:
@@ -123,7 +142,8 @@ BACKENDS = {
 
 
 def create_backend(name: str, **settings: Any) -> Backend:
-    """Instantiate a backend by registered name or ``module:Class`` spec."""
+    """Instantiate a backend by registered name or ``module:Class`` spec; options the
+    backend does not take are refused with a clear ``ValueError``."""
     spec = BACKENDS.get(name, name)
     if ":" not in spec:
         raise ValueError(
@@ -132,4 +152,12 @@ def create_backend(name: str, **settings: Any) -> Backend:
     module_name, cls_name = spec.split(":", 1)
     module = importlib.import_module(module_name)
     cls = getattr(module, cls_name)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(settings) - set(params))
+    if unknown and not takes_any:
+        raise ValueError(
+            f"backend {name!r} does not take option(s) {', '.join(unknown)}; it takes: "
+            + (", ".join(params) or "no options")
+        )
     return cls(**settings)

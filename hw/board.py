@@ -154,6 +154,9 @@ class SpiNNaker2Backend(Backend):
     """
 
     name = "spinnaker2"
+    # one board runs one network at a time: one worker thread, never on the event loop
+    inline_safe = False
+    thread_safe = False
 
     def __init__(
         self,
@@ -161,7 +164,6 @@ class SpiNNaker2Backend(Backend):
         sys_tick_in_s: float = 1e-3,
         max_copies: int | None = None,
         neurons_per_pe: int = 250,
-        **_: Any,
     ) -> None:
         super().__init__()
         self.snn, self.hardware = _import_sdk()
@@ -343,6 +345,10 @@ class SpiNNaker2Backend(Backend):
                 "energy_batched_j_estimate": prepared.energy_batched_j,
             },
         )
+
+    def copies_per_run(self, model: str) -> int:
+        """Observations one board run takes (copies of the network that fit the chip)."""
+        return self._copies.get(model, self._get(model).copies)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -15,11 +15,9 @@ import numpy as np
 
 from hw.artifact import Encoder, ModelArtifact
 
-# Seeds handed out by the server stay below 2**53 so that any JSON client (a
-# JavaScript number included) reads them back exactly; any seed in [0, 2**63)
-# is accepted.
-SEED_LIMIT = 2**63
-FRESH_SEED_LIMIT = 2**53
+# Seeds lie in [0, 2**53): any JSON client (a JavaScript number included) and any
+# JSON Schema validator reads them exactly.
+SEED_LIMIT = 2**53
 
 
 def normalize(artifact: ModelArtifact, observations: np.ndarray) -> np.ndarray:
@@ -57,12 +55,12 @@ def request_seeds(
     if artifact.encoder.kind != "poisson":
         return None
     if seeds is None:
-        return np.random.default_rng().integers(0, FRESH_SEED_LIMIT, n, dtype=np.int64)
+        return np.random.default_rng().integers(0, SEED_LIMIT, n, dtype=np.int64)
     out = np.asarray(seeds)
     if out.shape != (n,) or out.dtype.kind not in "iu":
         raise ValueError(f"seeds must be {n} integers, one per observation")
     if n and (int(out.min()) < 0 or int(out.max()) >= SEED_LIMIT):
-        raise ValueError("seeds must lie in [0, 2**63)")
+        raise ValueError("seeds must lie in [0, 2**53)")
     return out.astype(np.int64)
 
 

@@ -124,6 +124,17 @@ class MappingReport:
     synapses: int
     notes: list[str] = field(default_factory=list)
 
+    def estimate(self, batch: int) -> tuple[float, float]:
+        """Estimated chip time (s) and energy (J) of ``batch`` inferences: as many per run
+        as copies fit on the chip, so ``ceil(batch / copies)`` runs of ``chip_time_s``,
+        each at the power of the PEs its copies keep busy."""
+        copies = max(1, self.copies_per_chip)
+        full, rest = divmod(batch, copies)
+        energy = full * self.chip.power_w(copies * self.pes_used) * self.chip_time_s
+        if rest:
+            energy += self.chip.power_w(rest * self.pes_used) * self.chip_time_s
+        return (full + (1 if rest else 0)) * self.chip_time_s, energy
+
     @property
     def pe_utilisation(self) -> float:
         """Share of the usable PEs one copy occupies."""

@@ -1,14 +1,11 @@
-"""What the routes call: the served models, the backends behind a bounded queue,
-deadlines, the fallback, warm-up state and hot reload.
+"""What the routes call: the served models, the backends (each a :class:`Lane`), the
+fallback, warm-up state and hot reload.
 
-Execution policy (measured, see the service report): the emulator answers a
-single observation in tens of microseconds, less than a hop to a worker thread
-costs, so small batches on an *inline-safe* backend run directly on the event
-loop (blocking it for one inference). Everything else (large batches, the board,
-the torch reference) goes to the backend's worker thread(s) through a bounded
-queue: when ``queue_size`` calls already wait, the answer is an immediate 429.
-Backends that are not thread-safe (the board runs one network at a time) get one
-worker thread, so their calls are serialized.
+Who answers a request: the primary backend; the fallback (the emulator) when the
+primary failed or timed out (and, for ``primary_retry_s`` after, without asking the
+primary), and when the primary's queue is full: for a robot, a marked fallback
+answer beats no answer. 429 only when nothing can take the request. Nothing is
+answered after the request's deadline, which runs from its arrival: 504 instead.
 """
 
 from __future__ import annotations
@@ -16,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,137 +22,16 @@ from typing import Any
 import numpy as np
 
 from hw.artifact import SUFFIX, ArtifactError, ModelArtifact, load_artifact
-from hw.backend import Backend, InferenceResult, create_backend
+from hw.backend import InferenceResult, create_backend
+from hw.mapping import ChipSpec, MappingError, MappingReport, map_network
+from service.errors import ApiError
+from service.lane import Lane, LaneTimeout, QueueFull
 from service.metrics import Metrics
 from service.settings import Settings
 
 logger = logging.getLogger("s2loop.service")
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-try:  # hw.mapping may be missing in a partial install; estimates are then null
-    from hw.mapping import ChipSpec, MappingError, map_network
-except ImportError:  # pragma: no cover - exercised only without hw.mapping
-    ChipSpec = MappingError = map_network = None  # type: ignore[assignment,misc]
-
-
-class ApiError(Exception):
-    """An answer other than 200: status, a machine-readable kind and a message for people."""
-
-    def __init__(
-        self,
-        status: int,
-        kind: str,
-        message: str,
-        *,
-        details: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-        self.details = details
-        self.headers = headers
-
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
-        err: dict[str, Any] = {"kind": self.kind, "message": self.message}
-        if self.details:
-            err["details"] = self.details
-        if request_id:
-            err["request_id"] = request_id
-        return {"error": err}
-
-
-class QueueFull(Exception):
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"backend queue is full; retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class LaneTimeout(Exception):
-    pass
-
-
-class Lane:
-    """One backend with its worker thread(s) and bounded queue.
-
-    ``pending`` counts calls handed to the worker threads and not finished
-    (running or waiting), including calls whose requester gave up at its
-    deadline: the backend is still busy with them."""
-
-    def __init__(self, role: str, backend: Backend, settings: Settings) -> None:
-        self.role = role
-        self.backend = backend
-        name = getattr(backend, "name", "")
-        self.inline_safe = bool(getattr(backend, "inline_safe", name == "emulator"))
-        thread_safe = bool(getattr(backend, "thread_safe", name == "emulator"))
-        self.threads = settings.backend_threads if thread_safe else 1
-        self.inline_max_batch = settings.inline_max_batch if self.inline_safe else 0
-        self.capacity = self.threads + settings.queue_size
-        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"s2loop-{role}")
-        self._lock = threading.Lock()
-        self.pending = 0
-        self._service_s: float | None = None  # running mean of a call, for Retry-After
-
-    @property
-    def name(self) -> str:
-        return getattr(self.backend, "name", type(self.backend).__name__)
-
-    def has(self, model: str) -> bool:
-        return model in self.backend._models
-
-    def _call(self, model: str, obs: np.ndarray, seeds: np.ndarray | None) -> InferenceResult:
-        start = time.perf_counter()
-        try:
-            return self.backend.infer(model, obs, seeds)
-        finally:
-            took = time.perf_counter() - start
-            last = self._service_s
-            self._service_s = took if last is None else 0.8 * last + 0.2 * took
-
-    def _finished(self, _fut: Any) -> None:
-        with self._lock:
-            self.pending -= 1
-
-    async def run(
-        self, model: str, obs: np.ndarray, timeout_s: float, seeds: np.ndarray | None = None
-    ) -> InferenceResult:
-        """One backend call; raises QueueFull, LaneTimeout or what the backend raised."""
-        if obs.shape[0] <= self.inline_max_batch:
-            return self.backend.infer(model, obs, seeds)
-        with self._lock:
-            if self.pending >= self.capacity:
-                waiting = self.pending - self.threads + 1
-                per_call = self._service_s or 1.0
-                raise QueueFull(max(1, math.ceil(waiting * per_call / self.threads)))
-            self.pending += 1
-        if timeout_s <= 0:
-            with self._lock:
-                self.pending -= 1
-            raise LaneTimeout
-        cfut = self._executor.submit(self._call, model, obs, seeds)
-        cfut.add_done_callback(self._finished)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(cfut), timeout_s)
-        except TimeoutError:
-            cfut.cancel()  # not started yet: it never reaches the backend
-            raise LaneTimeout from None
-
-    async def call(self, fn: Any, *args: Any) -> Any:
-        """Run a blocking maintenance call (load, warm-up) on the lane's own thread(s),
-        so it is serialized with inferences on single-threaded backends."""
-        with self._lock:
-            self.pending += 1
-        cfut = self._executor.submit(fn, *args)
-        cfut.add_done_callback(self._finished)
-        return await asyncio.wrap_future(cfut)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            self.backend.close()
 
 
 @dataclass
@@ -168,7 +41,7 @@ class ModelEntry:
     name: str
     artifact: ModelArtifact
     path: Path
-    mapping: Any | None
+    mapping: MappingReport | None
     mapping_error: str | None
     loaded_at: float
     info: dict[str, Any] = field(default_factory=dict)
@@ -178,11 +51,8 @@ class ModelEntry:
         self.observation_size = art.observation_size
         self.ticks = art.ticks
         self.stochastic = art.encoder.kind == "poisson"
-        self.chip_time_s = self.mapping.chip_time_s if self.mapping else None
-        self.energy_j = self.mapping.energy_j if self.mapping else None
-        summary = art.summary()
         self.info = {
-            **summary,
+            **art.summary(),
             "path": str(self.path),
             "loaded_at": self.loaded_at,
             "mapping": self.mapping.to_dict() if self.mapping else None,
@@ -190,77 +60,9 @@ class ModelEntry:
             "model_card": _model_card(art.provenance),
         }
 
-    def observation(self, values: list[float]) -> np.ndarray:
-        """One observation as float32 [1, obs]; ApiError 422 when it does not fit."""
-        if len(values) != self.observation_size:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"observation has {len(values)} values, model {self.name!r} expects "
-                f"{self.observation_size}",
-            )
-        if max(values) > FLOAT32_MAX or min(values) < -FLOAT32_MAX:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"observation values must fit in float32 (|x| <= {FLOAT32_MAX:.4g})",
-            )
-        return np.array(values, dtype=np.float32).reshape(1, -1)
-
-    def observations(self, rows: list[list[float]], max_batch: int) -> np.ndarray:
-        """A batch as float32 [B, obs]; ApiError 422 naming the first row that does not fit."""
-        if len(rows) > max_batch:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"batch of {len(rows)} observations is larger than max_batch ({max_batch})",
-            )
-        n = self.observation_size
-        for i, row in enumerate(rows):
-            if len(row) != n:
-                raise ApiError(
-                    422,
-                    "validation_error",
-                    f"observations[{i}] has {len(row)} values, model {self.name!r} expects {n}",
-                )
-        arr = np.array(rows, dtype=np.float64)
-        if np.abs(arr).max() > FLOAT32_MAX:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"observation values must fit in float32 (|x| <= {FLOAT32_MAX:.4g})",
-            )
-        return arr.astype(np.float32)
-
-    def seeds(self, seeds: list[int] | None, n: int) -> np.ndarray | None:
-        """Request seeds as int64 [n] (None: fresh draws); ApiError 422 when the count
-        does not match. Deterministic models ignore them."""
-        if seeds is None or not self.stochastic:
-            return None
-        if len(seeds) != n:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"seeds has {len(seeds)} values for {n} observations; give one per observation",
-            )
-        return np.array(seeds, dtype=np.int64)
-
     def estimate(self, batch: int) -> tuple[float | None, float | None]:
-        """Estimated chip time and energy of ``batch`` observations (hw.mapping):
-        as many observations per board run as copies fit on the chip."""
-        m = self.mapping
-        if m is None:
-            return None, None
-        if batch == 1:
-            return m.chip_time_s, m.energy_j
-        copies = max(1, m.copies_per_chip)
-        full, rest = divmod(batch, copies)
-        runs = full + (1 if rest else 0)
-        chip = m.chip
-        energy = full * chip.power_w(copies * m.pes_used) * m.chip_time_s
-        if rest:
-            energy += chip.power_w(rest * m.pes_used) * m.chip_time_s
-        return runs * m.chip_time_s, energy
+        """Estimated chip time and energy of ``batch`` observations (``hw.mapping``)."""
+        return self.mapping.estimate(batch) if self.mapping else (None, None)
 
 
 def _model_card(provenance: dict[str, Any]) -> dict[str, Any]:
@@ -269,13 +71,11 @@ def _model_card(provenance: dict[str, Any]) -> dict[str, Any]:
     card = provenance.get("model_card")
     if isinstance(card, dict):
         return dict(card)
-    keys = ("evaluation", "recipe", "teacher", "finetune")
+    keys = ("evaluation", "recipe", "teacher", "dsqn", "finetune")
     return {k: provenance[k] for k in keys if k in provenance}
 
 
-def _map(artifact: ModelArtifact, settings: Settings) -> tuple[Any | None, str | None]:
-    if map_network is None:
-        return None, "hw.mapping is not available"
+def _map(artifact: ModelArtifact, settings: Settings) -> tuple[MappingReport | None, str | None]:
     try:
         return map_network(artifact, ChipSpec(sys_tick_s=settings.sys_tick_in_s)), None
     except MappingError as exc:
@@ -448,122 +248,98 @@ class Service:
         self._breaker_until = time.monotonic() + self.settings.primary_retry_s
         self._breaker_reason = reason
 
+    def _deadline_error(self) -> ApiError:
+        msg = f"no answer within the deadline of {self.settings.deadline_ms:g} ms"
+        return ApiError(504, "deadline", msg)
+
     async def infer(
         self,
         entry: ModelEntry,
         obs: np.ndarray,
-        t0: float,
+        arrived: float,
         request_id: str | None = None,
         seeds: np.ndarray | None = None,
     ) -> tuple[InferenceResult, bool]:
         """Run ``obs`` through the primary, else the fallback; returns (result, fallback).
 
-        ``t0`` is the request's start (perf_counter); nothing is answered after
-        ``t0 + deadline``: 504 instead. ``seeds``: Poisson encoder seeds, one per
-        observation (checked by :meth:`ModelEntry.seeds`), or None for fresh draws."""
-        deadline = t0 + self.deadline_s
-        primary = self.primary
+        ``arrived``: when the request arrived (perf_counter); nothing is answered after
+        ``arrived + deadline``. ``seeds``: Poisson encoder seeds, one per observation,
+        or None for fresh draws."""
+        deadline = arrived + self.deadline_s
+        if time.perf_counter() >= deadline:  # it waited its whole deadline already
+            raise self._deadline_error()
+        primary, fallback = self.primary, self.fallback
+        can_fall_back = fallback is not None and fallback.has(entry.name)
+        reason = "primary_unavailable"
         if (
             primary is not None
             and primary.has(entry.name)
             and (
                 self._breaker_until == 0.0  # the usual case: no recent failure
-                or self.fallback is None  # nobody else to ask
+                or not can_fall_back  # nobody else to ask
                 or time.monotonic() >= self._breaker_until  # time to try the primary again
             )
         ):
-            outcome = await self._try_primary(primary, entry, obs, t0, deadline, request_id, seeds)
-            if type(outcome) is InferenceResult:
-                return outcome, False
-            reason = str(outcome)
-        else:
-            reason = "primary_unavailable"
-        return await self._run_fallback(entry, obs, deadline, reason, seeds), True
-
-    async def _try_primary(
-        self,
-        lane: Lane,
-        entry: ModelEntry,
-        obs: np.ndarray,
-        t0: float,
-        deadline: float,
-        request_id: str | None,
-        seeds: np.ndarray | None,
-    ) -> InferenceResult | str:
-        """The primary's result, or the reason to fall back (a string)."""
-        budget = min(t0 + self.primary_timeout_s, deadline) - time.perf_counter()
-        try:
-            res = await lane.run(entry.name, obs, budget, seeds)
-        except QueueFull as exc:
-            raise ApiError(
-                429,
-                "queue_full",
-                f"backend {lane.name!r} is busy: {lane.pending} calls in flight or waiting",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            ) from None
-        except LaneTimeout:
-            self._open_breaker(f"primary timed out after {self.primary_timeout_s:.3f} s")
-            logger.warning(
-                "primary backend timed out",
-                extra={"request_id": request_id, "model": entry.name, "role": "primary"},
-            )
-            return "timeout"
-        except Exception as exc:
-            msg = f"{type(exc).__name__}: {exc}"
-            self._open_breaker(f"primary failed: {msg}")
-            logger.warning(
-                "primary backend failed",
-                extra={"request_id": request_id, "model": entry.name, "error": msg},
-            )
-            return "error"
-        if time.perf_counter() > deadline:
-            raise ApiError(504, "deadline", self._deadline_msg())
-        self.metrics.observe_backend(entry.name, res.backend, res.compute_us * 1e-6, len(res))
-        if self._breaker_until:
-            self._breaker_until = 0.0
-            self._breaker_reason = None
-        states = self.warm[entry.name]
-        if states.get("primary") != "warm":  # a real answer counts as a warm-up
-            states["primary"] = "warm"
-        return res
-
-    def _deadline_msg(self) -> str:
-        return f"no answer within the deadline of {self.settings.deadline_ms:g} ms"
-
-    async def _run_fallback(
-        self,
-        entry: ModelEntry,
-        obs: np.ndarray,
-        deadline: float,
-        reason: str,
-        seeds: np.ndarray | None,
-    ) -> InferenceResult:
-        lane = self.fallback
-        if lane is None or not lane.has(entry.name):
+            budget = min(arrived + self.primary_timeout_s, deadline) - time.perf_counter()
+            try:
+                res = await primary.run(entry.name, obs, budget, seeds)
+            except QueueFull as full:
+                if not can_fall_back:
+                    raise self._busy(primary, full) from None
+                reason = "overflow"  # the primary is fine, only busy: no breaker
+            except LaneTimeout:
+                reason = "timeout"
+                self._primary_failed(entry, request_id, "timed out", None)
+            except Exception as exc:
+                reason = "error"
+                self._primary_failed(entry, request_id, "failed", exc)
+            else:
+                self._answered(entry, res, deadline)
+                if self._breaker_until:
+                    self._breaker_until, self._breaker_reason = 0.0, None
+                self.warm[entry.name]["primary"] = "warm"  # a real answer counts as warm-up
+                return res, False
+        if not can_fall_back:
             if reason == "timeout":
-                raise ApiError(504, "deadline", self._deadline_msg())
+                raise self._deadline_error()
             detail = self._breaker_reason or self.primary_error or "backend unavailable"
             raise ApiError(503, "backend_error", f"no backend could answer: {detail}")
+        assert fallback is not None
         try:
-            res = await lane.run(entry.name, obs, deadline - time.perf_counter(), seeds)
-        except QueueFull as exc:
-            raise ApiError(
-                429,
-                "queue_full",
-                f"fallback backend {lane.name!r} is busy",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            ) from None
+            res = await fallback.run(entry.name, obs, deadline - time.perf_counter(), seeds)
+        except QueueFull as full:
+            raise self._busy(fallback, full) from None
         except LaneTimeout:
-            raise ApiError(504, "deadline", self._deadline_msg()) from None
+            raise self._deadline_error() from None
         except Exception as exc:
-            raise ApiError(
-                503, "backend_error", f"fallback backend failed: {type(exc).__name__}: {exc}"
-            ) from None
-        if time.perf_counter() > deadline:
-            raise ApiError(504, "deadline", self._deadline_msg())
-        self.metrics.observe_backend(entry.name, res.backend, res.compute_us * 1e-6, len(res))
+            msg = f"fallback backend failed: {type(exc).__name__}: {exc}"
+            raise ApiError(503, "backend_error", msg) from None
+        self._answered(entry, res, deadline)
         self.metrics.fallbacks.labels(entry.name, reason).inc()
-        return res
+        return res, True
+
+    def _answered(self, entry: ModelEntry, res: InferenceResult, deadline: float) -> None:
+        if time.perf_counter() > deadline:
+            raise self._deadline_error()
+        self.metrics.observe_backend(entry.name, res.backend, res.compute_us * 1e-6, len(res))
+
+    def _busy(self, lane: Lane, full: QueueFull) -> ApiError:
+        return ApiError(
+            429,
+            "queue_full",
+            f"backend {lane.name!r} is busy: {lane.pending} calls in flight or waiting",
+            retry_after_s=full.retry_after_s,
+        )
+
+    def _primary_failed(
+        self, entry: ModelEntry, request_id: str | None, what: str, exc: Exception | None
+    ) -> None:
+        msg = f"primary {what}" + (f": {type(exc).__name__}: {exc}" if exc else "")
+        if exc is None:
+            msg += f" after {self.primary_timeout_s:.3f} s"
+        self._open_breaker(msg)
+        extra = {"request_id": request_id, "model": entry.name, "error": msg}
+        logger.warning(f"primary backend {what}", extra=extra)
 
     # ------------------------------------------------------------------ readiness
 

@@ -23,7 +23,7 @@ ModelName = Annotated[
     ),
 ]
 
-Seed = Annotated[int, Field(ge=0, lt=2**63, description="Poisson encoder seed")]
+Seed = Annotated[int, Field(ge=0, lt=2**53, description="Poisson encoder seed")]
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 

@@ -1,6 +1,7 @@
-"""Server settings: every field can be set from the environment as ``S2LOOP_<FIELD>``
-(``S2LOOP_BACKEND=spinnaker2``, ``S2LOOP_BOARD_ETH_IP=192.168.1.17``, ...) and from the
-``s2loop serve`` options, which win over the environment."""
+"""Server settings, declared once: every field is an ``s2loop serve`` option (generated
+by pydantic-settings' CLI support, its help the field's description) and an
+environment variable ``S2LOOP_<FIELD>`` (``S2LOOP_BACKEND=spinnaker2``,
+``S2LOOP_BOARD_ETH_IP=192.168.1.17``, ...); options win over the environment."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ BACKEND_ALIASES = {"reference": "agent.reference:ReferenceBackend"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="S2LOOP_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="S2LOOP_",
+        extra="ignore",
+        cli_prog_name="s2loop serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
 
     backend: str = Field(
         "emulator",
@@ -28,10 +35,11 @@ class Settings(BaseSettings):
         "(ignored when the primary is the emulator itself)",
     )
     models: Path = Field(
-        default_factory=default_models_dir, description="folder whose *.s2l files are served"
+        default_factory=default_models_dir,
+        description="folder whose *.s2l files are served (default: the shipped models/)",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (s2loop serve)")
 
     board_eth_ip: str | None = Field(None, description="SpiNNaker2 board address (spinnaker2)")
@@ -85,8 +93,8 @@ class Settings(BaseSettings):
     ws_impl: str = Field(
         "websockets-sansio", description="uvicorn WebSocket implementation (s2loop serve)"
     )
-    log_level: str = "info"
-    log_json: bool = True
+    log_level: str = Field("info", description="debug | info | warning | error")
+    log_json: bool = Field(True, description="logs as one JSON object per line")
     access_log: bool = Field(False, description="uvicorn access log (costs latency)")
 
     @field_validator("fallback")

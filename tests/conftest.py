@@ -1,6 +1,10 @@
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from hw.artifact import save_artifact
 from hw.synthetic import random_artifact
 
 
@@ -13,3 +17,18 @@ def small_artifact():
 def observations():
     rng = np.random.default_rng(7)
     return (rng.normal(size=(64, 4)) * np.array([1.0, 1.5, 0.15, 1.5])).astype(np.float32)
+
+
+ACROBOT_SCALE = [1.0, 1.0, 1.0, 1.0, 12.6, 28.3]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    save_artifact(random_artifact(seed=1, name="cartpole"), d / "cartpole.s2l")
+    acrobot = random_artifact(
+        seed=2, name="acrobot", env_id="Acrobot-v1", obs_scale=ACROBOT_SCALE, actions=3
+    )
+    card = {"evaluation": {"episodes": 10, "emulator": {"mean": -80.5}}}
+    save_artifact(dataclasses.replace(acrobot, provenance=card), d / "acrobot.s2l")
+    return d

@@ -1,0 +1,204 @@
+"""The one request pipeline of an inference request, whichever door it came in by (an
+HTTP route, the plain-ASGI fast path, a WebSocket message): size limit, decode,
+validate against the model, run (deadline from arrival), encode the answer, or the
+error body; metrics and the request id on the way.
+
+A door hands over the raw body, the time it arrived and a request id, and gets back
+``(status, payload, headers)``; it never builds an answer of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from service.errors import INTERNAL, ApiError
+from service.metrics import Metrics
+from service.runtime import ModelEntry, Service
+from service.schemas import ActRequest, BatchRequest
+from service.settings import Settings
+
+logger = logging.getLogger("s2loop.service")
+
+M = TypeVar("M", bound=BaseModel)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+Reply = tuple[int, bytes, dict[str, str]]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """422 naming the first few problems (pydantic's or FastAPI's error list)."""
+    details = [
+        {"loc": _loc(tuple(e.get("loc", ()))), "msg": e.get("msg", ""), "type": e.get("type")}
+        for e in errors
+    ]
+    shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5]) or "invalid request"
+    more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+    return ApiError(422, "validation_error", shown + more, details=details[:50])
+
+
+def parse_body(model: type[M], body: bytes | str) -> M:
+    """Parse and validate a JSON body; ApiError 400 (malformed) or 422 (does not fit)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            if not body or not body.strip():
+                raise ApiError(400, "malformed_json", "request body is empty") from None
+            msg = f"request body is not valid JSON: {errors[0]['msg']}"
+            raise ApiError(400, "malformed_json", msg) from None
+        raise validation_error(errors) from None  # type: ignore[arg-type]
+
+
+def _too_big(where: str = "") -> ApiError:
+    msg = f"observation values must fit in float32 (|x| <= {FLOAT32_MAX:.4g}){where}"
+    return ApiError(422, "validation_error", msg)
+
+
+def observation(entry: ModelEntry, values: list[float]) -> np.ndarray:
+    """One observation as float32 [1, obs]; ApiError 422 when it does not fit the model."""
+    if len(values) != entry.observation_size:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"observation has {len(values)} values, model {entry.name!r} expects "
+            f"{entry.observation_size}",
+        )
+    if max(values) > FLOAT32_MAX or min(values) < -FLOAT32_MAX:
+        raise _too_big()
+    return np.array(values, dtype=np.float32).reshape(1, -1)
+
+
+def observations(entry: ModelEntry, rows: list[list[float]], max_batch: int) -> np.ndarray:
+    """A batch as float32 [B, obs]; ApiError 422 naming the first row that does not fit."""
+    if len(rows) > max_batch:
+        msg = f"batch of {len(rows)} observations is larger than max_batch ({max_batch})"
+        raise ApiError(422, "validation_error", msg)
+    n = entry.observation_size
+    for i, row in enumerate(rows):
+        if len(row) != n:
+            msg = f"observations[{i}] has {len(row)} values, model {entry.name!r} expects {n}"
+            raise ApiError(422, "validation_error", msg)
+    arr = np.array(rows, dtype=np.float64)
+    if np.abs(arr).max() > FLOAT32_MAX:
+        raise _too_big()
+    return arr.astype(np.float32)
+
+
+def seeds(entry: ModelEntry, given: list[int] | None, n: int) -> np.ndarray | None:
+    """Request seeds as int64 [n] (None: fresh draws); deterministic models ignore them."""
+    if given is None or not entry.stochastic:
+        return None
+    if len(given) != n:
+        msg = f"seeds has {len(given)} values for {n} observations; give one per observation"
+        raise ApiError(422, "validation_error", msg)
+    return np.array(given, dtype=np.int64)
+
+
+class Pipeline:
+    def __init__(self, service: Service, metrics: Metrics, settings: Settings) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.limit = settings.max_body_bytes
+        self.max_batch = settings.max_batch
+        self.routes = {"act": self.act, "batch": self.batch}
+
+    def too_large(self, size: int | None = None) -> ApiError:
+        what = f"body of {size} bytes is" if size is not None else "body is"
+        return ApiError(413, "body_too_large", f"{what} over the limit of {self.limit} bytes")
+
+    def note(self, exc: ApiError, request_id: str | None) -> None:
+        """Count every error; log the server-side ones (5xx) with the request id."""
+        self.metrics.error(exc.kind)
+        if exc.status >= 500:
+            extra = {"request_id": request_id, "status": exc.status, "kind": exc.kind}
+            logger.warning("request failed", extra={**extra, "error": exc.message})
+
+    async def handle(
+        self, route: str, body: bytes | str, arrived: float, request_id: str, *, ws: bool = False
+    ) -> Reply:
+        """The answer to one request: never raises. ``ws``: errors carry their status."""
+        try:
+            if len(body) > self.limit:
+                raise self.too_large(len(body))
+            return 200, await self.routes[route](body, arrived, request_id), {}
+        except ApiError as exc:
+            return self.error_reply(exc, request_id, ws=ws)
+        except Exception:
+            logger.exception("unexpected error", extra={"request_id": request_id})
+            return self.error_reply(INTERNAL, request_id, ws=ws)
+
+    def error_reply(self, exc: ApiError, request_id: str | None, *, ws: bool = False) -> Reply:
+        self.note(exc, request_id)
+        return exc.status, exc.payload(request_id, with_status=ws), exc.headers
+
+    async def act(self, body: bytes | str, arrived: float, request_id: str) -> bytes:
+        req = parse_body(ActRequest, body)
+        entry = self.service.entry(req.model)
+        obs = observation(entry, req.observation)
+        given = seeds(entry, None if req.seed is None else [req.seed], 1)
+        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given)
+        elapsed = time.perf_counter() - arrived
+        self.metrics.observe_request("act", entry.name, elapsed)
+        out = {
+            "model": entry.name,
+            "action": int(res.actions[0]),
+            "q_values": res.q_values[0],
+            "backend": res.backend,
+            "fallback": fallback,
+            "timing": {
+                "server_us": elapsed * 1e6,
+                "compute_us": res.compute_us,
+                "ticks": res.ticks,
+                "chip_time_s": entry.mapping.chip_time_s if entry.mapping else None,
+                "energy_j": entry.mapping.energy_j if entry.mapping else None,
+            },
+        }
+        if req.id is not None:
+            out["id"] = req.id
+        if res.seeds is not None:
+            out["seed"] = int(res.seeds[0])
+        return orjson.dumps(out, option=_NUMPY)
+
+    async def batch(self, body: bytes | str, arrived: float, request_id: str) -> bytes:
+        req = parse_body(BatchRequest, body)
+        entry = self.service.entry(req.model)
+        obs = observations(entry, req.observations, self.max_batch)
+        given = seeds(entry, req.seeds, len(obs))
+        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given)
+        chip_time, energy = entry.estimate(len(obs))
+        elapsed = time.perf_counter() - arrived
+        self.metrics.observe_request("batch", entry.name, elapsed)
+        out = {
+            "model": entry.name,
+            "actions": res.actions,
+            "q_values": res.q_values,
+            "backend": res.backend,
+            "fallback": fallback,
+            "timing": {
+                "server_us": elapsed * 1e6,
+                "compute_us": res.compute_us,
+                "ticks": res.ticks,
+                "chip_time_s": chip_time,
+                "energy_j": energy,
+                "batch_size": len(obs),
+            },
+        }
+        if req.id is not None:
+            out["id"] = req.id
+        if res.seeds is not None:
+            out["seeds"] = res.seeds
+        return orjson.dumps(out, option=_NUMPY)

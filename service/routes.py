@@ -1,0 +1,251 @@
+"""The routes, as FastAPI routers. Inference routes hand the raw body to the request
+pipeline (:mod:`service.pipeline`); they never build an answer themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, WebSocket
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketDisconnect
+
+from service.errors import ApiError
+from service.logs import new_request_id
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.runtime import Service
+from service.schemas import (
+    ActRequest,
+    ActResponse,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    ModelInfo,
+    ModelList,
+    Readiness,
+    ReloadResponse,
+)
+from service.settings import Settings
+
+JSON = "application/json"
+#: messages a WebSocket connection may have read and not yet answered
+WS_BACKLOG = 1024
+
+
+def _state(name: str) -> Any:
+    def get(conn: HTTPConnection) -> Any:
+        return getattr(conn.app.state, name)
+
+    return get
+
+
+ServiceDep = Annotated[Service, Depends(_state("service"))]
+PipelineDep = Annotated[Pipeline, Depends(_state("pipeline"))]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+Bearer = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description="settings.reload_token")),
+]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed JSON"},
+    404: {"model": ErrorBody, "description": "unknown model"},
+    413: {"model": ErrorBody, "description": "body larger than max_body_bytes"},
+    422: {"model": ErrorBody, "description": "the body does not fit the model"},
+    429: {"model": ErrorBody, "description": "nothing can take the request now; see Retry-After"},
+    503: {"model": ErrorBody, "description": "no backend could answer"},
+    504: {"model": ErrorBody, "description": "no answer within the deadline"},
+}
+
+
+def request_id(conn: HTTPConnection) -> str:
+    rid = conn.headers.get("x-request-id")
+    return rid[:128] if rid else new_request_id()
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    media: dict[str, Any] = {"schema": schema}
+    if schema.get("examples"):
+        media["example"] = schema["examples"][0]
+    return {"requestBody": {"required": True, "content": {JSON: media}}}
+
+
+async def read_body(request: Request, pipeline: Pipeline) -> bytes:
+    """The request body, refusing (413) anything over the limit, with or without a
+    Content-Length header."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "bad_request", "Content-Length is not a number")
+        if int(length) > pipeline.limit:
+            raise pipeline.too_large(int(length))
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > pipeline.limit:
+            raise pipeline.too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _http(route: str, request: Request, pipeline: Pipeline) -> Response:
+    arrived = time.perf_counter()
+    rid = request_id(request)
+    try:
+        body = await read_body(request, pipeline)
+    except ApiError as exc:
+        status, payload, headers = pipeline.error_reply(exc, rid)
+    else:
+        status, payload, headers = await pipeline.handle(route, body, arrived, rid)
+    return Response(payload, status, headers={**headers, "x-request-id": rid}, media_type=JSON)
+
+
+inference = APIRouter(tags=["inference"])
+
+
+@inference.post(
+    "/v1/act",
+    summary="Greedy action and Q-values for one observation",
+    response_model=None,
+    responses={200: {"model": ActResponse}, **ERRORS},
+    openapi_extra=_body_doc(ActRequest),
+)
+async def act(request: Request, pipeline: PipelineDep) -> Response:
+    return await _http("act", request, pipeline)
+
+
+@inference.post(
+    "/v1/act/batch",
+    summary="Actions and Q-values for many observations, in one backend call",
+    response_model=None,
+    responses={200: {"model": BatchResponse}, **ERRORS},
+    openapi_extra=_body_doc(BatchRequest),
+)
+async def act_batch(request: Request, pipeline: PipelineDep) -> Response:
+    return await _http("batch", request, pipeline)
+
+
+@inference.websocket("/v1/act/ws")
+async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
+    """Each message (text or binary) is an /v1/act body; answers come in order.
+
+    Messages are read as they arrive and time-stamped then, by a reader task, while
+    earlier ones are answered: a message's deadline runs from its arrival, so one that
+    waited behind slow answers past its deadline gets the 504 error, never a late
+    action."""
+    await websocket.accept()
+    conn_id = new_request_id()
+    backlog: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(WS_BACKLOG)
+
+    async def read() -> None:
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await backlog.put((time.perf_counter(), data))
+        finally:
+            await backlog.put(None)
+
+    reader = asyncio.get_running_loop().create_task(read())
+    n = 0
+    try:
+        while (item := await backlog.get()) is not None:
+            n += 1
+            arrived, data = item
+            _, payload, _ = await pipeline.handle("act", data, arrived, f"{conn_id}.{n}", ws=True)
+            await websocket.send_text(payload.decode())
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client went away while we answered: nothing more to say
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await reader
+
+
+models = APIRouter(tags=["models"])
+
+
+@models.get("/v1/models", response_model=ModelList)
+async def list_models(service: ServiceDep) -> Response:
+    body = {"models": [service.entries[n].info for n in sorted(service.entries)]}
+    return Response(orjson.dumps(body), media_type=JSON)
+
+
+@models.get("/v1/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorBody}})
+async def get_model(name: str, service: ServiceDep) -> Response:
+    return Response(orjson.dumps(service.entry(name).info), media_type=JSON)
+
+
+@models.post(
+    "/v1/models/{name}/reload",
+    summary="Load a model's artifact again and swap it in atomically",
+    response_model=ReloadResponse,
+    responses={
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody, "description": "no reload token configured"},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody, "description": "bad artifact; the old model serves on"},
+        503: {"model": ErrorBody, "description": "a backend cannot load it"},
+    },
+)
+async def reload_model(
+    name: str, service: ServiceDep, settings: SettingsDep, credentials: Bearer
+) -> Response:
+    token = settings.reload_token
+    if not token:
+        msg = "reload is off: no reload token is configured (S2LOOP_RELOAD_TOKEN)"
+        raise ApiError(403, "reload_disabled", msg)
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Response(orjson.dumps(await service.reload(name)), media_type=JSON)
+
+
+operations = APIRouter(tags=["operations"])
+
+
+@operations.get("/healthz", summary="The process is alive")
+async def healthz() -> Response:
+    return Response(b'{"status":"alive"}', media_type=JSON)
+
+
+@operations.get(
+    "/readyz",
+    summary="200 once every model has run a warm-up inference; 503 with the reasons",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+)
+async def readyz(service: ServiceDep) -> Response:
+    code, body = service.readiness()
+    return Response(orjson.dumps(body), code, media_type=JSON)
+
+
+@operations.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,234 @@
+"""One front door: every way into the server (the plain-ASGI fast path, the FastAPI
+routes, the WebSocket) gives the same answers and the same errors; deadlines run from
+arrival on every transport; overflow goes to the fallback before it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from hw.backend import create_backend
+from service.app import create_app
+from service.settings import Settings
+from tests.test_service import (
+    BAD_ACT,
+    OBS,
+    SPEC,
+    SlowBackend,
+    make_settings,
+    wait_ready,
+)
+
+DOORS = ("fast_path", "fastapi_route", "websocket")
+
+
+@pytest.fixture(scope="module")
+def doors(models_dir):
+    """One client per door: the fast path on, the fast path off (FastAPI routes)."""
+    with (
+        TestClient(create_app(make_settings(models_dir))) as fast,
+        TestClient(create_app(make_settings(models_dir, fast_path=False))) as routed,
+    ):
+        yield {"fast_path": fast, "fastapi_route": routed, "websocket": fast}
+
+
+def _ask(doors, door: str, body: bytes) -> tuple[int, dict]:
+    """(status, answer) for a raw /v1/act body through ``door``."""
+    client = doors[door]
+    if door == "websocket":
+        with client.websocket_connect("/v1/act/ws") as ws:
+            ws.send_bytes(body)
+            answer = json.loads(ws.receive_text())
+        return answer["error"]["status"] if "error" in answer else 200, answer
+    r = client.post("/v1/act", content=body, headers={"content-type": "application/json"})
+    return r.status_code, r.json()
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize(("body", "status", "kind", "words"), BAD_ACT)
+def test_every_door_gives_the_same_error_for_a_bad_body(doors, door, body, status, kind, words):
+    got, answer = _ask(doors, door, body)
+    assert got == status, answer
+    err = answer["error"]
+    assert not kind or err["kind"] == kind
+    assert words in err["message"] and err["request_id"]
+
+
+def test_every_door_gives_the_same_answer(doors):
+    body = json.dumps({"model": "cartpole", "observation": OBS, "id": 7}).encode()
+    answers = [_ask(doors, door, body)[1] for door in DOORS]
+    for a in answers:
+        assert (a["action"], a["q_values"], a["id"]) == (
+            answers[0]["action"],
+            answers[0]["q_values"],
+            7,
+        )
+
+
+def test_middleware_a_user_adds_sees_the_inference_routes(models_dir):
+    seen = []
+
+    async def record(request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    app = create_app(make_settings(models_dir))
+    app.add_middleware(BaseHTTPMiddleware, dispatch=record)
+    assert app.fast_routes == {}  # the fast path gave way to the normal stack
+    with TestClient(app) as c:
+        assert c.post("/v1/act", json={"model": "cartpole", "observation": OBS}).status_code == 200
+    assert "/v1/act" in seen
+
+
+def test_backends_refuse_options_they_do_not_take():
+    with pytest.raises(ValueError, match="does not take option.*eth_ip.*threshold_comparison"):
+        create_backend("emulator", eth_ip="10.0.0.1")
+
+
+def test_serve_options_are_every_setting_with_its_description():
+    from typer.testing import CliRunner
+
+    from s2loop.cli import app
+
+    out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    for name, field in Settings.model_fields.items():
+        assert "--" + name.replace("_", "-") in out.output, name
+        assert field.description, f"setting {name} has no description"
+    bad = CliRunner().invoke(app, ["serve", "--queue-size", "-1"])
+    assert bad.exit_code == 2 and "queue-size" in bad.output
+
+
+# ----------------------------------------------------------------------------- deadlines
+
+
+async def _with_app(app, fn):
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=10) as client,
+    ):
+        while (await client.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.02)
+        return await fn(client)
+
+
+def test_no_http_or_batch_answer_carries_an_action_after_its_deadline(models_dir, monkeypatch):
+    monkeypatch.setattr(SlowBackend, "delay", 0.12)
+    deadline_ms = 300
+    settings = make_settings(
+        models_dir, backend=SPEC + "SlowBackend", fallback="none", deadline_ms=deadline_ms
+    )
+
+    async def scenario(client):
+        async def one(route: str, body: dict):
+            t = time.perf_counter()
+            r = await client.post(route, json=body)
+            return r.status_code, r.json(), time.perf_counter() - t
+
+        jobs = [one("/v1/act", {"model": "cartpole", "observation": OBS}) for _ in range(5)]
+        rows = [[0.0, 0.0, 0.0, 0.0]] * 3
+        jobs += [
+            one("/v1/act/batch", {"model": "cartpole", "observations": rows}) for _ in range(4)
+        ]
+        return await asyncio.gather(*jobs)
+
+    out = asyncio.run(_with_app(create_app(settings), scenario))
+    statuses = [status for status, _, _ in out]
+    assert 200 in statuses and 504 in statuses, statuses  # the scenario has both
+    for status, body, seconds in out:
+        if status == 200:
+            assert seconds * 1e3 <= deadline_ms + 30, (seconds, body)
+        else:
+            assert status == 504 and body["error"]["kind"] == "deadline"
+
+
+def test_pipelined_websocket_messages_keep_their_deadline_from_arrival(models_dir, monkeypatch):
+    """6 messages sent back to back to a 200 ms backend with a 300 ms deadline: each
+    message's deadline runs from when it arrived, so the late ones get the 504 error
+    instead of an action long after they were sent."""
+    monkeypatch.setattr(SlowBackend, "delay", 0.2)
+    settings = make_settings(
+        models_dir, backend=SPEC + "SlowBackend", fallback="none", deadline_ms=300
+    )
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        with c.websocket_connect("/v1/act/ws") as ws:
+            sent = {}
+            for i in range(6):
+                sent[i] = time.perf_counter()
+                ws.send_text(json.dumps({"model": "cartpole", "observation": OBS, "id": i}))
+            answers = []
+            for _ in range(6):
+                answers.append((json.loads(ws.receive_text()), time.perf_counter()))
+    ok = [a for a, _ in answers if "error" not in a]
+    late = [a for a, _ in answers if "error" in a]
+    assert ok and late, answers
+    for a, got in answers:
+        if "error" not in a:
+            assert (got - sent[a["id"]]) * 1e3 <= 300 + 40, a
+        else:
+            assert a["error"]["status"] == 504 and a["error"]["kind"] == "deadline"
+    # in order: every answer is for the next message (ids echoed on successes only)
+    assert [a["id"] for a in ok] == sorted(a["id"] for a in ok)
+
+
+# ----------------------------------------------------------------------------- overflow
+
+
+def test_a_full_primary_queue_overflows_to_the_fallback_not_429(models_dir, monkeypatch):
+    monkeypatch.setattr(SlowBackend, "delay", 0.2)
+    settings = make_settings(
+        models_dir, backend=SPEC + "SlowBackend", queue_size=0, deadline_ms=2000
+    )
+    app = create_app(settings)
+
+    async def scenario(client):
+        body = {"model": "cartpole", "observation": OBS}
+        return await asyncio.gather(*(client.post("/v1/act", json=body) for _ in range(8)))
+
+    out = asyncio.run(_with_app(app, scenario))
+    assert [r.status_code for r in out] == [200] * 8
+    fallbacks = [r.json()["fallback"] for r in out]
+    assert fallbacks.count(False) == 1 and fallbacks.count(True) == 7
+    assert 'reason="overflow"' in app.state.metrics.render().decode()
+
+
+def test_retry_after_comes_from_the_measured_call_time(models_dir, monkeypatch):
+    """No fallback, a busy 0.5 s backend: the 429 says when to retry, close to the time
+    it really takes until a retry is taken (within 3x), in the header and the body."""
+    monkeypatch.setattr(SlowBackend, "delay", 0.5)
+    settings = make_settings(
+        models_dir, backend=SPEC + "SlowBackend", fallback="none", queue_size=1, deadline_ms=9000
+    )
+
+    async def scenario(client):
+        body = {"model": "cartpole", "observation": OBS}
+        busy = [asyncio.ensure_future(client.post("/v1/act", json=body)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        refused = await client.post("/v1/act", json=body)
+        t = time.perf_counter()
+        while True:  # how long until the server takes a request again
+            await asyncio.sleep(0.01)
+            r = await client.post("/v1/act", json=body)
+            if r.status_code != 429:
+                break
+        real = time.perf_counter() - t
+        await asyncio.gather(*busy)
+        return refused, real
+
+    async def warm_then(client):
+        await client.post("/v1/act", json={"model": "cartpole", "observation": OBS})
+        return await scenario(client)
+
+    refused, real = asyncio.run(_with_app(create_app(settings), warm_then))
+    assert refused.status_code == 429
+    said = refused.json()["error"]["retry_after_ms"] / 1e3
+    assert real / 3 <= said <= 3 * real, (said, real)
+    assert int(refused.headers["retry-after"]) == max(1, -(-said // 1))
