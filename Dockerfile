@@ -22,6 +22,7 @@ COPY . .
 
 # == make install (Makefile: $(VENV)/bin/python, then $(VENV)/.base-installed) ==
 RUN python3 -m venv $VENV && $VENV/bin/python -m pip install --upgrade pip
+RUN $VENV/bin/python -m pip install -e ./client
 RUN $VENV/bin/python -m pip install -e .
 
 # Optional: the board SDK (not on PyPI) for S2LOOP_BACKEND=spinnaker2; empty = emulator only.

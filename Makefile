@@ -15,14 +15,17 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# serving + clients only (what the Docker image has): no torch
-$(VENV)/.base-installed: pyproject.toml | $(VENV)/bin/python
+# serving + clients only (what the Docker image has): no torch. The client SDK
+# (client/, its own distribution) first: the package depends on it.
+$(VENV)/.base-installed: pyproject.toml client/pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e ./client
 	$(PIP) install -e .
 	touch $@
 
 # everything: training (torch CPU build first), tests and lint
-$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.dev-installed: pyproject.toml client/pyproject.toml | $(VENV)/bin/python
 	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e ./client
 	$(PIP) install -e '.[train,dev]'
 	touch $(VENV)/.base-installed $@
 

@@ -69,7 +69,8 @@ def make_student(
     net = SpikingQNet(snn, env_spec(env_id, snn, states), seed=seed)
     with torch.no_grad():
         # the output layer integrates its bias every tick: start at the teacher's mean Q
-        net.biases[-1].fill_(float(teacher.q(states).mean()) / snn.ticks)
+        bias = net.value_bias if snn.dueling else net.biases[-1]
+        bias.fill_(float(teacher.q(states).mean()) / snn.ticks)
     return net
 
 
@@ -168,7 +169,7 @@ def distill(
                     out_f = student(x, "float")
                     loss = loss + args.float_weight * _loss(out_f.q_values, qt, gap, vstd, args)
                 if grid > 0:
-                    weights = list(student.weights)
+                    weights = [p.weight for p in student.layer_params("float")]
                     loss = loss + grid * grid_distance(weights, student.scale_percentile)
             opt.zero_grad()
             loss.backward()

@@ -85,8 +85,8 @@ def scale_output(net: SpikingQNet, factor: float) -> None:
     scaling its weights and bias scales its final membrane exactly as much."""
     if factor != 1.0:
         with torch.no_grad():
-            net.weights[-1].mul_(factor)
-            net.biases[-1].mul_(factor)
+            for p in net.output_parameters():
+                p.mul_(factor)
 
 
 def new_network(env_id: str, snn: SNNConfig, seed: int, states: np.ndarray | None) -> SpikingQNet:
@@ -166,7 +166,8 @@ def train_dsqn(
                 idx = rng.integers(0, replay.size, args.batch_size)
                 loss = td_loss(net, target, replay, idx, args.gamma, mode, rng, args.reward_scale)
                 if grid > 0:
-                    loss = loss + grid * grid_distance(list(net.weights), net.scale_percentile)
+                    weights = [p.weight for p in net.layer_params("float")]
+                    loss = loss + grid * grid_distance(weights, net.scale_percentile)
                 opt.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)

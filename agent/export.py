@@ -73,6 +73,7 @@ def _config_of(artifact: ModelArtifact) -> SNNConfig:
         kw = {k: v for k, v in recorded.items() if k in fields}
         kw["hidden"] = tuple(kw.get("hidden", ()))
         kw["obs_scale"] = None
+        kw["dueling"] = False  # the artifact holds the output layer as the one it is
         return SNNConfig(**kw)
     hidden = artifact.layers[:-1]
     enc = artifact.encoder

@@ -100,6 +100,9 @@ class SpikingQNet(nn.Module):
             w = (torch.rand(size, fan_in, generator=gen) * 2 - 1) * bound * 2.0
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(size)))
+        if config.dueling:  # Q = V + A - mean(A): the value row, the advantages in weights[-1]
+            self.value_weight = nn.Parameter(torch.zeros(1, sizes[-2]))
+            self.value_bias = nn.Parameter(torch.zeros(1))
         n_hidden = len(config.hidden)
         if not 0.0 < config.alpha_decay <= 1.0:
             raise ValueError(f"alpha_decay must lie in (0, 1], got {config.alpha_decay}")
@@ -126,6 +129,11 @@ class SpikingQNet(nn.Module):
         """Hidden layers' thresholds in float units (learned: kept >= 0.05)."""
         return self.threshold.clamp_min(0.05) if self.config.learn_threshold else self.threshold
 
+    def output_parameters(self) -> list[torch.Tensor]:
+        """Everything the output layer's Q-values are linear in."""
+        out = [self.weights[-1], self.biases[-1]]
+        return [*out, self.value_weight, self.value_bias] if self.config.dueling else out
+
     def set_hidden(self, alphas: list[float], thresholds: list[float]) -> None:
         """Load per-layer leaks and thresholds (from an artifact)."""
         with torch.no_grad():
@@ -140,6 +148,9 @@ class SpikingQNet(nn.Module):
         layers = []
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             hidden = k < len(self.weights) - 1
+            if not hidden and self.config.dueling:
+                w = self.value_weight + (w - w.mean(dim=0, keepdim=True))
+                b = self.value_bias + (b - b.mean())
             layers.append(
                 LayerParams(
                     weight=w,

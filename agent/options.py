@@ -48,6 +48,9 @@ class SNNConfig:
     """what a spike does to the membrane"""
     readout: Literal["membrane", "count_membrane"] = "membrane"
     """output layer -> Q-values: final membrane, or spike count x threshold + membrane"""
+    dueling: bool = False
+    """learn the output layer as a state value plus mean-free advantages (dueling DQN);
+    it is one linear layer all the same, exported as such"""
     surrogate_slope: float = 5.0
     """slope k of the fast-sigmoid surrogate gradient 1 / (1 + k|x|)^2"""
     obs_scale: tuple[float, ...] | None = None

@@ -295,7 +295,7 @@ TRANSPORTS = ("floor_http", "floor_ws", "act_http", "act_ws", "batch")
 def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log = _quiet) -> dict:
     import orjson
 
-    from clients.transport import HttpActClient, WsActClient
+    from s2loop_client import PolicyClient
 
     model = "cartpole"
     pool = env_observations("CartPole-v1", 4096, cfg.seed)
@@ -306,10 +306,10 @@ def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log =
             orjson.dumps({"model": model, "observations": chunk}, option=orjson.OPT_SERIALIZE_NUMPY)
         )
     clients: dict[str, Any] = {
-        "floor_http": HttpActClient(floor_url, model),
-        "floor_ws": WsActClient(floor_url, model),
-        "act_http": HttpActClient(act_url, model),
-        "act_ws": WsActClient(act_url, model),
+        "floor_http": PolicyClient(floor_url, model, timeout_s=10),
+        "floor_ws": PolicyClient(floor_url, model, transport="ws", timeout_s=10),
+        "act_http": PolicyClient(act_url, model, timeout_s=10),
+        "act_ws": PolicyClient(act_url, model, transport="ws", timeout_s=10),
         "batch": BatchClient(act_url),
     }
     rtt: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
@@ -332,11 +332,12 @@ def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log =
         else:
             client = clients[name]
             for _ in range(n_single):
+                t0 = time.perf_counter_ns()
                 answer = client.act(pool[j % len(pool)])
+                got.append((time.perf_counter_ns() - t0) / 1e3)
                 j += 1
-                got.append(answer.rtt_ns / 1e3)
                 if keep and name.startswith("act"):
-                    server_us[name].append(answer.body["timing"]["server_us"])
+                    server_us[name].append(answer.timing.server_us)
         if keep:
             rtt[name].extend(got)
             round_p50[name].append(float(np.median(got)))

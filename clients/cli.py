@@ -24,7 +24,13 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, help="model name on the server (default: from --env, CartPole-v1 -> cartpole)"
         ),
-        transport: str = typer.Option("http", help="http (keep-alive POST /v1/act) or ws"),
+        transport: str = typer.Option(
+            "http", help="http (keep-alive POST /v1/act), ws, or tcp (then --url tcp://HOST:PORT)"
+        ),
+        codec: str = typer.Option("json", help="json or msgpack (tcp: always msgpack)"),
+        api_key: str | None = typer.Option(
+            None, envvar="S2LOOP_API_KEY", help="API key, when the server has keys on"
+        ),
         rate_hz: float = typer.Option(
             0.0, min=0.0, help="control rate: pace steps and count late actions (0: no pacing)"
         ),
@@ -43,14 +49,11 @@ def register(app: typer.Typer) -> None:
         """Drive seeded episodes through the service; write steps.csv, summary.json, PNGs."""
         from rich.console import Console
 
-        from clients.loop import LoopConfig
+        from clients.loop import LoopConfig, RetryPolicy
         from clients.report import summary_table
         from clients.session import PreflightError, run_and_report
-        from clients.transport import RetryPolicy
 
         console = Console()
-        if transport not in ("http", "ws"):
-            raise typer.BadParameter("must be 'http' or 'ws'", param_hint="--transport")
         try:
             cfg = LoopConfig(
                 env_id=env,
@@ -59,6 +62,8 @@ def register(app: typer.Typer) -> None:
                 episodes=episodes,
                 seed=seed,
                 transport=transport,
+                codec=codec,
+                api_key=api_key,
                 rate_hz=rate_hz or None,
                 clients=clients,
                 timeout_s=timeout,

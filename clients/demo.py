@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from clients.loop import LoopConfig, LoopResult, model_name_for
-from clients.transport import ServerNotReady, get_models, wait_ready
+from s2loop_client.server import ServerNotReady, list_models, wait_ready
 
 DEMO_ENVS = ("CartPole-v1", "Acrobot-v1")
 DEMO_TRANSPORTS = ("http", "ws")
@@ -57,6 +57,7 @@ class ServerProcess:
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
         stop_timeout_s: float = 10.0,
+        verify: bool | str = True,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.host = host
@@ -65,12 +66,14 @@ class ServerProcess:
         self.extra_args = extra_args or []
         self.stop_timeout_s = stop_timeout_s
         self.log_path = log_path
+        self.verify = verify  # TLS: the CA to trust (with --ssl-certfile in extra_args)
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if "--ssl-certfile" in self.extra_args else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def command(self) -> list[str]:
@@ -131,7 +134,8 @@ class ServerProcess:
                 )
             remaining = deadline - time.monotonic()
             try:
-                return wait_ready(self.url, timeout_s=min(1.0, max(remaining, 0.0)), poll_s=0.1)
+                wait_s = min(1.0, max(remaining, 0.0))
+                return wait_ready(self.url, timeout_s=wait_s, poll_s=0.1, verify=self.verify)
             except ServerNotReady as exc:
                 if remaining <= 0:
                     self.stop()
@@ -221,7 +225,7 @@ def run_demo(
         t0 = time.monotonic()
         server.wait_ready(ready_timeout_s)
         say(f"server ready after {time.monotonic() - t0:.1f}s")
-        served = {m.get("name") for m in get_models(server.url)}
+        served = {m["name"] for m in list_models(server.url)}
         for env_id in envs:
             model = model_name_for(env_id)
             if model not in served:

@@ -1,4 +1,5 @@
-"""The closed loop: Gymnasium episodes whose actions come from the service.
+"""The closed loop: Gymnasium episodes whose actions come from the service, through
+the client SDK (``s2loop_client.PolicyClient``; HTTP, WebSocket or TCP).
 
 One *client* is one control loop on its own connection. ``run_loops`` runs
 ``clients`` of them at once (threads: the loop waits on the network almost all
@@ -13,10 +14,12 @@ sends the observation, and must have the action before the period ends. A step
 whose action arrives later is *late* (a deadline miss). A late step does not
 make the next ones burst to catch up: the schedule restarts from now.
 
-A step that gets no action (timeout, server unreachable after the transport's
-bounded retries, ...) is recorded with its error kind; the controller holds its
-previous action for that step, as a real one would. ``max_consecutive_errors``
-failed steps in a row abort the run with :class:`LoopAborted`.
+A busy or unavailable server (429, 503) is asked again after its ``retry_after_ms``,
+``RetryPolicy.retries`` times at most (the SDK itself only resends requests that
+never left). A step that gets no action (timeout, unreachable, refused, ...) is
+recorded with its category (:data:`ERROR_KINDS`); the controller holds its previous
+action for that step, as a real one would. ``max_consecutive_errors`` failed steps in
+a row abort the run with :class:`LoopAborted`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,50 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from clients.transport import ActError, RetryPolicy, make_act_client
+from s2loop_client import (
+    ActError,
+    BadAnswer,
+    ConnectionFailed,
+    DeadlineExceeded,
+    Overloaded,
+    PolicyClient,
+    ServerError,
+    Timeout,
+    Unavailable,
+)
+
+# what became of a step that got no action, in the order the summary lists them
+ERROR_KINDS = ("timeout", "unavailable", "overloaded", "rejected", "server_error", "bad_answer")
+TRANSPORTS = ("http", "ws", "tcp")
+
+
+def error_kind(exc: ActError) -> str:
+    """The summary's category of a failed step."""
+    for types, kind in (
+        ((Timeout, DeadlineExceeded), "timeout"),
+        ((ConnectionFailed, Unavailable), "unavailable"),
+        ((Overloaded,), "overloaded"),
+        ((ServerError,), "server_error"),
+        ((BadAnswer,), "bad_answer"),
+    ):
+        if isinstance(exc, types):
+            return kind
+    return "rejected"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of a busy or unavailable server (429, 503): attempt ``k`` waits the
+    server's ``retry_after_ms``, else ``min(backoff_max_s, backoff_s * 2**k)``."""
+
+    retries: int = 3
+    backoff_s: float = 0.1
+    backoff_max_s: float = 2.0
+
+    def delay(self, attempt: int, retry_after_ms: int | None = None) -> float:
+        wait = self.backoff_s * (2**attempt) if retry_after_ms is None else retry_after_ms / 1e3
+        return max(0.0, min(self.backoff_max_s, wait))
+
 
 # one row per step; CSV column order
 STEP_FIELDS = (
@@ -53,16 +99,6 @@ STEP_FIELDS = (
     "error",
 )
 
-# Where the answer's ``timing`` keeps each figure: (key, factor to our unit), first present wins.
-# The service reports server_us, compute_us (the backend call), ticks, chip_time_s, energy_j.
-TIMING_KEYS: dict[str, tuple[tuple[str, float], ...]] = {
-    "server_us": (("server_us", 1.0),),
-    "backend_us": (("compute_us", 1.0), ("backend_us", 1.0)),
-    "chip_us": (("chip_time_s", 1e6), ("chip_us", 1.0)),
-    "energy_uj": (("energy_j", 1e6), ("energy_uj", 1.0)),
-    "ticks": (("ticks", 1.0),),
-}
-
 
 def model_name_for(env_id: str) -> str:
     """Default model name of an environment: ``CartPole-v1`` -> ``cartpole``."""
@@ -79,18 +115,22 @@ class LoopConfig:
     episodes: int = 5
     seed: int = 0
     transport: str = "http"
+    codec: str = "json"
+    api_key: str | None = None
     rate_hz: float | None = None
     clients: int = 1
     timeout_s: float = 2.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_consecutive_errors: int = 5
     max_steps: int | None = None  # cut episodes shorter than the env's own limit
+    #: tests: make the loop's PolicyClient (e.g. on a MockTransport)
+    policy_factory: Callable[[], PolicyClient] | None = None
 
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = model_name_for(self.env_id)
-        if self.transport not in ("http", "ws"):
-            raise ValueError(f"transport must be 'http' or 'ws', got {self.transport!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
         if self.episodes < 1 or self.clients < 1:
             raise ValueError("episodes and clients must be at least 1")
         if self.rate_hz is not None and self.rate_hz < 0:
@@ -126,22 +166,51 @@ class LoopAborted(RuntimeError):
     """Too many failed steps in a row: the service is gone or unusable."""
 
 
-def _timing(timing: dict[str, Any]) -> tuple[float, ...]:
-    out = []
-    for keys in TIMING_KEYS.values():
-        value = math.nan
-        for key, factor in keys:
-            if timing.get(key) is not None:
-                value = float(timing[key]) * factor
-                break
-        out.append(value)
-    return tuple(out)
+def _timing(t: Any) -> tuple[float, ...]:
+    """server_us, backend_us, chip_us, energy_uj, ticks of an answer's timing."""
+    nan = math.nan
+    return (
+        t.server_us,
+        t.compute_us,
+        nan if t.chip_time_s is None else t.chip_time_s * 1e6,
+        nan if t.energy_j is None else t.energy_j * 1e6,
+        float(t.ticks),
+    )
+
+
+def _act(policy: PolicyClient, observation: Any, retry: RetryPolicy) -> tuple[Any, int, int]:
+    """(answer, round trip ns of the attempt that answered, retries before it)."""
+    attempt = 0
+    while True:
+        t0 = time.perf_counter_ns()
+        try:
+            answer = policy.act(observation)
+            return answer, time.perf_counter_ns() - t0, attempt
+        except (Overloaded, Unavailable) as exc:
+            if attempt >= retry.retries:
+                raise
+            time.sleep(retry.delay(attempt, exc.retry_after_ms))
+            attempt += 1
 
 
 def _sleep_until(t_ns: int) -> None:
     remaining = (t_ns - time.perf_counter_ns()) / 1e9
     if remaining > 0:
         time.sleep(remaining)
+
+
+def make_policy(cfg: LoopConfig) -> PolicyClient:
+    """The SDK client of one loop (``LoopConfig.policy_factory`` overrides it, for tests)."""
+    if cfg.policy_factory is not None:
+        return cfg.policy_factory()
+    return PolicyClient(
+        cfg.url,
+        cfg.model or "",
+        transport=cfg.transport,
+        codec="msgpack" if cfg.transport == "tcp" else cfg.codec,
+        api_key=cfg.api_key,
+        timeout_s=cfg.timeout_s,
+    )
 
 
 def run_client(
@@ -154,9 +223,7 @@ def run_client(
     import gymnasium as gym
 
     env = gym.make(cfg.env_id, max_episode_steps=cfg.max_steps)
-    act = make_act_client(
-        cfg.transport, cfg.url, cfg.model, timeout_s=cfg.timeout_s, retry=cfg.retry
-    )
+    policy = make_policy(cfg)
     period_ns = round(1e9 / cfg.rate_hz) if cfg.rate_hz else 0
     rows: list[tuple] = []
     episodes: list[Episode] = []
@@ -183,11 +250,11 @@ def run_client(
                 else:
                     period_start = time.perf_counter_ns()
                 try:
-                    answer = act.act(observation)
+                    answer, rtt_ns, retries = _act(policy, observation, cfg.retry)
                 except ActError as exc:
                     arrived = time.perf_counter_ns()
                     consecutive_errors += 1
-                    error = exc.kind
+                    error = error_kind(exc)
                     rtt_us = server_us = backend_us = chip_us = energy_uj = ticks = nan
                     backend, fallback, retries = "", False, 0
                     if consecutive_errors >= cfg.max_consecutive_errors:
@@ -206,14 +273,9 @@ def run_client(
                     consecutive_errors = 0
                     error = ""
                     action = answer.action
-                    body = answer.body
-                    rtt_us = answer.rtt_ns / 1e3
-                    server_us, backend_us, chip_us, energy_uj, ticks = _timing(
-                        body.get("timing") or {}
-                    )
-                    backend = body.get("backend", "")
-                    fallback = bool(body.get("fallback", False))
-                    retries = answer.retries
+                    rtt_us = rtt_ns / 1e3
+                    server_us, backend_us, chip_us, energy_uj, ticks = _timing(answer.timing)
+                    backend, fallback = answer.backend, answer.fallback
                 late = bool(period_ns) and arrived - period_start > period_ns
                 observation, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
@@ -251,7 +313,7 @@ def run_client(
                     pending_steps = 0
             episodes.append(Episode(client, episode, seed, step, total, bool(terminated)))
     finally:
-        act.close()
+        policy.close()
         env.close()
     return rows, episodes, None
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.loop import STEP_FIELDS, LoopResult
-from clients.transport import ERROR_KINDS
+from clients.loop import ERROR_KINDS, STEP_FIELDS, LoopResult
 
 PERCENTILES = (50, 90, 99)
 

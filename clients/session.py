@@ -9,9 +9,7 @@ from typing import Any
 
 from clients.loop import LoopConfig, LoopResult, run_loops
 from clients.report import summarize, write_run
-from clients.transport import base_url, get_models, wait_ready
-
-OBS_SIZE_KEYS = ("observation_size", "obs_size", "n_observations")
+from s2loop_client.server import ServerNotReady, base_url, list_models, wait_ready
 
 
 class PreflightError(RuntimeError):
@@ -22,16 +20,16 @@ def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
     """Wait for ``/readyz``; check the model is served and fits the environment.
 
     Returns the model's description from ``/v1/models`` (may be empty)."""
-    from clients.transport import ServerNotReady
-
+    if cfg.transport == "tcp" or cfg.policy_factory is not None:
+        return {}  # no HTTP side to ask: the first step tells
     try:
         wait_ready(cfg.url, timeout_s=wait_s)
     except ServerNotReady as exc:
         raise PreflightError(str(exc)) from None
     try:
-        models = get_models(cfg.url)
-    except Exception as exc:  # an old or foreign server: let the first step tell
-        return {"warning": f"could not list models: {exc}"}
+        models = list_models(cfg.url, api_key=cfg.api_key)
+    except Exception as exc:
+        raise PreflightError(f"cannot list the server's models: {exc}") from None
     by_name = {m.get("name"): m for m in models}
     if cfg.model not in by_name:
         raise PreflightError(
@@ -44,12 +42,11 @@ def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
     env = gym.make(cfg.env_id)
     env_obs = env.observation_space.shape
     env.close()
-    for key in OBS_SIZE_KEYS:
-        if key in info and env_obs and int(info[key]) != int(env_obs[0]):
-            raise PreflightError(
-                f"model {cfg.model!r} takes {info[key]} observations but {cfg.env_id} "
-                f"gives {env_obs[0]}"
-            )
+    if env_obs and int(info["observation_size"]) != int(env_obs[0]):
+        raise PreflightError(
+            f"model {cfg.model!r} takes {info['observation_size']} observations but "
+            f"{cfg.env_id} gives {env_obs[0]}"
+        )
     return info
 
 

@@ -20,6 +20,7 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline, validation_error
 from service.runtime import Service
 from service.settings import Settings
+from service.tcp import TcpDoor
 
 logger = logging.getLogger("s2loop.service")
 
@@ -29,6 +30,22 @@ DESCRIPTION = (
     'bad message gets an `{"error": ...}` answer and the connection stays open). Errors are '
     '`{"error": {"kind", "message"}}`.'
 )
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _warn_if_open(settings: Settings) -> None:
+    hosts = [settings.host]
+    if settings.tcp_bind:
+        hosts.append(settings.tcp_bind.rpartition(":")[0].strip("[]"))
+    exposed = [h for h in hosts if h not in LOOPBACK]
+    if exposed and not settings.keys():
+        logger.warning(
+            "serving beyond loopback with no API keys: anyone who reaches the port can act; "
+            "set S2LOOP_API_KEYS",
+            extra={"hosts": exposed},
+        )
 
 
 def create_app(
@@ -41,14 +58,21 @@ def create_app(
     service = Service(settings, metrics)
     pipeline = Pipeline(service, metrics, settings)
 
+    tcp = TcpDoor(pipeline, settings.tcp_bind) if settings.tcp_bind else None
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         await service.start()
+        if tcp is not None:
+            await tcp.start()
+        _warn_if_open(settings)
         if on_started is not None:
             on_started()
         try:
             yield
         finally:
+            if tcp is not None:
+                await tcp.stop()
             await service.stop()
 
     app = S2LoopApp(
@@ -59,7 +83,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.service, app.state.pipeline = service, pipeline
+    app.state.service, app.state.pipeline, app.state.tcp = service, pipeline, tcp
     for router in (routes.inference, routes.models, routes.operations):
         app.include_router(router)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import orjson
-
 #: HTTP status -> error kind, for errors raised by the framework (routing, path params)
 STATUS_KIND = {
     400: "bad_request",
@@ -59,9 +57,6 @@ class ApiError(Exception):
         if with_status:  # a WebSocket answer has no status line of its own
             err["status"] = self.status
         return {"error": err}
-
-    def payload(self, request_id: str | None = None, *, with_status: bool = False) -> bytes:
-        return orjson.dumps(self.body(request_id, with_status=with_status))
 
 
 INTERNAL = ApiError(500, "internal", "internal server error")

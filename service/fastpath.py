@@ -27,6 +27,7 @@ logger = logging.getLogger("s2loop.service")
 
 ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 ROUTES = {"/v1/act": "act", "/v1/act/batch": "batch"}
+MSGPACK = b"application/msgpack"
 
 
 def fast_route(pipeline: Pipeline, route: str) -> ASGI:
@@ -34,15 +35,21 @@ def fast_route(pipeline: Pipeline, route: str) -> ASGI:
 
     async def handle(scope: dict[str, Any], receive: Any, send: Any) -> None:
         arrived = time.perf_counter()
-        rid = length = None
+        rid = length = authorization = None
+        codec = "json"
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
             elif key == b"x-request-id":
                 rid = value[:128].decode("latin-1")
+            elif key == b"content-type" and value.startswith(MSGPACK):
+                codec = "msgpack"
+            elif key == b"authorization":
+                authorization = value
         rid = rid or new_request_id()
         body = b""
         try:
+            pipeline.authorize(authorization)
             if length is not None:
                 if not length.isdigit():
                     raise ApiError(400, "bad_request", "Content-Length is not a number")
@@ -60,11 +67,11 @@ def fast_route(pipeline: Pipeline, route: str) -> ASGI:
                         raise pipeline.too_large()
                 more = message.get("more_body", False)
         except ApiError as exc:
-            status, payload, extra = pipeline.error_reply(exc, rid)
+            status, payload, extra = pipeline.error_reply(exc, rid, codec=codec)
         else:
-            status, payload, extra = await pipeline.handle(route, body, arrived, rid)
+            status, payload, extra = await pipeline.handle(route, body, arrived, rid, codec=codec)
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", MSGPACK if codec == "msgpack" else b"application/json"),
             (b"content-length", str(len(payload)).encode()),
             (b"x-request-id", rid.encode("latin-1")),
         ]

@@ -1,22 +1,26 @@
 """The one request pipeline of an inference request, whichever door it came in by (an
-HTTP route, the plain-ASGI fast path, a WebSocket message): size limit, decode,
-validate against the model, run (deadline from arrival), encode the answer, or the
-error body; metrics and the request id on the way.
+HTTP route, the plain-ASGI fast path, a WebSocket message, a TCP frame): size limit,
+decode (JSON or msgpack), validate against the model, run (deadline from arrival),
+encode the answer in the request's codec, or the error body; metrics and the request
+id on the way.
 
-A door hands over the raw body, the time it arrived and a request id, and gets back
-``(status, payload, headers)``; it never builds an answer of its own.
+A door hands over the raw body, its codec, the time it arrived and a request id, and
+gets back ``(status, payload, headers)``; it never builds an answer of its own.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import Any, TypeVar
 
+import msgpack
 import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from s2loop_client.codec import DecodeError, unpack
 from service.errors import INTERNAL, ApiError
 from service.metrics import Metrics
 from service.runtime import ModelEntry, Service
@@ -29,6 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Reply = tuple[int, bytes, dict[str, str]]
+_FRAME_ROUTES = (("model_info", "info"), ("observations", "batch"))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -49,10 +54,31 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "validation_error", shown + more, details=details[:50])
 
 
-def parse_body(model: type[M], body: bytes | str) -> M:
-    """Parse and validate a JSON body; ApiError 400 (malformed) or 422 (does not fit)."""
+def _lists(obj: Any) -> Any:
+    """A decoded msgpack request with its numpy arrays as (nested) lists."""
+    if isinstance(obj, dict):
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in obj.items()}
+    return obj
+
+
+def decode(body: bytes | str) -> Any:
+    """A msgpack body as Python objects; ApiError 400 when it is not msgpack."""
+    if not body:
+        raise ApiError(400, "malformed_json", "request body is empty")
     try:
-        return model.model_validate_json(body)
+        return unpack(body if isinstance(body, bytes) else body.encode())
+    except DecodeError as exc:
+        raise ApiError(400, "malformed_json", f"request body is {exc}") from None
+
+
+def parse_body(model: type[M], body: bytes | str | dict, codec: str = "json") -> M:
+    """Validate a JSON body, or a msgpack one (bytes, or already decoded); ApiError 400
+    (malformed) or 422 (does not fit)."""
+    try:
+        if codec == "msgpack":
+            obj = body if isinstance(body, dict) else decode(body)  # type: ignore[arg-type]
+            return model.model_validate(_lists(obj))
+        return model.model_validate_json(body)  # type: ignore[arg-type]
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
@@ -114,7 +140,33 @@ class Pipeline:
         self.metrics = metrics
         self.limit = settings.max_body_bytes
         self.max_batch = settings.max_batch
-        self.routes = {"act": self.act, "batch": self.batch}
+        self.keys = settings.keys()
+        self.routes = {"act": self.act, "batch": self.batch, "info": self.info}
+
+    @staticmethod
+    def encode(body: dict[str, Any], codec: str) -> bytes:
+        if codec == "msgpack":  # the same maps as JSON: arrays as plain lists
+            return msgpack.packb(body, default=lambda a: a.tolist(), use_bin_type=True)
+        return orjson.dumps(body, option=_NUMPY)
+
+    def authorize(self, authorization: str | bytes | None) -> None:
+        """Nothing when the API is open or ``authorization`` is ``Bearer <a key>``; else
+        ApiError 401. Compared in constant time, against every key; keys never logged."""
+        if not self.keys:
+            return
+        if isinstance(authorization, str):
+            authorization = authorization.encode("latin-1", "replace")
+        scheme, _, given = (authorization or b"").partition(b" ")
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(given.strip(), key)
+        if not (ok and scheme.lower() == b"bearer"):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid API key is required: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def too_large(self, size: int | None = None) -> ApiError:
         what = f"body of {size} bytes is" if size is not None else "body is"
@@ -128,25 +180,40 @@ class Pipeline:
             logger.warning("request failed", extra={**extra, "error": exc.message})
 
     async def handle(
-        self, route: str, body: bytes | str, arrived: float, request_id: str, *, ws: bool = False
+        self,
+        route: str,
+        body: bytes | str,
+        arrived: float,
+        request_id: str,
+        *,
+        codec: str = "json",
+        ws: bool = False,
     ) -> Reply:
-        """The answer to one request: never raises. ``ws``: errors carry their status."""
+        """The answer to one request, in ``codec``: never raises. ``ws``: errors carry
+        their status (a WebSocket or TCP answer has no status line)."""
         try:
             if len(body) > self.limit:
                 raise self.too_large(len(body))
-            return 200, await self.routes[route](body, arrived, request_id), {}
+            if route == "frame":  # a TCP frame: act, batch or model info by its keys
+                body = decode(body)
+                keys = body if isinstance(body, dict) else {}
+                route = next((r for k, r in _FRAME_ROUTES if k in keys), "act")
+            out = await self.routes[route](body, arrived, request_id, codec)
+            return 200, self.encode(out, codec), {}
         except ApiError as exc:
-            return self.error_reply(exc, request_id, ws=ws)
+            return self.error_reply(exc, request_id, codec=codec, ws=ws)
         except Exception:
             logger.exception("unexpected error", extra={"request_id": request_id})
-            return self.error_reply(INTERNAL, request_id, ws=ws)
+            return self.error_reply(INTERNAL, request_id, codec=codec, ws=ws)
 
-    def error_reply(self, exc: ApiError, request_id: str | None, *, ws: bool = False) -> Reply:
+    def error_reply(
+        self, exc: ApiError, request_id: str | None, *, codec: str = "json", ws: bool = False
+    ) -> Reply:
         self.note(exc, request_id)
-        return exc.status, exc.payload(request_id, with_status=ws), exc.headers
+        return exc.status, self.encode(exc.body(request_id, with_status=ws), codec), exc.headers
 
-    async def act(self, body: bytes | str, arrived: float, request_id: str) -> bytes:
-        req = parse_body(ActRequest, body)
+    async def act(self, body: bytes | str, arrived: float, request_id: str, codec: str) -> dict:
+        req = parse_body(ActRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
         given = seeds(entry, None if req.seed is None else [req.seed], 1)
@@ -171,10 +238,14 @@ class Pipeline:
             out["id"] = req.id
         if res.seeds is not None:
             out["seed"] = int(res.seeds[0])
-        return orjson.dumps(out, option=_NUMPY)
+        return out
 
-    async def batch(self, body: bytes | str, arrived: float, request_id: str) -> bytes:
-        req = parse_body(BatchRequest, body)
+    async def info(self, body: Any, arrived: float, request_id: str, codec: str) -> dict:
+        """``{"model_info": NAME}`` over TCP: what GET /v1/models/NAME answers."""
+        return self.service.entry(str(body.get("model_info"))).info
+
+    async def batch(self, body: bytes | str, arrived: float, request_id: str, codec: str) -> dict:
+        req = parse_body(BatchRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observations(entry, req.observations, self.max_batch)
         given = seeds(entry, req.seeds, len(obs))
@@ -201,4 +272,4 @@ class Pipeline:
             out["id"] = req.id
         if res.seeds is not None:
             out["seeds"] = res.seeds
-        return orjson.dumps(out, option=_NUMPY)
+        return out

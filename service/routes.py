@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
+from s2loop_client import contract as wire
 from service.errors import ApiError
 from service.logs import new_request_id
 from service.metrics import Metrics
@@ -36,7 +37,8 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-JSON = "application/json"
+JSON = wire.JSON
+MSGPACK = wire.MSGPACK
 #: messages a WebSocket connection may have read and not yet answered
 WS_BACKLOG = 1024
 
@@ -59,6 +61,7 @@ Bearer = Annotated[
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed JSON"},
+    401: {"model": ErrorBody, "description": "API keys are on and no valid one was sent"},
     404: {"model": ErrorBody, "description": "unknown model"},
     413: {"model": ErrorBody, "description": "body larger than max_body_bytes"},
     422: {"model": ErrorBody, "description": "the body does not fit the model"},
@@ -100,16 +103,24 @@ async def read_body(request: Request, pipeline: Pipeline) -> bytes:
     return b"".join(chunks)
 
 
+def codec_of(request: Request) -> str:
+    """msgpack for ``Content-Type: application/msgpack``, else JSON."""
+    return "msgpack" if request.headers.get("content-type", "").startswith(MSGPACK) else "json"
+
+
 async def _http(route: str, request: Request, pipeline: Pipeline) -> Response:
     arrived = time.perf_counter()
     rid = request_id(request)
+    codec = codec_of(request)
     try:
+        pipeline.authorize(request.headers.get("authorization"))
         body = await read_body(request, pipeline)
     except ApiError as exc:
-        status, payload, headers = pipeline.error_reply(exc, rid)
+        status, payload, headers = pipeline.error_reply(exc, rid, codec=codec)
     else:
-        status, payload, headers = await pipeline.handle(route, body, arrived, rid)
-    return Response(payload, status, headers={**headers, "x-request-id": rid}, media_type=JSON)
+        status, payload, headers = await pipeline.handle(route, body, arrived, rid, codec=codec)
+    media = MSGPACK if codec == "msgpack" else JSON
+    return Response(payload, status, headers={**headers, "x-request-id": rid}, media_type=media)
 
 
 inference = APIRouter(tags=["inference"])
@@ -139,12 +150,20 @@ async def act_batch(request: Request, pipeline: PipelineDep) -> Response:
 
 @inference.websocket("/v1/act/ws")
 async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
-    """Each message (text or binary) is an /v1/act body; answers come in order.
+    """Each message is an /v1/act body, a text frame in JSON or a binary frame in
+    msgpack, answered in the same codec; answers come in order.
 
     Messages are read as they arrive and time-stamped then, by a reader task, while
     earlier ones are answered: a message's deadline runs from its arrival, so one that
     waited behind slow answers past its deadline gets the 504 error, never a late
     action."""
+    try:
+        pipeline.authorize(websocket.headers.get("authorization"))
+    except ApiError as exc:  # refused at the handshake, with the error body
+        _, payload, headers = pipeline.error_reply(exc, None)
+        denial = Response(payload, exc.status, headers=headers, media_type=JSON)
+        await websocket.send_denial_response(denial)
+        return
     await websocket.accept()
     conn_id = new_request_id()
     backlog: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(WS_BACKLOG)
@@ -155,9 +174,10 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                data = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
+                text = message.get("text")
+                data = (
+                    (text, "json") if text is not None else (message.get("bytes") or b"", "msgpack")
+                )
                 await backlog.put((time.perf_counter(), data))
         finally:
             await backlog.put(None)
@@ -167,9 +187,13 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
     try:
         while (item := await backlog.get()) is not None:
             n += 1
-            arrived, data = item
-            _, payload, _ = await pipeline.handle("act", data, arrived, f"{conn_id}.{n}", ws=True)
-            await websocket.send_text(payload.decode())
+            arrived, (data, codec) = item
+            rid = f"{conn_id}.{n}"
+            _, payload, _ = await pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
+            if codec == "json":
+                await websocket.send_text(payload.decode())
+            else:
+                await websocket.send_bytes(payload)
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away while we answered: nothing more to say
     finally:
@@ -178,16 +202,30 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
             await reader
 
 
+def require_key(conn: HTTPConnection, pipeline: PipelineDep) -> None:
+    pipeline.authorize(conn.headers.get("authorization"))
+
+
 models = APIRouter(tags=["models"])
 
 
-@models.get("/v1/models", response_model=ModelList)
+@models.get(
+    "/v1/models",
+    response_model=ModelList,
+    dependencies=[Depends(require_key)],
+    responses={401: {"model": ErrorBody}},
+)
 async def list_models(service: ServiceDep) -> Response:
     body = {"models": [service.entries[n].info for n in sorted(service.entries)]}
     return Response(orjson.dumps(body), media_type=JSON)
 
 
-@models.get("/v1/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorBody}})
+@models.get(
+    "/v1/models/{name}",
+    response_model=ModelInfo,
+    dependencies=[Depends(require_key)],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+)
 async def get_model(name: str, service: ServiceDep) -> Response:
     return Response(orjson.dumps(service.entry(name).info), media_type=JSON)
 
@@ -207,7 +245,7 @@ async def get_model(name: str, service: ServiceDep) -> Response:
 async def reload_model(
     name: str, service: ServiceDep, settings: SettingsDep, credentials: Bearer
 ) -> Response:
-    token = settings.reload_token
+    token = settings.reload_token.get_secret_value() if settings.reload_token else None
     if not token:
         msg = "reload is off: no reload token is configured (S2LOOP_RELOAD_TOKEN)"
         raise ApiError(403, "reload_disabled", msg)

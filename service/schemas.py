@@ -1,159 +1,82 @@
-"""Request and response bodies of the public API.
+"""The API's bodies as pydantic models. The inference routes' requests, answers and
+errors are built from the wire contract (``s2loop_client.contract``, declared once,
+imported by the client too); the control-plane answers (models, readiness, reload)
+are the server's own.
 
-Requests are parsed straight from the raw body with pydantic's JSON parser in
-strict mode: numbers must be JSON numbers (no strings, no booleans), ``NaN`` and
-``Infinity`` literals are rejected, unknown fields are ignored. The response
-models document the answers (the hot routes serialize with orjson directly).
+Requests are parsed in strict mode: numbers must be numbers (no strings, no
+booleans), ``NaN`` and ``Infinity`` are rejected, unknown fields are ignored.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+import functools
+import types
+import typing
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-ModelName = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_.\-]+$",
-        description="a served model (see GET /v1/models)",
-        examples=["cartpole"],
-    ),
-]
-
-Seed = Annotated[int, Field(ge=0, lt=2**53, description="Poisson encoder seed")]
+from s2loop_client import contract as wire
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
-class ActRequest(BaseModel):
-    """One observation for one model."""
-
-    model_config = ConfigDict(
-        **_STRICT,
-        json_schema_extra={
-            "examples": [{"model": "cartpole", "observation": [0.01, -0.2, 0.03, 0.25]}]
-        },
-    )
-
-    model: ModelName
-    observation: list[float] = Field(
-        ...,
-        description="the environment's observation, finite numbers, as many as the model expects",
-        min_length=1,
-        max_length=4096,
-    )
-    id: str | int | None = Field(
-        None, description="optional client tag, echoed back (handy to match WebSocket answers)"
-    )
-    seed: Seed | None = Field(
-        None,
-        description="Poisson-coded models: seed of this request's input spikes (reproducible "
-        "draws); without it the server draws fresh spikes and reports the seed it used. "
-        "Deterministic models ignore it.",
-    )
+def _field(marks: list[Any]) -> Any:
+    """The contract's markers as one pydantic ``Field``."""
+    kw: dict[str, Any] = {}
+    for m in marks:
+        if isinstance(m, wire.Doc):
+            kw["description"] = m.text
+        elif isinstance(m, wire.Bounds):
+            kw.update({k: v for k, v in (("ge", m.ge), ("lt", m.lt)) if v is not None})
+        elif isinstance(m, wire.Size):
+            kw.update({k: v for k, v in (("min_length", m.min), ("max_length", m.max)) if v})
+        elif isinstance(m, wire.Pattern):
+            kw["pattern"] = m.regex
+    return Field(**kw)
 
 
-class BatchRequest(BaseModel):
-    """Many observations for one model, run in one backend call."""
-
-    model_config = ConfigDict(
-        **_STRICT,
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "cartpole",
-                    "observations": [[0.01, -0.2, 0.03, 0.25], [0.0, 0.0, 0.0, 0.0]],
-                }
-            ]
-        },
-    )
-
-    model: ModelName
-    observations: list[list[float]] = Field(..., min_length=1)
-    id: str | int | None = None
-    seeds: list[Seed] | None = Field(
-        None,
-        description="Poisson-coded models: one seed per observation (row i with seed s draws "
-        "the spikes /v1/act would with seed s); without them fresh draws, reported back",
-    )
+def _convert(hint: Any) -> Any:
+    """A contract type hint in pydantic's terms: markers become Fields, nested contract
+    dataclasses become models; unions and lists are walked."""
+    origin = get_origin(hint)
+    if origin is Annotated:
+        base, *marks = get_args(hint)
+        return Annotated[_convert(base), _field(marks)]
+    if dataclasses.is_dataclass(hint):
+        return model_of(hint)
+    if origin in (Union, types.UnionType):
+        return functools.reduce(lambda a, b: a | b, [_convert(a) for a in get_args(hint)])
+    if origin is list:
+        return list[_convert(get_args(hint)[0])]  # type: ignore[misc]
+    return hint
 
 
-class Timing(BaseModel):
-    server_us: float = Field(
-        ..., description="time the server spent on the request, body read to answer, us"
-    )
-    compute_us: float = Field(..., description="time of the backend call, us")
-    ticks: int = Field(..., description="chip ticks run per inference")
-    chip_time_s: float | None = Field(
-        None,
-        description="estimated chip run time (hw.mapping; for a batch: runs x ticks x tick, "
-        "as many observations per run as copies fit on one chip)",
-    )
-    energy_j: float | None = Field(
-        None, description="estimated chip energy (hw.mapping; for a batch: all observations)"
-    )
-    batch_size: int | None = None
+@functools.cache
+def model_of(cls: type, strict: bool = False) -> type[BaseModel]:
+    """The pydantic model of a contract dataclass (``strict``: a request's parsing)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = ... if f.default is dataclasses.MISSING else f.default
+        fields[f.name] = (_convert(hints[f.name]), default)
+    examples = getattr(cls, "EXAMPLES", None)
+    config = ConfigDict(**_STRICT) if strict else ConfigDict()
+    if examples:
+        config["json_schema_extra"] = {"examples": examples}
+    return create_model(cls.__name__, __config__=config, __doc__=cls.__doc__, **fields)
 
 
-class ActResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "cartpole",
-                    "action": 1,
-                    "q_values": [12.5, 13.25],
-                    "backend": "emulator",
-                    "fallback": False,
-                    "timing": {
-                        "server_us": 74.1,
-                        "compute_us": 52.3,
-                        "ticks": 16,
-                        "chip_time_s": 0.016,
-                        "energy_j": 0.0038,
-                    },
-                }
-            ]
-        }
-    )
-
-    model: str
-    action: int
-    q_values: list[float]
-    backend: str = Field(..., description="the backend that answered")
-    fallback: bool = Field(..., description="true when the fallback backend answered")
-    timing: Timing
-    id: str | int | None = Field(None, description="the request's id, when it had one")
-    seed: int | None = Field(
-        None, description="Poisson-coded models: the seed of the input spikes used"
-    )
+ActRequest = model_of(wire.ActRequest, strict=True)
+BatchRequest = model_of(wire.BatchRequest, strict=True)
+Timing = model_of(wire.Timing)
+ActResponse = model_of(wire.ActAnswer)
+BatchResponse = model_of(wire.BatchAnswer)
+ErrorBody = model_of(wire.ErrorAnswer)
 
 
-class BatchResponse(BaseModel):
-    model: str
-    actions: list[int]
-    q_values: list[list[float]]
-    backend: str
-    fallback: bool
-    timing: Timing
-    id: str | int | None = None
-    seeds: list[int] | None = Field(
-        None, description="Poisson-coded models: the seed of each row's input spikes"
-    )
-
-
-class ErrorDetail(BaseModel):
-    kind: str = Field(..., examples=["validation_error"])
-    message: str = Field(..., examples=["observation has 3 values, model 'cartpole' expects 4"])
-    details: list[dict[str, Any]] | None = None
-    request_id: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
+# --------------------------------------------------------------------- control plane
 
 
 class ModelInfo(BaseModel):
@@ -168,6 +91,11 @@ class ModelInfo(BaseModel):
     weight_bits: int
     layer_sizes: list[int]
     sha256: str
+    recipe: str | None = Field(None, description="'dsqn' or 'distill': the recipe that made it")
+    encoder: dict[str, Any] = Field(default_factory=dict, description="input encoder")
+    layers: list[dict[str, Any]] = Field(
+        default_factory=list, description="per layer: neuron (LIF/IF), alpha_decay, threshold"
+    )
     mapping: dict[str, Any] | None = Field(
         None, description="hw.mapping report: PEs, copies per chip, chip time, energy"
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hw.artifact import default_models_dir
@@ -77,9 +77,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=64, description="largest request body accepted")
     max_batch: int = Field(4096, ge=1, description="most observations in one batch request")
 
-    reload_token: str | None = Field(
+    reload_token: SecretStr | None = Field(
         None, description="bearer token for POST /v1/models/{name}/reload; unset = route off"
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated API keys: /v1/act*, /v1/models* and the TCP endpoint "
+        "then need 'Authorization: Bearer <key>' (TCP: a hello frame); unset = open",
+    )
+    tcp_bind: str | None = Field(
+        None,
+        description="HOST:PORT of the low-latency TCP endpoint (length-prefixed msgpack "
+        "frames); unset = off",
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) for HTTPS/WSS")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
     degraded_status: int = Field(
         200,
         description="/readyz status while serving from the fallback (200, or 503 to take "
@@ -112,10 +124,26 @@ class Settings(BaseSettings):
             raise ValueError("degraded_status must be 200 or 503")
         return v
 
-    @field_validator("reload_token")
+    @field_validator("reload_token", "api_keys")
     @classmethod
-    def _empty_token_is_none(cls, v: str | None) -> str | None:
+    def _empty_secret_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    @field_validator("tcp_bind")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v:
+            host, _, port = v.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError("tcp_bind must be HOST:PORT, e.g. 127.0.0.1:5555")
         return v or None
+
+    def keys(self) -> list[bytes]:
+        """The API keys (empty: the API is open)."""
+        if self.api_keys is None:
+            return []
+        raw = self.api_keys.get_secret_value().split(",")
+        return [k.strip().encode() for k in raw if k.strip()]
 
     def backend_spec(self, name: str | None = None) -> str:
         name = self.backend if name is None else name
@@ -152,4 +180,6 @@ class Settings(BaseSettings):
             "ws_max_size": max(16 << 20, 2 * self.max_body_bytes),
             "timeout_graceful_shutdown": 5,
             "ws": self.ws_impl,
+            "ssl_certfile": str(self.ssl_certfile) if self.ssl_certfile else None,
+            "ssl_keyfile": str(self.ssl_keyfile) if self.ssl_keyfile else None,
         }

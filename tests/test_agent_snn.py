@@ -62,6 +62,7 @@ def _observations(n: int = 200) -> np.ndarray:
         {"reset": "reset_to_v_reset", "channels": "signed", "input_ticks": 8, "hidden": (32,)},
         {"encoder": "poisson", "bins": 5, "hidden": (48, 32, 16), "alpha_decay": 0.75},
         {"alpha_decay": 0.8, "learn_alpha": True, "learn_threshold": True, "threshold": 0.7},
+        {"dueling": True, "alpha_decay": 0.9},
     ],
 )
 def test_fake_quant_torch_is_bit_identical_to_emulator(kw):
@@ -145,6 +146,19 @@ def test_learned_leak_and_threshold_survive_the_artifact_bit_for_bit():
         np.testing.assert_array_equal(
             readout(back, out.v_final, out.counts), net(x, "quant").q_values.numpy()
         )
+
+
+def test_a_dueling_head_is_exported_as_the_one_output_layer_it_is():
+    net = _net(seed=12, dueling=True)
+    with torch.no_grad():
+        net.value_weight.normal_()
+        net.value_bias.fill_(3.0)
+    again = from_artifact(from_bytes(to_bytes(to_artifact(net, "duel"))))
+    assert not again.config.dueling
+    x = net.encode(_observations(40))
+    with torch.no_grad():
+        for mode in ("float", "quant"):
+            np.testing.assert_array_equal(net(x, mode).q_values, again(x, mode).q_values)
 
 
 def test_poisson_encoder_draws_fresh_spikes_unless_seeded():

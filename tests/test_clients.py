@@ -1,47 +1,30 @@
-"""clients/ against a stand-in server (the /v1/act contract, with failures on demand).
-
-The stand-in answers like the service: a fixed policy (one that balances CartPole),
-timing fields, ``{"error": {"kind", "message"}}`` bodies, and it records what it
-received, so the tests can check what the client really sent."""
+"""clients/ (``s2loop run``'s loops, summary, plots) driven through the SDK's
+``MockTransport``: a scripted policy answers like the service (timing fields, error
+bodies from the wire contract, failures and delays on demand) and records what it
+received, so the tests check what the loop really sent. The same loops against the
+real server: ``tests/test_clients_e2e.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
-from clients.loop import STEP_FIELDS, LoopConfig, model_name_for, run_loops
+from clients.demo import free_port
+from clients.loop import STEP_FIELDS, LoopConfig, RetryPolicy, model_name_for, run_loops
 from clients.report import summarize, summary_table
 from clients.session import PreflightError, run_and_report
-from clients.transport import (
-    ActError,
-    HttpActClient,
-    RetryPolicy,
-    WsActClient,
-    base_url,
-    wait_ready,
-    ws_url,
-)
+from s2loop_client import MockTransport, PolicyClient, Timeout
 
-MODELS = {
-    "cartpole": {"name": "cartpole", "env_id": "CartPole-v1", "observation_size": 4},
-    "acrobot": {"name": "acrobot", "env_id": "Acrobot-v1", "observation_size": 6},
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -51,127 +34,61 @@ def policy(model: str, obs: list[float]) -> int:
     return 2 if obs[5] > 0 else 0  # acrobot: push with the second joint's velocity
 
 
-class StandIn:
-    """Mutable behaviour of the stand-in server; tests reset and script it."""
+class Scripted:
+    """The scripted server behind a MockTransport; tests script failures and delays."""
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.ready = True
         self.received: list[tuple[str, list[float]]] = []
         self.failures: list[tuple[int, str]] = []  # next answers: (status, kind)
+        self.timeouts = 0  # next requests that time out on the client side
         self.delay_s = 0.0
-        self.delay_next = 0  # how many upcoming requests get delay_s
         self.lock = threading.Lock()
 
-    def handle(self, body: dict) -> tuple[int, dict, float]:
-        """(status, answer, delay) for one /v1/act body."""
+    def handler(self, route: str, request: dict) -> tuple[int, dict]:
         with self.lock:
-            self.received.append((body.get("model"), body.get("observation")))
-            delay = 0.0
-            if self.delay_next:
-                self.delay_next -= 1
-                delay = self.delay_s
-            if self.failures:
-                status, kind = self.failures.pop(0)
-                return status, {"error": {"kind": kind, "message": f"scripted {status}"}}, delay
-        model = body.get("model")
-        if model not in MODELS:
-            return 404, {"error": {"kind": "unknown_model", "message": f"no {model!r}"}}, delay
-        obs = body["observation"]
-        answer = {
-            "model": model,
-            "action": policy(model, obs),
+            self.received.append((request["model"], list(request["observation"])))
+            if self.timeouts:
+                self.timeouts -= 1
+                raise Timeout("timeout", "no answer within the client's timeout")
+            failure = self.failures.pop(0) if self.failures else None
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if failure:
+            status, kind = failure
+            retry = {"retry_after_ms": 1} if status == 429 else {}
+            return status, {"error": {"kind": kind, "message": f"scripted {status}", **retry}}
+        obs = request["observation"]
+        timing = {"server_us": 40.0, "compute_us": 25.0, "ticks": 16, "chip_time_s": 0.016,
+                  "energy_j": 0.004}  # fmt: skip
+        return 200, {
+            "model": request["model"],
+            "action": policy(request["model"], obs),
             "q_values": [0.0, 1.0],
-            "backend": "standin",
+            "backend": "scripted",
             "fallback": len(self.received) % 10 == 0,
-            "timing": {
-                "server_us": 40.0,
-                "compute_us": 25.0,
-                "ticks": 16,
-                "chip_time_s": 0.016,
-                "energy_j": 0.004,
-            },
+            "timing": timing,
         }
-        return 200, answer, delay
 
+    def config(self, **kw) -> LoopConfig:
+        """A LoopConfig whose clients talk to this script (codec: msgpack or json)."""
+        codec = kw.pop("codec", "json")
+        cfg = LoopConfig(url="http://scripted", **kw)
 
-def make_app(state: StandIn) -> FastAPI:
-    app = FastAPI()
+        def factory() -> PolicyClient:
+            mock = MockTransport(self.handler, codec)
+            return PolicyClient(cfg.url, cfg.model or "", transport_impl=mock)
 
-    @app.get("/readyz")
-    async def readyz():
-        if state.ready:
-            return {"status": "ready"}
-        return JSONResponse({"status": "warming up"}, status_code=503)
-
-    @app.get("/v1/models")
-    async def models():
-        return {"models": list(MODELS.values())}
-
-    @app.post("/v1/act")
-    async def act(request: Request):
-        status, answer, delay = state.handle(await request.json())
-        if delay:
-            await asyncio.sleep(delay)
-        headers = {"Retry-After": "0"} if status == 429 else None
-        return JSONResponse(answer, status_code=status, headers=headers)
-
-    @app.websocket("/v1/act/ws")
-    async def act_ws(ws: WebSocket):
-        await ws.accept()
-        try:
-            while True:
-                _status, answer, delay = state.handle(json.loads(await ws.receive_text()))
-                if delay:
-                    await asyncio.sleep(delay)
-                await ws.send_text(json.dumps(answer))
-        except WebSocketDisconnect:
-            pass
-
-    return app
-
-
-@contextmanager
-def serve_in_thread(app: FastAPI):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "stand-in server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def standin():
-    state = StandIn()
-    with serve_in_thread(make_app(state)) as url:
-        yield state, url
+        cfg.policy_factory = factory
+        return cfg
 
 
 @pytest.fixture
-def server(standin):
-    state, url = standin
-    state.reset()
-    return state, url
+def server():
+    return Scripted()
 
 
 def dead_url() -> str:
-    with socket.socket() as s:  # a port nobody listens on (bound then released)
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -187,34 +104,27 @@ def test_default_model_name_comes_from_the_env_id():
     assert model_name_for("Acrobot-v1") == "acrobot"
     assert LoopConfig(env_id="Acrobot-v1", url="x").model == "acrobot"
     assert LoopConfig(env_id="Acrobot-v1", url="x", model="mine").model == "mine"
-
-
-def test_urls_are_normalised_and_ws_url_follows_the_scheme():
-    assert base_url("127.0.0.1:8000/") == "http://127.0.0.1:8000"
-    assert ws_url("http://h:1") == "ws://h:1/v1/act/ws"
-    assert ws_url("https://h/prefix/") == "wss://h/prefix/v1/act/ws"
-    with pytest.raises(ValueError, match="http://HOST:PORT"):
-        base_url("ftp://h")
+    with pytest.raises(ValueError, match="transport"):
+        LoopConfig(env_id="Acrobot-v1", url="x", transport="carrier-pigeon")
 
 
 # --- full runs --------------------------------------------------------------------------------
 
 
-def test_http_run_writes_csv_summary_and_plots_and_solves_with_a_good_policy(server, tmp_path):
-    state, url = server
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=2, seed=3)
+def test_run_writes_csv_summary_and_plots_and_solves_with_a_good_policy(server, tmp_path):
+    cfg = server.config(env_id="CartPole-v1", episodes=2, seed=3)
     run_and_report(cfg, tmp_path, progress=False)
 
     rows = read_csv(tmp_path / "steps.csv")
     assert tuple(rows[0]) == STEP_FIELDS
-    assert len(rows) == 1000 == len(state.received)  # 2 episodes x 500 steps, one request each
+    assert len(rows) == 1000 == len(server.received)  # 2 episodes x 500 steps, one request each
     assert [int(r["seed"]) for r in rows[::500]] == [3, 4]
-    assert {r["backend"] for r in rows} == {"standin"}
+    assert {r["backend"] for r in rows} == {"scripted"}
     assert rows[0]["server_us"] == "40" and rows[0]["backend_us"] == "25"
     assert float(rows[0]["chip_us"]) == pytest.approx(16000)
     assert float(rows[0]["energy_uj"]) == pytest.approx(4000)
     assert all(float(r["rtt_us"]) > 0 for r in rows)
-    assert sum(int(r["fallback"]) for r in rows) == 100  # the stand-in flags every 10th
+    assert sum(int(r["fallback"]) for r in rows) == 100  # every 10th is flagged
 
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["returns"]["per_episode"] == [500.0, 500.0]
@@ -229,49 +139,43 @@ def test_http_run_writes_csv_summary_and_plots_and_solves_with_a_good_policy(ser
 
 
 def test_episode_i_is_reset_with_seed_s_plus_i(server, tmp_path):
-    state, url = server
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=3, seed=11, max_steps=5)
+    cfg = server.config(env_id="CartPole-v1", episodes=3, seed=11, max_steps=5)
     run_and_report(cfg, tmp_path, progress=False)
-    firsts = [state.received[i * 5][1] for i in range(3)]
+    firsts = [server.received[i * 5][1] for i in range(3)]
     env = gym.make("CartPole-v1")
     expected = [env.reset(seed=11 + i)[0] for i in range(3)]
     np.testing.assert_array_equal(np.asarray(firsts, np.float32), np.asarray(expected))
 
 
-def test_ws_and_http_drive_identical_episodes(server, tmp_path):
-    state, url = server
+def test_both_codecs_drive_identical_episodes(server):
     actions = {}
-    for transport in ("http", "ws"):
-        cfg = LoopConfig(env_id="Acrobot-v1", url=url, episodes=1, seed=5, transport=transport)
-        result = run_loops(cfg)
-        actions[transport] = result.column("action")
+    for codec in ("json", "msgpack"):
+        result = run_loops(server.config(env_id="Acrobot-v1", episodes=1, seed=5, codec=codec))
+        actions[codec] = result.column("action")
         assert result.config.model == "acrobot"
         assert all(e == "" for e in result.column("error"))
-    assert len(actions["ws"]) == len(actions["http"]) > 0
-    assert actions["ws"] == actions["http"]
-    assert {m for m, _ in state.received} == {"acrobot"}
-    assert all(len(obs) == 6 for _, obs in state.received)
+    assert len(actions["json"]) == len(actions["msgpack"]) > 0
+    assert actions["json"] == actions["msgpack"]
+    assert {m for m, _ in server.received} == {"acrobot"}
+    assert all(len(obs) == 6 for _, obs in server.received)
 
 
 def test_rate_hz_paces_the_loop_and_counts_late_actions(server):
-    state, url = server
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=1, rate_hz=100.0, max_steps=25)
+    cfg = server.config(env_id="CartPole-v1", episodes=1, rate_hz=100.0, max_steps=25)
     result = run_loops(cfg)
     assert result.wall_s >= 24 * 0.010  # 25 periods of 10 ms, the first starts at once
-    assert sum(result.column("late")) < 25 // 2  # answers take ~1 ms of a 10 ms period
+    assert sum(result.column("late")) < 25 // 2  # answers take microseconds of 10 ms
 
-    state.delay_s, state.delay_next = 0.015, 10**6  # every answer takes 15 ms > 10 ms
-    result = run_loops(cfg)
-    summary = summarize(result)
+    server.delay_s = 0.015  # every answer takes 15 ms > 10 ms
+    summary = summarize(run_loops(cfg))
     assert summary["deadline"]["misses"] == summary["steps"] == 25
     assert summary["deadline"]["miss_rate"] == 1.0
     assert summary["deadline"]["period_us"] == pytest.approx(10_000)
 
 
 def test_k_clients_run_concurrently_with_distinct_episode_numbers(server):
-    state, url = server
-    state.delay_s, state.delay_next = 0.010, 10**6
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=2, seed=100, clients=3, max_steps=10)
+    server.delay_s = 0.010
+    cfg = server.config(env_id="CartPole-v1", episodes=2, seed=100, clients=3, max_steps=10)
     result = run_loops(cfg)
     assert len(result.rows) == 3 * 2 * 10
     assert sorted(e.episode for e in result.episodes) == [0, 1, 2, 3, 4, 5]
@@ -285,8 +189,7 @@ def test_k_clients_run_concurrently_with_distinct_episode_numbers(server):
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
-    url = dead_url()
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, episodes=1)
+    cfg = LoopConfig(env_id="CartPole-v1", url=dead_url(), episodes=1)
     t0 = time.monotonic()
     with pytest.raises(PreflightError, match="no s2loop server answers at .*s2loop serve"):
         run_and_report(cfg, tmp_path, progress=False, wait_s=0.3)
@@ -294,107 +197,52 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
     assert not (tmp_path / "steps.csv").exists()
 
 
-def test_connection_failures_are_retried_a_bounded_number_of_times():
-    client = HttpActClient(dead_url(), "cartpole", retry=RetryPolicy(retries=2, backoff_s=0.05))
-    t0 = time.monotonic()
-    with pytest.raises(ActError, match="after 3 attempts") as info:
-        client.act([0.0, 0.0, 0.0, 0.0])
-    elapsed = time.monotonic() - t0
-    assert info.value.kind == "unavailable"
-    assert 0.05 + 0.10 <= elapsed < 2.0  # backed off 50 ms then 100 ms, then gave up
-
-
-def test_not_ready_server_is_reported_as_not_ready(server):
-    state, url = server
-    state.ready = False
-    with pytest.raises(Exception, match="not ready after .*503.*warming up"):
-        wait_ready(url, timeout_s=0.3, poll_s=0.05)
-
-
-def test_unknown_model_is_refused_before_the_first_step(server, tmp_path):
-    _, url = server
-    cfg = LoopConfig(env_id="CartPole-v1", url=url, model="nope")
-    with pytest.raises(PreflightError, match=r"'nope'.*\['acrobot', 'cartpole'\]"):
-        run_and_report(cfg, tmp_path, progress=False)
-
-
-@pytest.mark.parametrize("transport", ["http", "ws"])
-def test_a_timed_out_step_is_counted_once_and_the_loop_goes_on(server, transport):
-    state, url = server
-    state.delay_s, state.delay_next = 0.3, 1
-    cfg = LoopConfig(
-        env_id="CartPole-v1", url=url, episodes=1, transport=transport, timeout_s=0.1, max_steps=8
-    )
-    result = run_loops(cfg)
-    errors = result.column("error")
-    assert errors == ["timeout"] + [""] * 7
-    assert len(state.received) == 8  # the timed-out request was not sent again
+def test_a_timed_out_step_is_counted_once_and_the_loop_goes_on(server):
+    server.timeouts = 1
+    result = run_loops(server.config(env_id="CartPole-v1", episodes=1, max_steps=8))
+    assert result.column("error") == ["timeout"] + [""] * 7
+    assert len(server.received) == 8  # the timed-out request was not sent again
     assert result.column("action")[0] == 0  # nothing to hold yet: action 0
     assert not result.aborted
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
-def test_busy_server_is_retried_and_the_retries_are_recorded(server, transport):
-    state, url = server
-    state.failures = [(429, "queue_full"), (429, "queue_full")]
-    client_cls = HttpActClient if transport == "http" else WsActClient
-    with client_cls(url, "cartpole", retry=RetryPolicy(retries=3, backoff_s=0.001)) as client:
-        answer = client.act(np.zeros(4, np.float32))
-        assert answer.retries == 2
-        assert answer.action == 0
-        assert len(state.received) == 3
-        state.failures = [(429, "queue_full")] * 5
-        with pytest.raises(ActError) as info:
-            client.act([0.0, 0.0, 0.0, 0.0])
-        assert info.value.kind == "overloaded"
-        assert len(state.received) == 3 + 4  # first try + 3 retries, then it gave up
+def test_busy_server_is_retried_after_its_retry_after_and_the_retries_are_recorded(server):
+    server.failures = [(429, "queue_full"), (429, "queue_full")]
+    cfg = server.config(env_id="CartPole-v1", episodes=1, max_steps=3, retry=RetryPolicy(retries=3))
+    result = run_loops(cfg)
+    assert result.column("retries") == [2, 0, 0] and result.column("error") == ["", "", ""]
+    assert len(server.received) == 3 + 2
+    server.received.clear()
+    server.failures = [(429, "queue_full")] * 5
+    result = run_loops(cfg)
+    assert result.column("error") == ["overloaded", "", ""]
+    assert result.column("retries")[1:] == [1, 0]  # the fifth 429 fell on step 2
+    assert len(server.received) == 4 + 2 + 1  # step 1: first try + 3 retries, gave up
 
 
-def test_ws_error_answer_keeps_the_connection_usable(server):
-    _, url = server
-    with WsActClient(url, "nope") as bad:
-        with pytest.raises(ActError, match="no 'nope'") as info:
-            bad.act([0.0, 0.0, 0.0, 0.0])
-        assert info.value.kind == "rejected"
-        ws = bad._ws
-        bad.model, bad._prefix = "cartpole", b'{"model":"cartpole","observation":'
-        assert bad.act([0.0, 0.0, 0.1, 0.0]).action == 1
-        assert bad._ws is ws  # same connection
+def test_a_refused_observation_is_a_rejected_step(server):
+    server.failures = [(422, "validation_error")]
+    result = run_loops(server.config(env_id="CartPole-v1", episodes=1, max_steps=2))
+    assert result.column("error") == ["rejected", ""]
 
 
 def test_a_server_that_stops_answering_aborts_the_run_after_consecutive_failures(server, tmp_path):
-    state, url = server
-    state.failures = [(503, "backend_error")] * 200
-    cfg = LoopConfig(
+    server.failures = [(503, "backend_error")] * 200
+    cfg = server.config(
         env_id="CartPole-v1",
-        url=url,
         episodes=3,
         retry=RetryPolicy(retries=1, backoff_s=0.001),
         max_consecutive_errors=4,
     )
     result, summary = run_and_report(cfg, tmp_path, progress=False)
     assert summary["errors"] == {"unavailable": 4}
-    assert len(state.received) == 4 * 2  # each failed step: one try + one retry
+    assert len(server.received) == 4 * 2  # each failed step: one try + one retry
     assert len(result.aborted) == 1 and "4 steps in a row" in result.aborted[0]
     assert summary["episodes"] == 0
     assert len(read_csv(tmp_path / "steps.csv")) == 4
 
 
 # --- command line -----------------------------------------------------------------------------
-
-
-def test_run_command_writes_results_and_prints_the_table(server, tmp_path):
-    from s2loop.cli import app
-
-    _, url = server
-    out = tmp_path / "out"
-    args = ["run", "--env", "CartPole-v1", "--episodes", "2", "--url", url, "--out", str(out)]
-    args += ["--max-steps", "30", "--transport", "ws", "--clients", "2", "--no-progress"]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    assert "RTT p50" in res.output and "steps/s aggregate" in res.output
-    assert len(read_csv(out / "steps.csv")) == 2 * 2 * 30
-    assert json.loads((out / "summary.json").read_text())["clients"] == 2
 
 
 def test_run_command_exits_2_with_a_message_when_no_server(tmp_path):
@@ -408,12 +256,10 @@ def test_run_command_exits_2_with_a_message_when_no_server(tmp_path):
 
 
 def test_summary_table_has_one_column_per_run(server):
-    _, url = server
     summaries = []
-    for transport in ("http", "ws"):
-        cfg = LoopConfig(
-            env_id="CartPole-v1", url=url, episodes=1, transport=transport, max_steps=10
-        )
+    for codec in ("json", "msgpack"):
+        cfg = server.config(env_id="CartPole-v1", episodes=1, max_steps=10, codec=codec)
+        cfg.transport = "ws" if codec == "msgpack" else "http"  # the label only
         summaries.append(summarize(run_loops(cfg)))
     table = summary_table(summaries)
     assert [c.header for c in table.columns] == ["", "cartpole http", "cartpole ws"]
@@ -425,8 +271,7 @@ def test_summary_table_has_one_column_per_run(server):
 
 def test_clients_package_imports_neither_service_nor_hw():
     code = (
-        "import sys, clients.cli, clients.demo, clients.loop, clients.report, clients.session, "
-        "clients.transport\n"
+        "import sys, clients.cli, clients.demo, clients.loop, clients.report, clients.session\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'hw', 'torch'))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 pytest.importorskip("service.app", reason="service/ not installed")
 
 from clients.demo import ServerFailed, ServerProcess, run_demo
-from clients.loop import LoopConfig, run_loops
+from clients.loop import LoopConfig, RetryPolicy, run_loops
 from clients.session import run_and_report
-from clients.transport import RetryPolicy
 
 READY_TIMEOUT_S = 180  # a fresh checkout compiles the numba kernels on first start
 
@@ -147,3 +146,22 @@ def test_a_server_that_dies_at_start_is_reported_with_its_output(models_dir, tmp
     with server, pytest.raises(ServerFailed, match="exited with code 2") as info:
         server.wait_ready(30)
     assert "no-such-flag" in str(info.value)  # the server's own error text is in the message
+
+
+def test_unknown_model_is_refused_before_the_first_step(live_server, tmp_path):
+    from clients.session import PreflightError
+
+    cfg = LoopConfig(env_id="CartPole-v1", url=live_server.url, model="nope")
+    with pytest.raises(PreflightError, match=r"'nope'.*\['acrobot', 'cartpole'\]"):
+        run_and_report(cfg, tmp_path, progress=False)
+
+
+def test_a_server_without_models_is_reported_as_not_ready(tmp_path):
+    from s2loop_client.server import ServerNotReady, wait_ready
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    server = ServerProcess(empty, log_path=tmp_path / "log")
+    match = "not ready after .*503.*no models loaded"
+    with server, pytest.raises(ServerNotReady, match=match):
+        wait_ready(server.url, timeout_s=READY_TIMEOUT_S / 10, poll_s=0.1)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -221,10 +222,12 @@ def test_websocket_answers_and_stays_open_after_bad_messages(client):
             err = json.loads(ws.receive_text())["error"]
             assert err["kind"] == kind, err
             assert err["message"]
-        ws.send_bytes(json.dumps({"model": "cartpole", "observation": OBS}).encode())
-        again = json.loads(ws.receive_text())
+        # a binary frame holds msgpack and is answered in msgpack
+        ws.send_bytes(msgpack.packb({"model": "cartpole", "observation": OBS}))
+        again = msgpack.unpackb(ws.receive_bytes())
         assert again["action"] == first["action"]
-        assert again["q_values"] == first["q_values"]
+        # the same float32 values (JSON writes their shortest repr, msgpack the exact one)
+        np.testing.assert_array_equal(np.float32(again["q_values"]), np.float32(first["q_values"]))
 
 
 def test_models_list_and_detail(client):

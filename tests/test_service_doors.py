@@ -42,8 +42,12 @@ def _ask(doors, door: str, body: bytes) -> tuple[int, dict]:
     """(status, answer) for a raw /v1/act body through ``door``."""
     client = doors[door]
     if door == "websocket":
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            pytest.skip("a text frame is UTF-8 by definition")
         with client.websocket_connect("/v1/act/ws") as ws:
-            ws.send_bytes(body)
+            ws.send_text(text)
             answer = json.loads(ws.receive_text())
         return answer["error"]["status"] if "error" in answer else 200, answer
     r = client.post("/v1/act", content=body, headers={"content-type": "application/json"})
@@ -232,3 +236,87 @@ def test_retry_after_comes_from_the_measured_call_time(models_dir, monkeypatch):
     said = refused.json()["error"]["retry_after_ms"] / 1e3
     assert real / 3 <= said <= 3 * real, (said, real)
     assert int(refused.headers["retry-after"]) == max(1, -(-said // 1))
+
+
+# ----------------------------------------------------------------------------- msgpack
+
+BAD_MSGPACK = [
+    # (request map or raw bytes, status, kind, words in the message)
+    ({"model": "cartpole", "observation": [1.0, 2.0]}, 422, "validation_error", "expects 4"),
+    ({"model": "cartpole", "observation": ["0", 0, 0, 0]}, 422, "", "observation[0]"),
+    ({"model": "cartpole", "observation": [True, 0, 0, 0]}, 422, "", "observation[0]"),
+    ({"model": "cartpole", "observation": [float("nan"), 0, 0, 0]}, 422, "", "finite"),
+    ({"model": "cartpole", "observation": [0, 0, 0, 1e39]}, 422, "", "float32"),
+    ({"observation": [0, 0, 0, 0]}, 422, "validation_error", "model: Field required"),
+    ({"model": "nope", "observation": [0, 0, 0, 0]}, 404, "unknown_model", "no model named"),
+    (
+        {"model": "cartpole", "observation": {"__ndarray__": True, "data": b"\x00" * 12,
+                                              "dtype": "<f4", "shape": [4]}},
+        400, "malformed_json", "shape",
+    ),
+    (
+        {"model": "cartpole", "observation": {"__ndarray__": True, "data": b"\x00" * 16,
+                                              "dtype": "O", "shape": [4]}},
+        400, "malformed_json", "dtype",
+    ),
+    (b"\xc1\xc1garbage", 400, "malformed_json", "msgpack"),
+    (b"", 400, "malformed_json", "empty"),
+]  # fmt: skip
+
+
+def _packed(body) -> bytes:
+    import msgpack
+
+    return body if isinstance(body, bytes) else msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize("door", ("http", "websocket"))
+@pytest.mark.parametrize(("body", "status", "kind", "words"), BAD_MSGPACK)
+def test_msgpack_bodies_get_the_same_errors_in_msgpack(doors, door, body, status, kind, words):
+    import msgpack
+
+    client = doors["fast_path"]
+    if door == "websocket":
+        with client.websocket_connect("/v1/act/ws") as ws:
+            ws.send_bytes(_packed(body))
+            answer = msgpack.unpackb(ws.receive_bytes())
+        got = answer["error"]["status"]
+    else:
+        r = client.post(
+            "/v1/act", content=_packed(body), headers={"content-type": "application/msgpack"}
+        )
+        assert r.headers["content-type"] == "application/msgpack"
+        got, answer = r.status_code, msgpack.unpackb(r.content)
+    assert got == status, answer
+    assert not kind or answer["error"]["kind"] == kind
+    assert words in answer["error"]["message"], answer
+
+
+def test_msgpack_with_a_numpy_array_gets_the_json_answer_in_msgpack(doors):
+    import msgpack
+    import numpy as np
+
+    from s2loop_client.codec import pack
+
+    obs = np.asarray(OBS, np.float32)
+    client = doors["fast_path"]
+    as_json = client.post("/v1/act", json={"model": "cartpole", "observation": obs.tolist()})
+    for routed in ("fast_path", "fastapi_route"):
+        r = doors[routed].post(
+            "/v1/act",
+            content=pack({"model": "cartpole", "observation": obs}),
+            headers={"content-type": "application/msgpack"},
+        )
+        answer = msgpack.unpackb(r.content)
+        assert r.status_code == 200 and answer["action"] == as_json.json()["action"]
+        # plain lists, the same float32 values (JSON: shortest repr, msgpack: exact)
+        assert (
+            np.float32(answer["q_values"]).tolist()
+            == np.float32(as_json.json()["q_values"]).tolist()
+        )
+    batch = client.post(
+        "/v1/act/batch",
+        content=pack({"model": "cartpole", "observations": np.stack([obs, obs])}),
+        headers={"content-type": "application/msgpack"},
+    )
+    assert msgpack.unpackb(batch.content)["actions"] == [as_json.json()["action"]] * 2

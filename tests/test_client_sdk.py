@@ -1,0 +1,258 @@
+"""The client SDK (``client/``, import ``s2loop_client``) against a real server: every
+transport and codec gives the same answers, errors map to ActError subclasses from
+the server's own error schema, what the server sends validates against the wire
+contract, API keys and TLS work, and the SDK installs without the server's stack."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.demo import ServerProcess, free_port
+from s2loop_client import (
+    AsyncPolicyClient,
+    ConnectionFailed,
+    MockTransport,
+    NotFound,
+    PolicyClient,
+    Unauthorized,
+    ValidationFailed,
+    run_episode,
+)
+from s2loop_client import contract as wire
+from service.schemas import ActResponse, BatchResponse, ErrorBody, model_of
+
+ROOT = Path(__file__).resolve().parent.parent
+OBS = [0.01, -0.2, 0.03, 0.25]
+KEY = "k-3f9a"
+READY_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    tcp = free_port("127.0.0.1")
+    log = tmp_path_factory.mktemp("sdk") / "server.log"
+    extra = ["--tcp-bind", f"127.0.0.1:{tcp}", "--api-keys", f"other,{KEY}"]
+    with ServerProcess(models_dir, log_path=log, extra_args=extra) as srv:
+        srv.wait_ready(READY_TIMEOUT_S)
+        srv.tcp_url = f"tcp://127.0.0.1:{tcp}"
+        yield srv
+    log_text = log.read_text()
+    assert KEY not in log_text  # keys never logged
+
+
+MODES = [
+    ("http", "json"),
+    ("http", "msgpack"),
+    ("ws", "json"),
+    ("ws", "msgpack"),
+    ("tcp", "msgpack"),
+]
+
+
+def _client(server, transport: str, codec: str, **kw) -> PolicyClient:
+    url = server.tcp_url if transport == "tcp" else server.url
+    return PolicyClient(url, "cartpole", transport=transport, codec=codec, api_key=KEY, **kw)
+
+
+def test_every_transport_and_codec_gives_the_same_answer(server):
+    answers = []
+    for transport, codec in MODES:
+        with _client(server, transport, codec) as policy:
+            a = policy.act(np.asarray(OBS, np.float32), id=5)
+            answers.append(a)
+            assert a.timing.ticks > 0 and a.timing.server_us > 0 and a.id == 5
+            assert a.backend == "emulator" and a.fallback is False
+            batch = policy.act_batch(np.stack([OBS, OBS]))
+            assert [b.action for b in batch] == [a.action, a.action]
+            assert policy.model_info()["name"] == "cartpole"
+    for a in answers:
+        assert a.action == answers[0].action
+        np.testing.assert_array_equal(np.float32(a.q_values), np.float32(answers[0].q_values))
+
+
+def test_errors_are_actionerror_subclasses_with_the_servers_kind(server):
+    for transport, codec in MODES:
+        with _client(server, transport, codec) as policy:
+            with pytest.raises(ValidationFailed) as err:
+                policy.act([1.0, 2.0])
+            assert err.value.kind == "validation_error" and err.value.status == 422
+            assert "expects 4" in err.value.message and err.value.request_id
+        other = server.tcp_url if transport == "tcp" else server.url
+        with PolicyClient(other, "nope", transport=transport, codec=codec, api_key=KEY) as p:
+            with pytest.raises(NotFound) as err:
+                p.act(OBS)
+            assert err.value.kind == "unknown_model"
+
+
+@pytest.mark.parametrize(("transport", "codec"), MODES)
+def test_a_missing_or_wrong_api_key_is_refused_with_401(server, transport, codec):
+    url = server.tcp_url if transport == "tcp" else server.url
+    for key in (None, "wrong"):
+        if transport == "tcp" and key is None:
+            continue  # without a hello frame the first request is taken as the hello
+        with PolicyClient(url, "cartpole", transport=transport, codec=codec, api_key=key) as p:
+            with pytest.raises(Unauthorized) as err:
+                p.act(OBS)
+            assert err.value.status == 401 and err.value.kind == "unauthorized"
+
+
+def test_probes_stay_open_with_api_keys(server):
+    import httpx
+
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(server.url + path).status_code == 200
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(server.url + "/v1/models", headers=auth).status_code == 200
+
+
+def test_what_the_server_sends_validates_against_the_wire_contract(server):
+    import httpx
+    import msgpack
+    import websockets.sync.client as wsc
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    good = {"model": "cartpole", "observation": OBS}
+    batch = {"model": "cartpole", "observations": [OBS, OBS]}
+    bad = {"model": "cartpole", "observation": [1]}
+    for codec, media, dumps, loads in (
+        ("json", wire.JSON, None, None),
+        ("msgpack", wire.MSGPACK, msgpack.packb, msgpack.unpackb),
+    ):
+        headers = {**auth, "content-type": media}
+        for path, body, schema in (
+            (wire.ACT_PATH, good, ActResponse),
+            (wire.BATCH_PATH, batch, BatchResponse),
+            (wire.ACT_PATH, bad, ErrorBody),
+        ):
+            if codec == "json":
+                r = httpx.post(server.url + path, json=body, headers=auth)
+                schema.model_validate_json(r.content)
+            else:
+                r = httpx.post(server.url + path, content=dumps(body), headers=headers)
+                schema.model_validate(loads(r.content))
+    with wsc.connect(
+        server.url.replace("http", "ws") + wire.WS_PATH, additional_headers=auth
+    ) as ws:
+        ws.send(msgpack.packb(good))
+        ActResponse.model_validate(msgpack.unpackb(ws.recv()))
+        ws.send(msgpack.packb(bad))
+        model_of(wire.ErrorAnswer).model_validate(msgpack.unpackb(ws.recv()))
+
+
+def test_tcp_framing_errors_get_an_error_frame_or_a_clean_close(server):
+    import socket
+    import struct
+
+    import msgpack
+
+    host, port = server.tcp_url[len("tcp://") :].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        hello = msgpack.packb({"hello": {"api_key": KEY}})
+        s.sendall(struct.pack("<I", len(hello)) + hello)
+        (n,) = struct.unpack("<I", s.recv(4))
+        assert msgpack.unpackb(s.recv(n)) == {"hello": "ok"}
+        junk = b"\xc1\xc1\xc1"  # not msgpack: an error frame, the connection stays
+        s.sendall(struct.pack("<I", len(junk)) + junk)
+        (n,) = struct.unpack("<I", s.recv(4))
+        err = msgpack.unpackb(s.recv(n))["error"]
+        assert err["status"] == 400 and err["kind"] == "malformed_json"
+        s.sendall(struct.pack("<I", 1 << 30))  # a length past any limit: 413, then closed
+        (n,) = struct.unpack("<I", s.recv(4))
+        assert msgpack.unpackb(s.recv(n))["error"]["status"] == 413
+        assert s.recv(4) == b""
+    assert _client(server, "tcp", "msgpack").act(OBS).action in (0, 1)  # still serving
+
+
+def test_async_client_gives_the_same_answers(server):
+    async def main():
+        out = []
+        for transport, codec in MODES:
+            url = server.tcp_url if transport == "tcp" else server.url
+            async with AsyncPolicyClient(
+                url, "cartpole", transport=transport, codec=codec, api_key=KEY
+            ) as policy:
+                out.append(await policy.act(OBS))
+                assert len(await policy.act_batch([OBS, OBS, OBS])) == 3
+                assert (await policy.model_info())["name"] == "cartpole"
+        return out
+
+    answers = asyncio.run(main())
+    assert len({a.action for a in answers}) == 1
+
+
+def test_connection_refused_is_retried_then_reported():
+    port = free_port("127.0.0.1")
+    client = PolicyClient(f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)
+    with client as p, pytest.raises(ConnectionFailed) as err:
+        p.act(OBS)
+    assert err.value.kind == "connection" and "unreachable" in err.value.message
+
+
+def test_mock_transport_drives_an_episode_without_a_server():
+    import gymnasium as gym
+
+    calls = []
+
+    def handler(route, request):
+        calls.append(request)
+        action = int(request["observation"][2] > 0)  # push toward the lean
+        timing = {"server_us": 1.0, "compute_us": 1.0, "ticks": 15}
+        answer = {"model": request["model"], "action": action, "q_values": [0.0, 1.0],
+                  "backend": "mock", "fallback": False, "timing": timing}  # fmt: skip
+        return 200, answer
+
+    for codec in ("json", "msgpack"):
+        with PolicyClient(
+            "http://unused", "cartpole", transport_impl=MockTransport(handler, codec)
+        ) as policy:
+            episode = run_episode(policy, gym.make("CartPole-v1"), seed=3, max_steps=50)
+        assert episode.steps == len(episode.answers) > 10
+        assert episode.answers[0].backend == "mock"
+
+
+def test_tls_with_a_self_signed_certificate(models_dir, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+    extra = ["--ssl-certfile", str(cert_path), "--ssl-keyfile", str(key_path)]
+    with ServerProcess(models_dir, extra_args=extra, verify=str(ca_path)) as srv:
+        srv.wait_ready(READY_TIMEOUT_S)
+        for transport in ("http", "ws"):
+            with PolicyClient(srv.url, "cartpole", transport=transport, verify=str(ca_path)) as p:
+                assert p.act(OBS).action in (0, 1)
+        with PolicyClient(srv.url, "cartpole") as p, pytest.raises(ConnectionFailed):
+            p.act(OBS)  # not trusted without the CA
+
+
+def test_the_sdk_installs_and_imports_without_the_server_stack(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = venv / "bin" / "pip"
+    subprocess.run(
+        [str(pip), "install", "-q", "--no-deps", str(ROOT / "client")], check=True, timeout=300
+    )
+    deps = ["httpx", "websockets", "numpy", "msgpack"]
+    subprocess.run([str(pip), "install", "-q", *deps], check=True, timeout=600)
+    code = (
+        "import sys, s2loop_client; from s2loop_client import PolicyClient;"
+        "heavy = {'torch', 'numba', 'gymnasium', 'matplotlib', 'fastapi', 'uvicorn', 'pydantic',"
+        " 'service', 'hw', 'agent'} & set(sys.modules); assert not heavy, heavy; print('ok')"
+    )
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "ok", out.stderr
+    listed = subprocess.run([str(pip), "list", "--format=freeze"], capture_output=True, text=True)
+    names = {line.split("==")[0].lower() for line in listed.stdout.split()}
+    assert not {"torch", "numba", "gymnasium", "fastapi", "uvicorn"} & names
