@@ -23,13 +23,6 @@ PLOTS = {
 MISSES_TO_COMPARE = 10
 #: a process using at least this share of a core counts as saturated in the findings
 SATURATED = 0.85
-LABELS = {
-    "floor_http": "floor, HTTP (bare FastAPI constant)",
-    "floor_ws": "floor, WebSocket (constant)",
-    "act_http": "/v1/act, HTTP keep-alive",
-    "act_ws": "/v1/act/ws, WebSocket",
-    "batch": "/v1/act/batch (256 obs)",
-}
 
 
 def _f(v: Any, digits: int = 0, unit: str = "") -> str:
@@ -94,19 +87,24 @@ def _head(r: dict[str, Any]) -> list[str]:
 def _targets(r: dict[str, Any]) -> list[str]:
     rows = []
     names = {
-        "act_http_p50_over_floor": ("/v1/act HTTP p50 ÷ floor p50", 2),
-        "act_ws_p50_below_floor": ("WebSocket p50 ÷ HTTP floor p50", 2),
+        "act_http_p50_over_fastapi_floor": ("/v1/act HTTP p50 ÷ bare FastAPI floor p50", 2),
+        "act_http_p50_over_asgi_floor": ("/v1/act HTTP p50 ÷ plain ASGI floor p50", 2),
+        "ws_msgpack_p50_over_ws_json": ("WebSocket msgpack p50 ÷ WebSocket JSON p50", 2),
+        "tcp_p50_us": ("TCP endpoint p50, µs", 1),
+        "tcp_p50_over_ws_echo_floor": ("TCP p50 ÷ plain WebSocket echo floor p50", 2),
+        "sdk_overhead_p50_us": ("client SDK overhead over a bare socket (TCP), p50 µs", 1),
         "batch_obs_per_s": ("/v1/act/batch observations/s (sustained)", 0),
         "emulator_single_median_us": ("emulator single inference, median µs", 1),
         "emulator_batched_per_s": ("emulator inferences/s, batched", 0),
         "zero_misses_200hz_10k_steps": ("CartPole deadline misses at 200 Hz", 0),
+        "tcp_1khz_miss_rate": ("CartPole deadline misses at 1 kHz over TCP", 0),
     }
     for section in ("transport", "backends", "closed_loop"):
         for key, t in r.get(section, {}).get("targets", {}).items():
             label, digits = names.get(key, (key, 2))
             value = t["value"]
             met = _met(t["met"])
-            if key == "zero_misses_200hz_10k_steps" and not t.get("steps_enough", True):
+            if not t.get("steps_enough", True):
                 met += " (too few steps for the target: quick mode)"
             rows.append([label, t["target"], _f(value, digits), met])
     if not rows:
@@ -128,12 +126,14 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
             )
         rows.append(
             [
-                LABELS.get(name, name),
+                e["what"],
                 _f(s["n"]),
                 _f(s["p50"]),
                 _f(s["p90"]),
                 _f(s["p99"]),
-                " / ".join(_f(ratio[f"p{p}"], 2) for p in (50, 90, 99)),
+                f"{e.get('floor', 'floor_http')}: "
+                + " / ".join(_f(ratio[f"p{p}"], 2) for p in (50, 90, 99)),
+                _f(e.get("ratio_to_fastapi_floor"), 2),
                 _f(e["server_us"]["p50"]),
                 extra,
             ]
@@ -142,14 +142,17 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
     return [
         "## 1. Transport",
         "",
-        f"Round trips measured by the client from request written to answer read (JSON "
-        f"encoding outside), µs. {c['rounds']} rounds; each round runs a block of "
+        f"Round trips measured by the client from request written to answer read, µs; "
+        "bodies encoded before the clock starts, except on the PolicyClient row, which "
+        f"times `act()` whole. {c['rounds']} rounds; each round runs a block of "
         f"{c['block']} requests on every single-request transport and {c['batch_block']} "
         f"batch requests, {c['order']}. One client, one connection per transport, "
         f"sequential requests; model `{c['model']}` on the emulator; {c['observations']}. "
-        "The floor is a FastAPI route returning a constant answer of the same size "
-        "(`bench/floor.py`) under the uvicorn settings of `s2loop serve`. 'server p50' is "
-        "the time the service itself reports (`timing.server_us`).",
+        "Floors (`bench/floor.py`, one process, uvicorn settings of `s2loop serve`): a bare "
+        "FastAPI route returning a constant answer of the same size, a plain ASGI app "
+        "returning it, a plain uvicorn WebSocket echo, a TCP server answering each frame "
+        "with it. Each row is divided by its own floor (named) and by the bare FastAPI "
+        "floor. 'server p50' is the time the service itself reports (`timing.server_us`).",
         "",
         *_table(
             [
@@ -158,7 +161,8 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
                 "p50",
                 "p90",
                 "p99",
-                "÷ floor (p50 / p90 / p99)",
+                "÷ its floor (p50 / p90 / p99)",
+                "÷ FastAPI floor (p50)",
                 "server p50",
                 "",
             ],
@@ -455,22 +459,31 @@ def findings(r: dict[str, Any]) -> list[str]:
     if t:
         tr = t["transports"]
         floor, act, ws = tr["floor_http"], tr["act_http"], tr["act_ws"]
+        asgi, echo = tr.get("floor_asgi"), tr.get("floor_ws_echo")
         out.append(
             f"/v1/act over HTTP: p50 {_f(act['rtt_us']['p50'])} µs against the bare-FastAPI "
-            f"floor's {_f(floor['rtt_us']['p50'])} µs (×{_f(act['ratio_to_floor']['p50'], 2)}); "
-            f"the service reports {_f(act['server_us']['p50'])} µs of its own time at p50, so "
-            "the rest of the round trip is HTTP, uvicorn and the client. The service's ASGI fast "
-            "path skips FastAPI's routing, which the floor pays, hence a ratio near or below 1."
+            f"floor's {_f(floor['rtt_us']['p50'])} µs "
+            f"(×{_f(act.get('ratio_to_fastapi_floor'), 2)})"
+            + (f" and the plain-ASGI floor's {_f(asgi['rtt_us']['p50'])} µs" if asgi else "")
+            + f"; the service reports {_f(act['server_us']['p50'])} µs of its own time at p50, "
+            "so the rest of the round trip is HTTP, uvicorn and the client."
         )
-        out.append(
-            f"WebSocket: p50 {_f(ws['rtt_us']['p50'])} µs "
-            f"(×{_f(ws['ratio_to_floor']['p50'], 2)} of the HTTP floor); the constant-answer "
-            f"WebSocket floor is {_f(tr['floor_ws']['rtt_us']['p50'])} µs. p99: floor "
-            f"{_f(floor['rtt_us']['p99'])} µs, /v1/act {_f(act['rtt_us']['p99'])} µs, "
-            f"WebSocket {_f(ws['rtt_us']['p99'])} µs, with the whole machine busy "
-            f"{_f(t.get('cpu', {}).get('machine_busy_cores'), 2)} of "
-            f"{r['machine']['cpus']} CPUs meanwhile."
-        )
+        line = f"WebSocket JSON: p50 {_f(ws['rtt_us']['p50'])} µs"
+        if "act_ws_msgpack" in tr:
+            line += f", msgpack {_f(tr['act_ws_msgpack']['rtt_us']['p50'])} µs"
+        if echo:
+            line += f"; the plain uvicorn WebSocket echo is {_f(echo['rtt_us']['p50'])} µs"
+        out.append(line + ".")
+        if "act_tcp" in tr:
+            tcp, fl = tr["act_tcp"], tr["floor_tcp"]
+            out.append(
+                f"TCP endpoint: p50 {_f(tcp['rtt_us']['p50'])} µs, p99 "
+                f"{_f(tcp['rtt_us']['p99'])} µs with a bare socket client (the TCP "
+                f"constant-frame floor: {_f(fl['rtt_us']['p50'])} µs); through PolicyClient "
+                f"{_f(tr['sdk_tcp']['rtt_us']['p50'])} µs. The machine was busy "
+                f"{_f(t.get('cpu', {}).get('machine_busy_cores'), 2)} of "
+                f"{r['machine']['cpus']} CPUs meanwhile."
+            )
     c = r.get("closed_loop")
     if c:
         free = _find_run(c, server="s2loop", env_id="CartPole-v1", transport="http", rate_hz=None)
@@ -618,7 +631,7 @@ def plot_transport(t: dict[str, Any], path: Path) -> Path:
             continue
         x = np.sort(np.asarray(e["_rtt"], float))
         y = np.arange(1, len(x) + 1) / len(x)
-        ax.plot(x, y, label=f"{LABELS[name]} (p50 {e['rtt_us']['p50']:.0f} µs)", lw=1.4)
+        ax.plot(x, y, label=f"{e['what']} (p50 {e['rtt_us']['p50']:.0f} µs)", lw=1.4)
     ax.set_xscale("log")
     ax.set_xlabel("round trip, µs (log)")
     ax.set_ylabel("share of requests ≤ x")

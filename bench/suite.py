@@ -37,6 +37,7 @@ import http.client
 import math
 import os
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -61,6 +62,8 @@ SECTIONS = ("transport", "backends", "closed_loop", "scaling", "chip")
 ENVS = ("CartPole-v1", "Acrobot-v1")
 
 TARGET_ACT_OVER_FLOOR = 1.3
+TARGET_ACT_OVER_ASGI = 1.2
+TARGET_TCP_P50_US = 100.0
 TARGET_BATCH_OBS_PER_S = 20_000.0
 TARGET_EMULATOR_SINGLE_US = 50.0
 TARGET_EMULATOR_PER_S = 100_000.0
@@ -127,6 +130,8 @@ class SuiteConfig:
     )
     #: CartPole at the target rate over WebSocket too (0: skip)
     loop_ws_target_steps: int = 10_000
+    #: CartPole paced at 1 kHz over the TCP endpoint (0: skip)
+    loop_tcp_1khz_steps: int = 10_000
     #: control: CartPole at the target rate against the floor server (constant answers), to
     #: tell misses the service causes from misses the machine causes (0: skip)
     loop_floor_target_steps: int = 10_000
@@ -156,6 +161,7 @@ class SuiteConfig:
                 loop_rates={50.0: 100, 200.0: 1_000, 1000.0: 1_000},
                 loop_ws_target_steps=1_000,
                 loop_floor_target_steps=1_000,
+                loop_tcp_1khz_steps=1_000,
                 loop_chunk_s=2.0,
                 scaling_steps=2_000,
                 scaling_rounds=1,
@@ -175,22 +181,24 @@ def _quiet(_: str) -> None:
 
 
 def floor_process_class() -> type:
-    from clients.demo import ServerProcess
+    from clients.demo import ServerProcess, free_port
 
     class FloorProcess(ServerProcess):
         """``python -m bench.floor`` instead of ``s2loop serve``; same lifecycle."""
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.raw_port, self.tcp_port = free_port(self.host), free_port(self.host)
+            self.raw_url = f"http://{self.host}:{self.raw_port}"
+            self.tcp_url = f"tcp://{self.host}:{self.tcp_port}"
+
         @property
         def command(self) -> list[str]:
             return [
-                sys.executable,
-                "-m",
-                "bench.floor",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-            ]
+                sys.executable, "-m", "bench.floor", "--host", self.host,
+                "--port", str(self.port), "--raw-port", str(self.raw_port),
+                "--tcp-port", str(self.tcp_port),
+            ]  # fmt: skip
 
     return FloorProcess
 
@@ -223,12 +231,15 @@ class Servers:
     def s2loop(self, workers: int = 1) -> Any:
         key = f"s2loop-w{workers}"
         if key not in self._running:
-            from clients.demo import ServerProcess
+            from clients.demo import ServerProcess, free_port
 
             extra = ["--workers", str(workers)] if workers > 1 else []
+            tcp_port = free_port()
+            extra += ["--tcp-bind", f"127.0.0.1:{tcp_port}"] if workers == 1 else []
             server = ServerProcess(
                 self.models_dir, log_path=self.tmp / f"{key}.log", extra_args=extra
             )
+            server.tcp_url = f"tcp://127.0.0.1:{tcp_port}"
             self._start(key, server)
         return self._running[key]
 
@@ -263,94 +274,200 @@ def env_observations(env_id: str, n: int, seed: int) -> np.ndarray:
 # ------------------------------------------------------------------ 1. transport
 
 
-class BatchClient:
-    """``POST /v1/act/batch`` over one keep-alive ``http.client`` connection (TCP_NODELAY),
-    timed like the clients' transports: request written to answer read, JSON left out."""
+class HttpBare:
+    """One keep-alive ``http.client`` connection (TCP_NODELAY): the lightest HTTP client,
+    timed from request written to answer read."""
 
-    def __init__(self, url: str, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, path: str, media: str = "application/json") -> None:
         port = int(url.rsplit(":", 1)[1])
-        self.conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         self.conn.connect()
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.headers = {"Content-Type": "application/json"}
+        self.path, self.headers = path, {"Content-Type": media}
 
-    def post(self, body: bytes) -> tuple[float, bytes]:
-        """(round trip in microseconds, answer body); raises on anything but 200."""
+    def roundtrip(self, body: bytes) -> tuple[float, bytes]:
         t0 = time.perf_counter_ns()
-        self.conn.request("POST", "/v1/act/batch", body, self.headers)
+        self.conn.request("POST", self.path, body, self.headers)
         resp = self.conn.getresponse()
         data = resp.read()
-        t1 = time.perf_counter_ns()
+        us = (time.perf_counter_ns() - t0) / 1e3
         if resp.status != 200:
-            raise RuntimeError(f"/v1/act/batch answered {resp.status}: {data[:300]!r}")
-        return (t1 - t0) / 1e3, data
+            raise RuntimeError(f"{self.path} answered {resp.status}: {data[:300]!r}")
+        return us, data
 
     def close(self) -> None:
         self.conn.close()
 
 
-TRANSPORTS = ("floor_http", "floor_ws", "act_http", "act_ws", "batch")
+class WsBare:
+    """One WebSocket (websockets' sync client, no compression): text or binary frames."""
+
+    def __init__(self, url: str, binary: bool = False) -> None:
+        from websockets.sync.client import connect
+
+        self._stack = contextlib.ExitStack()
+        uri = url.replace("http://", "ws://") + "/v1/act/ws"
+        self.ws = self._stack.enter_context(connect(uri, compression=None, max_size=None))
+        self.ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.binary = binary
+
+    def roundtrip(self, body: bytes) -> tuple[float, bytes]:
+        msg = body if self.binary else body.decode()
+        t0 = time.perf_counter_ns()
+        self.ws.send(msg)
+        data = self.ws.recv()
+        return (time.perf_counter_ns() - t0) / 1e3, data if isinstance(
+            data, bytes
+        ) else data.encode()
+
+    def close(self) -> None:
+        self._stack.close()
 
 
-def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log = _quiet) -> dict:
+class TcpBare:
+    """A plain socket speaking length-prefixed frames: the floor of any TCP client."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _read(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def roundtrip(self, body: bytes) -> tuple[float, bytes]:
+        t0 = time.perf_counter_ns()
+        self.sock.sendall(struct.pack("<I", len(body)) + body)
+        (n,) = struct.unpack("<I", self._read(4))
+        data = self._read(n)
+        return (time.perf_counter_ns() - t0) / 1e3, data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SdkTcp:
+    """The client SDK over TCP, timed around ``act()`` (encoding and decoding included)."""
+
+    def __init__(self, url: str) -> None:
+        from s2loop_client import PolicyClient
+
+        self.policy = PolicyClient(url, "cartpole", transport="tcp", timeout_s=10)
+
+    def roundtrip(self, observation: np.ndarray) -> tuple[float, Any]:
+        t0 = time.perf_counter_ns()
+        answer = self.policy.act(observation)
+        return (time.perf_counter_ns() - t0) / 1e3, answer
+
+    def close(self) -> None:
+        self.policy.close()
+
+
+#: name -> (what it measures, the floor it is compared with)
+TRANSPORTS = {
+    "floor_http": "floor: bare FastAPI constant, HTTP",
+    "floor_asgi": "floor: plain ASGI constant, HTTP",
+    "floor_ws": "floor: bare FastAPI constant, WebSocket",
+    "floor_ws_echo": "floor: plain uvicorn WebSocket echo",
+    "floor_tcp": "floor: TCP constant frame",
+    "act_http": "/v1/act, HTTP JSON",
+    "act_http_msgpack": "/v1/act, HTTP msgpack",
+    "act_ws": "/v1/act/ws, WebSocket JSON",
+    "act_ws_msgpack": "/v1/act/ws, WebSocket msgpack",
+    "act_tcp": "TCP endpoint (bare socket client)",
+    "sdk_tcp": "TCP endpoint through PolicyClient",
+    "batch": "/v1/act/batch (256 obs), HTTP JSON",
+}
+FLOOR_OF = {
+    "act_http": "floor_asgi", "act_http_msgpack": "floor_asgi", "act_ws": "floor_ws_echo",
+    "act_ws_msgpack": "floor_ws_echo", "act_tcp": "floor_tcp", "sdk_tcp": "floor_tcp",
+    "floor_http": "floor_asgi", "floor_ws": "floor_ws_echo", "floor_asgi": "floor_asgi",
+    "floor_ws_echo": "floor_ws_echo", "floor_tcp": "floor_tcp", "batch": "floor_asgi",
+}  # fmt: skip
+
+
+def measure_transport(floor: Any, server: Any, cfg: SuiteConfig, log: Log = _quiet) -> dict:
+    """Every transport and floor, one connection each, in interleaved blocks; bodies are
+    encoded before the clock starts (the SDK row alone times its own encoding)."""
+    import msgpack
     import orjson
-
-    from s2loop_client import PolicyClient
 
     model = "cartpole"
     pool = env_observations("CartPole-v1", 4096, cfg.seed)
-    bodies = []
+    as_json = [orjson.dumps({"model": model, "observation": o.tolist()}) for o in pool[:512]]
+    as_msgpack = [msgpack.packb({"model": model, "observation": o.tolist()}) for o in pool[:512]]
+    batches = []
     for i in range(8):
         chunk = pool[(i * cfg.batch_size) % len(pool) :][: cfg.batch_size]
-        bodies.append(
-            orjson.dumps({"model": model, "observations": chunk}, option=orjson.OPT_SERIALIZE_NUMPY)
-        )
+        batches.append(orjson.dumps({"model": model, "observations": chunk.tolist()}))
     clients: dict[str, Any] = {
-        "floor_http": PolicyClient(floor_url, model, timeout_s=10),
-        "floor_ws": PolicyClient(floor_url, model, transport="ws", timeout_s=10),
-        "act_http": PolicyClient(act_url, model, timeout_s=10),
-        "act_ws": PolicyClient(act_url, model, transport="ws", timeout_s=10),
-        "batch": BatchClient(act_url),
+        "floor_http": HttpBare(floor.url, "/v1/act"),
+        "floor_asgi": HttpBare(floor.raw_url, "/v1/act"),
+        "floor_ws": WsBare(floor.url),
+        "floor_ws_echo": WsBare(floor.raw_url),
+        "floor_tcp": TcpBare(floor.tcp_url),
+        "act_http": HttpBare(server.url, "/v1/act"),
+        "act_http_msgpack": HttpBare(server.url, "/v1/act", "application/msgpack"),
+        "act_ws": WsBare(server.url),
+        "act_ws_msgpack": WsBare(server.url, binary=True),
+        "act_tcp": TcpBare(server.tcp_url),
+        "sdk_tcp": SdkTcp(server.tcp_url),
+        "batch": HttpBare(server.url, "/v1/act/batch"),
     }
-    rtt: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
-    server_us: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
-    round_p50: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
+    names = list(TRANSPORTS)
+    rtt: dict[str, list[float]] = {k: [] for k in names}
+    server_us: dict[str, list[float]] = {k: [] for k in names}
+    round_p50: dict[str, list[float]] = {k: [] for k in names}
     batch_answers_ok = True
     j = 0
 
-    def block(name: str, n_single: int, n_batch: int, keep: bool) -> None:
-        nonlocal j, batch_answers_ok
-        got: list[float] = []
+    def body_of(name: str, i: int) -> Any:
         if name == "batch":
-            for i in range(n_batch):
-                us, data = clients[name].post(bodies[i % len(bodies)])
-                answer = orjson.loads(data)
-                batch_answers_ok &= len(answer["actions"]) == cfg.batch_size
-                got.append(us)
-                if keep:
-                    server_us[name].append(answer["timing"]["server_us"])
-        else:
-            client = clients[name]
-            for _ in range(n_single):
-                t0 = time.perf_counter_ns()
-                answer = client.act(pool[j % len(pool)])
-                got.append((time.perf_counter_ns() - t0) / 1e3)
-                j += 1
-                if keep and name.startswith("act"):
-                    server_us[name].append(answer.timing.server_us)
+            return batches[i % len(batches)]
+        if name == "sdk_tcp":
+            return pool[i % len(pool)]
+        binary = name.endswith("msgpack") or name in ("act_tcp", "floor_tcp")
+        return (as_msgpack if binary else as_json)[i % len(as_json)]
+
+    def server_time(name: str, data: Any) -> float:
+        if name == "sdk_tcp":
+            return data.timing.server_us
+        decoded = orjson.loads(data) if data[:1] == b"{" else msgpack.unpackb(data)
+        return decoded["timing"]["server_us"]
+
+    def block(name: str, n: int, keep: bool) -> None:
+        nonlocal j, batch_answers_ok
+        got = []
+        client = clients[name]
+        for _ in range(n):
+            us, data = client.roundtrip(body_of(name, j))
+            j += 1
+            got.append(us)
+            if keep and not name.startswith("floor"):
+                server_us[name].append(server_time(name, data))
+            if keep and name == "batch":
+                batch_answers_ok &= len(orjson.loads(data)["actions"]) == cfg.batch_size
         if keep:
             rtt[name].extend(got)
             round_p50[name].append(float(np.median(got)))
 
+    def count(name: str) -> int:
+        return cfg.batch_block if name == "batch" else cfg.transport_block
+
     try:
-        for name in TRANSPORTS:  # warm-up: connections open, caches hot; not kept
-            block(name, 50, 3, keep=False)
-        order = list(TRANSPORTS)
+        for name in names:  # warm-up: connections open, caches hot; not kept
+            block(name, 3 if name == "batch" else 50, keep=False)
         meter = CpuMeter().start()
         for r in range(cfg.transport_rounds):
-            k = r % len(order)
-            for name in order[k:] + order[:k]:
-                block(name, cfg.transport_block, cfg.batch_block, keep=True)
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                block(name, count(name), keep=True)
             if (r + 1) % max(1, cfg.transport_rounds // 4) == 0:
                 log(f"  transport round {r + 1}/{cfg.transport_rounds}")
         cpu = meter.stop()
@@ -358,14 +475,18 @@ def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log =
         for client in clients.values():
             client.close()
 
-    stats = {name: summarize_us(rtt[name]) for name in TRANSPORTS}
-    floor = stats["floor_http"]
+    stats = {name: summarize_us(rtt[name]) for name in names}
     out: dict[str, Any] = {"transports": {}}
-    for name in TRANSPORTS:
+    for name in names:
         s = stats[name]
+        floor_name = FLOOR_OF[name]
+        fl = stats[floor_name]
         entry = {
+            "what": TRANSPORTS[name],
             "rtt_us": s,
-            "ratio_to_floor": {f"p{p}": ratio(s[f"p{p}"], floor[f"p{p}"]) for p in (50, 90, 99)},
+            "floor": floor_name,
+            "ratio_to_floor": {f"p{p}": ratio(s[f"p{p}"], fl[f"p{p}"]) for p in (50, 90, 99)},
+            "ratio_to_fastapi_floor": ratio(s["p50"], stats["floor_http"]["p50"]),
             "server_us": summarize_us(server_us[name]),
             "round_p50_us": round_p50[name],
             "_rtt": rtt[name],
@@ -377,25 +498,47 @@ def measure_transport(floor_url: str, act_url: str, cfg: SuiteConfig, log: Log =
             entry["obs_per_s_at_p50"] = cfg.batch_size / s["p50"] * 1e6
             entry["answers_complete"] = bool(batch_answers_ok)
         out["transports"][name] = entry
-    act_p50 = stats["act_http"]["p50"]
-    ws_p50 = stats["act_ws"]["p50"]
+    p50 = {name: stats[name]["p50"] for name in names}
     batch_rate = out["transports"]["batch"]["obs_per_s_sustained"]
+    sdk_overhead = p50["sdk_tcp"] - p50["act_tcp"]
+
+    def target(text: str, value: float | None, met: bool) -> dict[str, Any]:
+        return {"target": text, "value": value, "met": bool(met)}
+
     out["targets"] = {
-        "act_http_p50_over_floor": {
-            "target": f"<= {TARGET_ACT_OVER_FLOOR}",
-            "value": ratio(act_p50, floor["p50"]),
-            "met": act_p50 <= TARGET_ACT_OVER_FLOOR * floor["p50"],
-        },
-        "act_ws_p50_below_floor": {
-            "target": "< 1.0",
-            "value": ratio(ws_p50, floor["p50"]),
-            "met": ws_p50 < floor["p50"],
-        },
-        "batch_obs_per_s": {
-            "target": f">= {TARGET_BATCH_OBS_PER_S:,.0f}",
-            "value": batch_rate,
-            "met": batch_rate >= TARGET_BATCH_OBS_PER_S,
-        },
+        "act_http_p50_over_fastapi_floor": target(
+            "<= 0.98 (the last landing's ratio)",
+            ratio(p50["act_http"], p50["floor_http"]),
+            p50["act_http"] <= 0.98 * p50["floor_http"],
+        ),
+        "act_http_p50_over_asgi_floor": target(
+            f"<= {TARGET_ACT_OVER_ASGI}",
+            ratio(p50["act_http"], p50["floor_asgi"]),
+            p50["act_http"] <= TARGET_ACT_OVER_ASGI * p50["floor_asgi"],
+        ),
+        "ws_msgpack_p50_over_ws_json": target(
+            "<= 1.0",
+            ratio(p50["act_ws_msgpack"], p50["act_ws"]),
+            p50["act_ws_msgpack"] <= p50["act_ws"],
+        ),
+        "tcp_p50_us": target(
+            f"<= {TARGET_TCP_P50_US:g} µs (goal 60)",
+            p50["act_tcp"],
+            p50["act_tcp"] <= TARGET_TCP_P50_US,
+        ),
+        "tcp_p50_over_ws_echo_floor": target(
+            "<= 0.6",
+            ratio(p50["act_tcp"], p50["floor_ws_echo"]),
+            p50["act_tcp"] <= 0.6 * p50["floor_ws_echo"],
+        ),
+        "sdk_overhead_p50_us": target(
+            "<= 15 µs (PolicyClient over a bare socket, TCP)",
+            sdk_overhead,
+            sdk_overhead <= 15.0,
+        ),
+        "batch_obs_per_s": target(
+            f">= {TARGET_BATCH_OBS_PER_S:,.0f}", batch_rate, batch_rate >= TARGET_BATCH_OBS_PER_S
+        ),
     }
     out["config"] = {
         "rounds": cfg.transport_rounds,
@@ -663,7 +806,11 @@ def run_steps(url: str, env_id: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def measure_closed_loop(
-    url: str, cfg: SuiteConfig, log: Log = _quiet, floor_url: str | None = None
+    url: str,
+    cfg: SuiteConfig,
+    log: Log = _quiet,
+    floor_url: str | None = None,
+    tcp_url: str | None = None,
 ) -> dict:
     """Every run of the plan advances by about ``loop_chunk_s`` of steps in turn
     (round-robin), so load drift on the machine hits all runs alike."""
@@ -675,10 +822,13 @@ def measure_closed_loop(
             plan.append(("s2loop", env_id, "ws", TARGET_RATE_HZ, cfg.loop_ws_target_steps))
     if floor_url and cfg.loop_floor_target_steps:
         plan.append(("floor", "CartPole-v1", "http", TARGET_RATE_HZ, cfg.loop_floor_target_steps))
+    if tcp_url and cfg.loop_tcp_1khz_steps:  # a 1 kHz loop over the TCP endpoint
+        plan.append(("s2loop", "CartPole-v1", "tcp", 1000.0, cfg.loop_tcp_1khz_steps))
     runs: list[StepRun] = []
     for i, (server, env_id, transport, rate, steps) in enumerate(plan):
+        where = floor_url if server == "floor" else (tcp_url if transport == "tcp" else url)
         run = StepRun(
-            floor_url if server == "floor" else url,
+            where,
             env_id,
             transport=transport,
             rate_hz=rate,
@@ -732,6 +882,16 @@ def measure_closed_loop(
                 "met": bool(full and t["deadline_misses"] == 0 and t["errors"] == 0),
                 "steps_enough": full,
             }
+        }
+    tcp = [r for r in out["runs"] if r["transport"] == "tcp" and r["rate_hz"] == 1000.0]
+    if tcp:
+        t = tcp[0]
+        out.setdefault("targets", {})["tcp_1khz_miss_rate"] = {
+            "target": f"< 0.1% at 1 kHz over TCP, {TARGET_RATE_STEPS:,} steps (goal)",
+            "value": f"{t['deadline_misses']} misses in {t['steps']:,} steps "
+            f"({100 * (t['miss_rate'] or 0):.2f}%)",
+            "met": bool(t["steps"] >= TARGET_RATE_STEPS and (t["miss_rate"] or 0) < 1e-3),
+            "steps_enough": t["steps"] >= TARGET_RATE_STEPS,
         }
     return out
 
@@ -978,15 +1138,16 @@ def run_suite(cfg: SuiteConfig, command: str = "", log: Log = _quiet) -> dict[st
             if "transport" in cfg.sections:
                 with _section(report, "transport", log):
                     floor, s2 = servers.floor(), servers.s2loop(1)
-                    report["transport"] = measure_transport(floor.url, s2.url, cfg, log)
+                    report["transport"] = measure_transport(floor, s2, cfg, log)
             if "backends" in cfg.sections:
                 with _section(report, "backends", log):
                     report["backends"] = in_child(measure_backends, models_dir, cfg, log)
             if "closed_loop" in cfg.sections:
                 with _section(report, "closed_loop", log):
                     floor_url = servers.floor().url if cfg.loop_floor_target_steps else None
+                    s2 = servers.s2loop(1)
                     report["closed_loop"] = in_child(
-                        measure_closed_loop, servers.s2loop(1).url, cfg, log, floor_url
+                        measure_closed_loop, s2.url, cfg, log, floor_url, s2.tcp_url
                     )
             if "scaling" in cfg.sections:
                 with _section(report, "scaling", log):

@@ -49,7 +49,8 @@ def fast_route(pipeline: Pipeline, route: str) -> ASGI:
         rid = rid or new_request_id()
         body = b""
         try:
-            pipeline.authorize(authorization)
+            if pipeline.keys:
+                pipeline.authorize(authorization)
             if length is not None:
                 if not length.isdigit():
                     raise ApiError(400, "bad_request", "Content-Length is not a number")

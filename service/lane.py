@@ -54,9 +54,7 @@ class Lane:
         self._lock = threading.Lock()
         self.pending = 0
         self.call_s: float | None = None  # running mean of a call's time
-
-    def has(self, model: str) -> bool:
-        return self.backend.has(model)
+        self.has = backend.has  # is a model loaded on it
 
     def wait_s(self) -> float:
         """Estimated time until the queue takes a call again: until one of the calls in

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import time
+from collections import deque
 from typing import Annotated, Any
 
 import orjson
@@ -22,7 +23,7 @@ from s2loop_client import contract as wire
 from service.errors import ApiError
 from service.logs import new_request_id
 from service.metrics import Metrics
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, start_eagerly
 from service.runtime import Service
 from service.schemas import (
     ActRequest,
@@ -153,10 +154,11 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
     """Each message is an /v1/act body, a text frame in JSON or a binary frame in
     msgpack, answered in the same codec; answers come in order.
 
-    Messages are read as they arrive and time-stamped then, by a reader task, while
-    earlier ones are answered: a message's deadline runs from its arrival, so one that
-    waited behind slow answers past its deadline gets the 504 error, never a late
-    action."""
+    Messages are read and time-stamped as they arrive, also while an earlier one waits
+    for a slow backend: a message's deadline runs from its arrival, so one that waited
+    behind slow answers past its deadline gets the 504 error, never a late action. A
+    message whose answer needs no wait (the emulator) is answered at once, in the
+    reading loop (:func:`~service.pipeline.start_eagerly`)."""
     try:
         pipeline.authorize(websocket.headers.get("authorization"))
     except ApiError as exc:  # refused at the handshake, with the error body
@@ -166,40 +168,60 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
         return
     await websocket.accept()
     conn_id = new_request_id()
-    backlog: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(WS_BACKLOG)
+    waiting: deque[tuple[float, Any, str, str]] = deque()  # read while an answer is pending
+    drainer: asyncio.Task[None] | None = None
 
-    async def read() -> None:
+    async def send(payload: bytes, codec: str) -> None:
+        if codec == "json":
+            await websocket.send_text(payload.decode())
+        else:
+            await websocket.send_bytes(payload)
+
+    async def drain(first: asyncio.Task[Any], codec: str) -> None:
+        """Answer the pending message, then those read meanwhile, in order."""
+        nonlocal drainer
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                data = (
-                    (text, "json") if text is not None else (message.get("bytes") or b"", "msgpack")
-                )
-                await backlog.put((time.perf_counter(), data))
+            await send((await first)[1], codec)
+            while waiting:
+                arrived, data, codec, rid = waiting.popleft()
+                reply = await pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
+                await send(reply[1], codec)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away
         finally:
-            await backlog.put(None)
+            drainer = None
 
-    reader = asyncio.get_running_loop().create_task(read())
     n = 0
     try:
-        while (item := await backlog.get()) is not None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            arrived = time.perf_counter()
             n += 1
-            arrived, (data, codec) = item
+            text = message.get("text")
+            data, codec = (
+                (text, "json") if text is not None else (message.get("bytes") or b"", "msgpack")
+            )
             rid = f"{conn_id}.{n}"
-            _, payload, _ = await pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
-            if codec == "json":
-                await websocket.send_text(payload.decode())
+            if drainer is not None:
+                waiting.append((arrived, data, codec, rid))
+                if len(waiting) >= WS_BACKLOG:  # stop reading until the backlog is answered
+                    await drainer
+                continue
+            coro = pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
+            done, value = start_eagerly(coro)
+            if done:
+                await send(value[1], codec)
             else:
-                await websocket.send_bytes(payload)
+                drainer = asyncio.get_running_loop().create_task(drain(value, codec))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away while we answered: nothing more to say
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-            await reader
+        if drainer is not None:
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await drainer
 
 
 def require_key(conn: HTTPConnection, pipeline: PipelineDep) -> None:

@@ -51,6 +51,8 @@ class ModelEntry:
         self.observation_size = art.observation_size
         self.ticks = art.ticks
         self.stochastic = art.encoder.kind == "poisson"
+        self.chip_time_s = self.mapping.chip_time_s if self.mapping else None
+        self.energy_j = self.mapping.energy_j if self.mapping else None
         self.info = {
             **art.summary(),
             "path": str(self.path),
@@ -294,10 +296,16 @@ class Service:
                 reason = "error"
                 self._primary_failed(entry, request_id, "failed", exc)
             else:
-                self._answered(entry, res, deadline)
+                if time.perf_counter() > deadline:
+                    raise self._deadline_error()
+                self.metrics.observe_backend(
+                    entry.name, res.backend, res.compute_us * 1e-6, len(res)
+                )
                 if self._breaker_until:
                     self._breaker_until, self._breaker_reason = 0.0, None
-                self.warm[entry.name]["primary"] = "warm"  # a real answer counts as warm-up
+                states = self.warm[entry.name]
+                if states.get("primary") != "warm":  # a real answer counts as warm-up
+                    states["primary"] = "warm"
                 return res, False
         if not can_fall_back:
             if reason == "timeout":
@@ -314,14 +322,11 @@ class Service:
         except Exception as exc:
             msg = f"fallback backend failed: {type(exc).__name__}: {exc}"
             raise ApiError(503, "backend_error", msg) from None
-        self._answered(entry, res, deadline)
-        self.metrics.fallbacks.labels(entry.name, reason).inc()
-        return res, True
-
-    def _answered(self, entry: ModelEntry, res: InferenceResult, deadline: float) -> None:
         if time.perf_counter() > deadline:
             raise self._deadline_error()
         self.metrics.observe_backend(entry.name, res.backend, res.compute_us * 1e-6, len(res))
+        self.metrics.fallbacks.labels(entry.name, reason).inc()
+        return res, True
 
     def _busy(self, lane: Lane, full: QueueFull) -> ApiError:
         return ApiError(

@@ -16,12 +16,13 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from typing import Any
 
 from s2loop_client import contract as wire
 from service.errors import ApiError
 from service.logs import new_request_id
-from service.pipeline import Pipeline, decode
+from service.pipeline import Pipeline, decode, start_eagerly
 
 logger = logging.getLogger("s2loop.service")
 
@@ -30,14 +31,20 @@ BACKLOG = 1024  # frames a connection may have read and not answered (then: stop
 
 
 class _Connection(asyncio.Protocol):
+    """One client connection: frames are time-stamped as they arrive and answered in
+    order; an answer that needs no wait (the emulator) is sent at once, from
+    ``data_received`` (:func:`~service.pipeline.start_eagerly`); while one waits (a board
+    run), later frames queue behind it."""
+
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.buffer = bytearray()
-        self.frames: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        self.waiting: deque[tuple[float, bytes]] = deque()
+        self.pending: asyncio.Task[Any] | None = None  # the answer being waited for
         self.transport: asyncio.Transport | None = None
         self.authorized = not pipeline.keys
         self.id = new_request_id()
-        self.task: asyncio.Task[None] | None = None
+        self.n = 0
         self.paused = False
 
     def connection_made(self, transport: Any) -> None:
@@ -46,7 +53,6 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.task = asyncio.get_running_loop().create_task(self._answer_in_order())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -60,14 +66,46 @@ class _Connection(asyncio.Protocol):
             end = _LEN.size + size
             if len(buf) < end:
                 break
-            self.frames.put_nowait((arrived, bytes(buf[_LEN.size : end])))
+            frame = bytes(buf[_LEN.size : end])
             del buf[:end]
-        if self.frames.qsize() > BACKLOG and not self.paused and self.transport:
+            if self.pending is not None or self.waiting:
+                self.waiting.append((arrived, frame))
+            else:
+                self._answer(arrived, frame)
+        if len(self.waiting) > BACKLOG and not self.paused and self.transport:
             self.transport.pause_reading()
             self.paused = True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.frames.put_nowait(None)
+        if self.pending is not None:
+            self.pending.cancel()
+        self.waiting.clear()
+
+    def _answer(self, arrived: float, frame: bytes) -> None:
+        if not self.authorized:
+            self._hello(frame)
+            return
+        self.n += 1
+        coro = self.pipeline.handle(
+            "frame", frame, arrived, f"{self.id}.{self.n}", codec="msgpack", ws=True
+        )
+        done, value = start_eagerly(coro)
+        if done:
+            self._send(value[1])
+        else:
+            self.pending = value
+            value.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[Any]) -> None:
+        self.pending = None
+        if task.cancelled():
+            return
+        self._send(task.result()[1])
+        while self.waiting and self.pending is None:
+            self._answer(*self.waiting.popleft())
+        if self.paused and len(self.waiting) < BACKLOG // 2 and self.transport:
+            self.transport.resume_reading()
+            self.paused = False
 
     def _send(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -79,7 +117,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _hello(self, frame: bytes) -> bool:
+    def _hello(self, frame: bytes) -> None:
         """The first frame when API keys are on: ``{"hello": {"api_key": KEY}}``."""
         try:
             msg = decode(frame)
@@ -88,27 +126,9 @@ class _Connection(asyncio.Protocol):
             self.pipeline.authorize(b"Bearer " + str(key or "").encode())
         except ApiError as exc:
             self._refuse(exc)
-            return False
+            return
         self.authorized = True
         self._send(self.pipeline.encode({"hello": "ok"}, "msgpack"))
-        return True
-
-    async def _answer_in_order(self) -> None:
-        n = 0
-        while (item := await self.frames.get()) is not None:
-            arrived, frame = item
-            if self.paused and self.frames.qsize() < BACKLOG // 2 and self.transport:
-                self.transport.resume_reading()
-                self.paused = False
-            if not self.authorized:
-                if not self._hello(frame):
-                    return
-                continue
-            n += 1
-            _, payload, _ = await self.pipeline.handle(
-                "frame", frame, arrived, f"{self.id}.{n}", codec="msgpack", ws=True
-            )
-            self._send(payload)
 
 
 class TcpDoor:

@@ -77,6 +77,7 @@ TINY = {
     "loop_rates": {1000.0: 120},
     "loop_ws_target_steps": 0,
     "loop_floor_target_steps": 100,
+    "loop_tcp_1khz_steps": 100,
     "loop_chunk_s": 0.05,
     "scaling_clients": (1, 2),
     "scaling_workers": (1,),
@@ -115,10 +116,20 @@ def test_tiny_suite_writes_page_json_and_small_pngs(tiny_run):
 
 def test_tiny_transport_figures_are_consistent(tiny_run):
     t = tiny_run[0]["transport"]["transports"]
-    for name in ("floor_http", "floor_ws", "act_http", "act_ws"):
+    from bench.suite import TRANSPORTS
+
+    assert set(t) == set(TRANSPORTS)
+    for name in TRANSPORTS:
+        if name == "batch":
+            continue
         s = t[name]["rtt_us"]
         assert s["n"] == 60 and 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
-    assert t["floor_http"]["ratio_to_floor"]["p50"] == pytest.approx(1.0)
+    assert t["floor_asgi"]["ratio_to_floor"]["p50"] == pytest.approx(1.0)
+    assert t["act_tcp"]["floor"] == "floor_tcp" and t["act_ws_msgpack"]["floor"] == "floor_ws_echo"
+    for name in ("act_http_msgpack", "act_ws_msgpack", "act_tcp", "sdk_tcp"):
+        assert 0 < t[name]["server_us"]["p50"] < t[name]["rtt_us"]["p50"]
+    targets = tiny_run[0]["transport"]["targets"]
+    assert {"tcp_p50_us", "sdk_overhead_p50_us", "ws_msgpack_p50_over_ws_json"} <= set(targets)
     # the service's own time is part of the round trip the client measured
     assert 0 < t["act_http"]["server_us"]["p50"] < t["act_http"]["rtt_us"]["p50"]
     b = t["batch"]
@@ -144,8 +155,11 @@ def test_tiny_closed_loop_runs_real_episodes_and_counts_misses(tiny_run):
         ("s2loop", "http", None),
         ("s2loop", "ws", None),
         ("s2loop", "http", 1000.0),
+        ("s2loop", "tcp", 1000.0),
         ("floor", "http", 200.0),
     }
+    tcp = runs[("s2loop", "tcp", 1000.0)]
+    assert tcp["steps"] >= 100 and tcp["errors"] == 0 and tcp["deadline_misses"] is not None
     paced = runs[("s2loop", "http", 1000.0)]
     assert paced["steps"] >= 120 and paced["errors"] == 0
     assert 0 <= paced["misses_rtt_over_period"] <= paced["deadline_misses"] <= paced["steps"]

@@ -320,3 +320,44 @@ def test_msgpack_with_a_numpy_array_gets_the_json_answer_in_msgpack(doors):
         headers={"content-type": "application/msgpack"},
     )
     assert msgpack.unpackb(batch.content)["actions"] == [as_json.json()["action"]] * 2
+
+
+def test_pipelined_tcp_frames_keep_their_deadline_from_arrival(models_dir, monkeypatch):
+    """The TCP door: frames sent back to back to a slow backend are answered in order,
+    the late ones with the 504 error frame; a fast backend answers without a wait."""
+    import socket
+    import struct
+
+    import msgpack
+
+    monkeypatch.setattr(SlowBackend, "delay", 0.2)
+    settings = make_settings(
+        models_dir,
+        backend=SPEC + "SlowBackend",
+        fallback="none",
+        deadline_ms=300,
+        tcp_bind="127.0.0.1:0",
+    )
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        port = c.app.state.tcp.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            sent = {}
+            for i in range(6):
+                frame = msgpack.packb({"model": "cartpole", "observation": OBS, "id": i})
+                sent[i] = time.perf_counter()
+                s.sendall(struct.pack("<I", len(frame)) + frame)
+            answers = []
+            for _ in range(6):
+                (n,) = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))
+                answers.append(
+                    (msgpack.unpackb(s.recv(n, socket.MSG_WAITALL)), time.perf_counter())
+                )
+    ok = [a for a, _ in answers if "error" not in a]
+    assert ok and len(ok) < 6, answers
+    for a, got in answers:
+        if "error" in a:
+            assert a["error"]["status"] == 504 and a["error"]["kind"] == "deadline"
+        else:
+            assert (got - sent[a["id"]]) * 1e3 <= 300 + 40, a
+    assert [a["id"] for a in ok] == sorted(a["id"] for a in ok)
