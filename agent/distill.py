@@ -232,4 +232,6 @@ def _policy(
     from agent.export import to_artifact
 
     emulator.load(to_artifact(student, "candidate"))
+    if student.config.encoder != "poisson":  # nothing to seed: leave rng's stream alone
+        return lambda obs: emulator.infer("candidate", obs).actions
     return lambda obs: emulator.infer("candidate", obs, rng.integers(0, 2**53, len(obs))).actions
