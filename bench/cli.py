@@ -83,6 +83,26 @@ def suite(
 bench_app.command("suite")(suite)
 
 
+@bench_app.command("record")
+def record(
+    quick: bool = typer.Option(False, "--quick", help="few requests (a smoke test)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent, "--out", help="folder for RECORD.md [default: bench/]"
+    ),
+) -> None:
+    """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
+    million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
+    import shlex
+    import sys
+
+    from bench.record import RecordBenchConfig, run_record_bench, write_record
+
+    command = shlex.join(["s2loop", *sys.argv[1:]])
+    report = run_record_bench(RecordBenchConfig.make(quick), command=command, log=typer.echo)
+    for path in write_record(report, out):
+        typer.echo(f"wrote {path}")
+
+
 @bench_app.command("recipes")
 def recipes(
     quick: bool = typer.Option(False, "--quick", help="tiny training budgets (a smoke test)"),

@@ -82,6 +82,7 @@ class RetryPolicy:
 STEP_FIELDS = (
     "client",
     "episode",
+    "episode_id",
     "seed",
     "step",
     "action",
@@ -97,6 +98,8 @@ STEP_FIELDS = (
     "late",
     "retries",
     "error",
+    "observation",  # what was sent, space-separated (joins the server's flight recorder)
+    "q_values",
 )
 
 
@@ -123,6 +126,8 @@ class LoopConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_consecutive_errors: int = 5
     max_steps: int | None = None  # cut episodes shorter than the env's own limit
+    #: names this run's episodes for the server's flight recorder (``RUN-EPISODE``)
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
     #: tests: make the loop's PolicyClient (e.g. on a MockTransport)
     policy_factory: Callable[[], PolicyClient] | None = None
 
@@ -178,19 +183,26 @@ def _timing(t: Any) -> tuple[float, ...]:
     )
 
 
-def _act(policy: PolicyClient, observation: Any, retry: RetryPolicy) -> tuple[Any, int, int]:
+def _act(
+    policy: PolicyClient, observation: Any, retry: RetryPolicy, episode_id: str, step: int
+) -> tuple[Any, int, int]:
     """(answer, round trip ns of the attempt that answered, retries before it)."""
     attempt = 0
     while True:
         t0 = time.perf_counter_ns()
         try:
-            answer = policy.act(observation)
+            answer = policy.act(observation, episode_id=episode_id, step=step)
             return answer, time.perf_counter_ns() - t0, attempt
         except (Overloaded, Unavailable) as exc:
             if attempt >= retry.retries:
                 raise
             time.sleep(retry.delay(attempt, exc.retry_after_ms))
             attempt += 1
+
+
+def _floats(values: Any) -> str:
+    """A vector as one CSV cell: space-separated, float32 precision."""
+    return " ".join(f"{float(v):.7g}" for v in values)
 
 
 def _sleep_until(t_ns: int) -> None:
@@ -234,6 +246,7 @@ def run_client(
         for i in range(cfg.episodes):
             episode = client * cfg.episodes + i
             seed = cfg.seed + episode
+            episode_id = f"{cfg.run_id}-{episode}"
             observation, _ = env.reset(seed=seed)
             total = 0.0
             action = 0  # held if the very first step gets no answer
@@ -249,19 +262,21 @@ def run_client(
                     period_start = next_start
                 else:
                     period_start = time.perf_counter_ns()
+                sent = observation
                 try:
-                    answer, rtt_ns, retries = _act(policy, observation, cfg.retry)
+                    answer, rtt_ns, retries = _act(policy, sent, cfg.retry, episode_id, step)
                 except ActError as exc:
                     arrived = time.perf_counter_ns()
                     consecutive_errors += 1
                     error = error_kind(exc)
                     rtt_us = server_us = backend_us = chip_us = energy_uj = ticks = nan
                     backend, fallback, retries = "", False, 0
+                    q_values: list[float] = []
                     if consecutive_errors >= cfg.max_consecutive_errors:
                         rows.append(
-                            (client, episode, seed, step, action, nan)
+                            (client, episode, episode_id, seed, step, action, nan)
                             + (nan,) * 6
-                            + ("", False, False, 0, error)
+                            + ("", False, False, 0, error, _floats(sent), "")
                         )
                         return (
                             rows,
@@ -276,6 +291,7 @@ def run_client(
                     rtt_us = rtt_ns / 1e3
                     server_us, backend_us, chip_us, energy_uj, ticks = _timing(answer.timing)
                     backend, fallback = answer.backend, answer.fallback
+                    q_values = answer.q_values
                 late = bool(period_ns) and arrived - period_start > period_ns
                 observation, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
@@ -283,6 +299,7 @@ def run_client(
                     (
                         client,
                         episode,
+                        episode_id,
                         seed,
                         step,
                         action,
@@ -298,6 +315,8 @@ def run_client(
                         late,
                         retries,
                         error,
+                        _floats(sent),
+                        _floats(q_values),
                     )
                 )
                 step += 1

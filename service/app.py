@@ -35,6 +35,44 @@ DESCRIPTION = (
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def _start_recording(
+    settings: Settings, service: Service, pipeline: Pipeline, metrics: Metrics
+) -> None:
+    """The flight recorder and the shadow models, when the settings ask for them."""
+    from hw.artifact import ArtifactError, load_artifact
+
+    if settings.record_dir is not None:
+        from service.recorder import Recorder
+
+        pipeline.recorder = Recorder(
+            settings.record_dir,
+            rotate_rows=settings.record_rotate_rows,
+            rotate_s=settings.record_rotate_s,
+            queue_rows=settings.record_queue_rows,
+            metrics=metrics,
+        )
+    shadows = {}
+    for live, path in settings.shadows().items():
+        entry = service.entries.get(live)
+        try:
+            art = load_artifact(path)
+        except ArtifactError as exc:
+            logger.error("shadow model not loaded", extra={"model": live, "error": str(exc)})
+            continue
+        if entry is None or (art.observation_size, art.action_count) != (
+            entry.artifact.observation_size,
+            entry.artifact.action_count,
+        ):
+            msg = f"no live model {live!r} with the shadow's observation and action sizes"
+            logger.error("shadow model not loaded", extra={"model": live, "error": msg})
+            continue
+        shadows[live] = path
+    if shadows:
+        from service.shadow import Shadow
+
+        pipeline.shadow = Shadow(shadows, metrics, pipeline.recorder)
+
+
 def _warn_if_open(settings: Settings) -> None:
     hosts = [settings.host]
     if settings.tcp_bind:
@@ -63,6 +101,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         await service.start()
+        _start_recording(settings, service, pipeline, metrics)
         if tcp is not None:
             await tcp.start()
         _warn_if_open(settings)
@@ -74,6 +113,10 @@ def create_app(
             if tcp is not None:
                 await tcp.stop()
             await service.stop()
+            for part in (pipeline.shadow, pipeline.recorder):  # shadow rows go to the recorder
+                if part is not None:
+                    part.close()
+            pipeline.shadow = pipeline.recorder = None
 
     app = S2LoopApp(
         title="s2loop",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from pathlib import Path
 
 import typer
 
@@ -33,6 +34,8 @@ def _env_file(settings: object) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    register_replay(app)
+
     @app.command(
         "serve",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -71,3 +74,54 @@ def register(app: typer.Typer) -> None:
             env_file=_env_file(settings),
             **common,
         )
+
+
+def register_replay(app: typer.Typer) -> None:
+    @app.command("replay")
+    def replay_command(
+        record_dir: Path = typer.Argument(..., help="a flight-recorder folder (S2LOOP_RECORD_DIR)"),
+        model: str | None = typer.Option(
+            None, help="replay with this model (name or .s2l path) instead of the recorded one"
+        ),
+        backend: str = typer.Option(
+            "emulator", help="emulator | reference | spinnaker2 | module:Class"
+        ),
+        models: Path | None = typer.Option(
+            None, help="where the recorded models are (default: S2LOOP_MODELS or models/)"
+        ),
+        min_agreement: float = typer.Option(
+            0.0, min=0.0, max=1.0, help="exit 1 when any model's action agreement is below this"
+        ),
+        plot: Path | None = typer.Option(
+            None, help="PNG of agreement per episode and Q differences (default: in RECORD_DIR)"
+        ),
+        eth_ip: str | None = typer.Option(None, help="board address (spinnaker2)"),
+    ) -> None:
+        """Run a recording's observations again and compare actions and Q-values with it."""
+        import json
+
+        from service.replay import plot as plot_report
+        from service.replay import replay
+        from service.settings import BACKEND_ALIASES
+
+        options = {"eth_ip": eth_ip} if backend == "spinnaker2" else {}
+        try:
+            report = replay(
+                record_dir,
+                model=model,
+                backend=BACKEND_ALIASES.get(backend, backend),
+                backend_options=options,
+                models_dir=models,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+        path = plot_report(report, plot or record_dir / "replay.png")
+        for m in report["models"].values():
+            m.pop("_q_diff")
+        typer.echo(json.dumps({**report, "plot": str(path)}, indent=2))
+        if report["agreement"] is not None and report["agreement"] < min_agreement:
+            typer.echo(
+                f"agreement {report['agreement']:.4f} is below --min-agreement {min_agreement}",
+                err=True,
+            )
+            raise typer.Exit(1)

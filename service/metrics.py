@@ -75,6 +75,30 @@ class Metrics:
         self.reloads = Counter(
             "s2loop_reloads", "Model reloads, by outcome", ("outcome",), registry=r
         )
+        self.record_rows = Counter(
+            "s2loop_record_rows", "Rows written by the flight recorder, by table", ("table",),
+            registry=r,
+        )  # fmt: skip
+        self.record_dropped = Counter(
+            "s2loop_record_dropped", "Rows the flight recorder dropped (its queue was full)",
+            registry=r,
+        )  # fmt: skip
+        self.shadow_compared = Counter(
+            "s2loop_shadow_compared", "Answers compared with a shadow model, by live model",
+            ("model",), registry=r,
+        )  # fmt: skip
+        self.shadow_agreed = Counter(
+            "s2loop_shadow_agreed", "Of those, answers where the shadow chose the same action",
+            ("model",), registry=r,
+        )  # fmt: skip
+        self.shadow_dropped = Counter(
+            "s2loop_shadow_dropped", "Observations the shadow could not keep up with, dropped",
+            ("model",), registry=r,
+        )  # fmt: skip
+        self.shadow_q_gap = Histogram(
+            "s2loop_shadow_q_gap", "Largest |Q live - Q shadow| over actions, per answer",
+            ("model",), buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 50), registry=r,
+        )  # fmt: skip
         self._request: dict[tuple[str, str], Histogram] = {}
         self._backend: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._errors: dict[str, Counter] = {}

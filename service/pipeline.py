@@ -142,6 +142,8 @@ class Pipeline:
         self.limit = settings.max_body_bytes
         self.max_batch = settings.max_batch
         self.keys = settings.keys()
+        self.recorder: Any = None  # service.recorder.Recorder, set at start when on
+        self.shadow: Any = None  # service.shadow.Shadow, set at start when on
         self.routes = {"act": self.act, "batch": self.batch, "info": self.info}
 
     @staticmethod
@@ -188,10 +190,10 @@ class Pipeline:
         request_id: str,
         *,
         codec: str = "json",
-        ws: bool = False,
+        door: str = "http",
     ) -> Reply:
-        """The answer to one request, in ``codec``: never raises. ``ws``: errors carry
-        their status (a WebSocket or TCP answer has no status line)."""
+        """The answer to one request, in ``codec``: never raises. ``door``: http, ws or
+        tcp (errors over ws and tcp carry their status: they have no status line)."""
         try:
             if len(body) > self.limit:
                 raise self.too_large(len(body))
@@ -199,23 +201,29 @@ class Pipeline:
                 body = decode(body)
                 keys = body if isinstance(body, dict) else {}
                 route = next((r for k, r in _FRAME_ROUTES if k in keys), "act")
-            out = await self.routes[route](body, arrived, request_id, codec)
+            out = await self.routes[route](body, arrived, request_id, codec, door)
             if codec == "json":
                 return 200, orjson.dumps(out, option=_NUMPY), {}
             return 200, self.encode(out, codec), {}
         except ApiError as exc:
-            return self.error_reply(exc, request_id, codec=codec, ws=ws)
+            return self.error_reply(exc, request_id, codec=codec, door=door)
         except Exception:
             logger.exception("unexpected error", extra={"request_id": request_id})
-            return self.error_reply(INTERNAL, request_id, codec=codec, ws=ws)
+            return self.error_reply(INTERNAL, request_id, codec=codec, door=door)
 
     def error_reply(
-        self, exc: ApiError, request_id: str | None, *, codec: str = "json", ws: bool = False
+        self, exc: ApiError, request_id: str | None, *, codec: str = "json", door: str = "http"
     ) -> Reply:
         self.note(exc, request_id)
-        return exc.status, self.encode(exc.body(request_id, with_status=ws), codec), exc.headers
+        if self.recorder is not None:
+            row = (time.time(), request_id, door, exc.status, exc.kind, exc.message[:500])
+            self.recorder.error(row)
+        body = exc.body(request_id, with_status=door != "http")
+        return exc.status, self.encode(body, codec), exc.headers
 
-    async def act(self, body: bytes | str, arrived: float, request_id: str, codec: str) -> dict:
+    async def act(
+        self, body: bytes | str, arrived: float, request_id: str, codec: str, door: str
+    ) -> dict:
         req = parse_body(ActRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
@@ -241,17 +249,35 @@ class Pipeline:
             out["id"] = req.id
         if res.seeds is not None:
             out["seed"] = int(res.seeds[0])
+        if req.episode_id is not None:
+            out["episode_id"] = req.episode_id
+        if req.step is not None:
+            out["step"] = req.step
+        if self.recorder is not None:
+            self.recorder.act(
+                (time.time(), request_id, req.episode_id, req.step, entry.name,
+                 entry.artifact.sha256, res.backend, fallback, door, obs[0], res.q_values[0],
+                 out["action"], out.get("seed"), elapsed * 1e6, res.compute_us)
+            )  # fmt: skip
+        if self.shadow is not None and self.shadow.has(entry.name):
+            self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
         return out
 
-    async def info(self, body: Any, arrived: float, request_id: str, codec: str) -> dict:
+    async def info(self, body: Any, arrived: float, request_id: str, codec: str, door: str) -> dict:
         """``{"model_info": NAME}`` over TCP: what GET /v1/models/NAME answers."""
         return self.service.entry(str(body.get("model_info"))).info
 
-    async def batch(self, body: bytes | str, arrived: float, request_id: str, codec: str) -> dict:
+    async def batch(
+        self, body: bytes | str, arrived: float, request_id: str, codec: str, door: str
+    ) -> dict:
         req = parse_body(BatchRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observations(entry, req.observations, self.max_batch)
         given = seeds(entry, req.seeds, len(obs))
+        for name, values in (("episode_ids", req.episode_ids), ("steps", req.steps)):
+            if values is not None and len(values) != len(obs):
+                msg = f"{name} has {len(values)} values for {len(obs)} observations"
+                raise ApiError(422, "validation_error", msg)
         res, fallback = await self.service.infer(entry, obs, arrived, request_id, given)
         chip_time, energy = entry.estimate(len(obs))
         elapsed = time.perf_counter() - arrived
@@ -275,6 +301,18 @@ class Pipeline:
             out["id"] = req.id
         if res.seeds is not None:
             out["seeds"] = res.seeds
+        if req.episode_ids is not None:
+            out["episode_ids"] = req.episode_ids
+        if req.steps is not None:
+            out["steps"] = req.steps
+        if self.recorder is not None:
+            self.recorder.batch(
+                (time.time(), request_id, req.episode_ids, req.steps, entry.name,
+                 entry.artifact.sha256, res.backend, fallback, door, obs, res.q_values,
+                 res.actions, res.seeds, elapsed * 1e6, res.compute_us)
+            )  # fmt: skip
+        if self.shadow is not None and self.shadow.has(entry.name):
+            self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
         return out
 
 

@@ -184,7 +184,7 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
             await send((await first)[1], codec)
             while waiting:
                 arrived, data, codec, rid = waiting.popleft()
-                reply = await pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
+                reply = await pipeline.handle("act", data, arrived, rid, codec=codec, door="ws")
                 await send(reply[1], codec)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away
@@ -209,7 +209,7 @@ async def act_ws(websocket: WebSocket, pipeline: PipelineDep) -> None:
                 if len(waiting) >= WS_BACKLOG:  # stop reading until the backlog is answered
                     await drainer
                 continue
-            coro = pipeline.handle("act", data, arrived, rid, codec=codec, ws=True)
+            coro = pipeline.handle("act", data, arrived, rid, codec=codec, door="ws")
             done, value = start_eagerly(coro)
             if done:
                 await send(value[1], codec)

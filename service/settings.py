@@ -90,6 +90,19 @@ class Settings(BaseSettings):
         description="HOST:PORT of the low-latency TCP endpoint (length-prefixed msgpack "
         "frames); unset = off",
     )
+    record_dir: Path | None = Field(
+        None, description="flight recorder: every answered act as Parquet rows here; unset = off"
+    )
+    record_rotate_rows: int = Field(50_000, ge=1, description="rows per record file at most")
+    record_rotate_s: float = Field(60.0, gt=0, description="seconds before a record file closes")
+    record_queue_rows: int = Field(
+        100_000, ge=1, description="rows waiting to be written; beyond: dropped and counted"
+    )
+    shadow: str | None = Field(
+        None,
+        description="shadow models, MODEL=PATH[,MODEL=PATH...]: each runs beside the live "
+        "model on the same observations, off the hot path, compared live",
+    )
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) for HTTPS/WSS")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
     degraded_status: int = Field(
@@ -137,6 +150,19 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError("tcp_bind must be HOST:PORT, e.g. 127.0.0.1:5555")
         return v or None
+
+    @field_validator("shadow")
+    @classmethod
+    def _model_paths(cls, v: str | None) -> str | None:
+        for part in (v or "").split(","):
+            if part.strip() and "=" not in part:
+                raise ValueError("shadow must be MODEL=PATH[,MODEL=PATH...]")
+        return v or None
+
+    def shadows(self) -> dict[str, Path]:
+        """Live model name -> shadow artifact path."""
+        pairs = (p.split("=", 1) for p in (self.shadow or "").split(",") if p.strip())
+        return {name.strip(): Path(path.strip()) for name, path in pairs}
 
     def keys(self) -> list[bytes]:
         """The API keys (empty: the API is open)."""

@@ -87,7 +87,7 @@ class _Connection(asyncio.Protocol):
             return
         self.n += 1
         coro = self.pipeline.handle(
-            "frame", frame, arrived, f"{self.id}.{self.n}", codec="msgpack", ws=True
+            "frame", frame, arrived, f"{self.id}.{self.n}", codec="msgpack", door="tcp"
         )
         done, value = start_eagerly(coro)
         if done:
@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(_LEN.pack(len(payload)) + payload)
 
     def _refuse(self, exc: ApiError) -> None:
-        _, payload, _ = self.pipeline.error_reply(exc, self.id, codec="msgpack", ws=True)
+        _, payload, _ = self.pipeline.error_reply(exc, self.id, codec="msgpack", door="tcp")
         self._send(payload)
         if self.transport is not None:
             self.transport.close()

@@ -263,3 +263,18 @@ def test_quick_recipes_page_trains_both_recipes_and_writes_the_page(tmp_path):
     mtime = before.stat().st_mtime
     assert CliRunner().invoke(app, args).exit_code == 0
     assert before.stat().st_mtime == mtime
+
+
+def test_quick_record_bench_counts_every_answer_and_replays(tmp_path):
+    from bench.record import RecordBenchConfig, markdown, run_record_bench
+
+    report = run_record_bench(RecordBenchConfig.make(quick=True), command="test", log=_quiet)
+    assert report["rows_lost"] == 0 and report["rows_recorded"] == report["answers_sent"]
+    assert report["files"] >= 2 and report["bytes"] > 0  # rotated during the run
+    assert report["replay"]["rows"] == 2_000 and report["replay"]["agreement"] == 1.0
+    assert report["rtt_us"]["on"]["n"] == report["rtt_us"]["off"]["n"] == 200
+    assert "rows lost on a graceful stop" in markdown(report)
+
+
+def _quiet(_: str) -> None:
+    pass

@@ -39,6 +39,7 @@ class Scripted:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, list[float]]] = []
+        self.requests: list[dict] = []
         self.failures: list[tuple[int, str]] = []  # next answers: (status, kind)
         self.timeouts = 0  # next requests that time out on the client side
         self.delay_s = 0.0
@@ -47,6 +48,7 @@ class Scripted:
     def handler(self, route: str, request: dict) -> tuple[int, dict]:
         with self.lock:
             self.received.append((request["model"], list(request["observation"])))
+            self.requests.append(request)
             if self.timeouts:
                 self.timeouts -= 1
                 raise Timeout("timeout", "no answer within the client's timeout")
@@ -136,6 +138,14 @@ def test_run_writes_csv_summary_and_plots_and_solves_with_a_good_policy(server, 
     assert saved["deadline"]["misses"] is None  # no --rate-hz, nothing to miss
     for png in ("latency.png", "returns.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
+    # each step tagged for the server's flight recorder, and joinable with it
+    first, second = server.requests[0], server.requests[1]
+    assert first["episode_id"] == rows[0]["episode_id"] == f"{cfg.run_id}-0"
+    assert (first["step"], second["step"]) == (0, 1)
+    np.testing.assert_allclose(
+        [float(x) for x in rows[0]["observation"].split()], first["observation"], rtol=1e-6
+    )
+    assert rows[0]["q_values"] == "0 1"
 
 
 def test_episode_i_is_reset_with_seed_s_plus_i(server, tmp_path):

@@ -97,12 +97,11 @@ class _Requests:
             raise ValueError(f"observation{'s' if rank == 2 else ''} must be {rank}-D")
         return arr if self.codec == "msgpack" else arr.tolist()
 
-    def act_body(self, observation: Any, seed: int | None, id: str | int | None) -> bytes:
+    def act_body(self, observation: Any, seed: Any, id: Any, episode_id: Any, step: Any) -> bytes:
         body: dict[str, Any] = {"model": self.model, "observation": self._obs(observation, 1)}
-        if seed is not None:
-            body["seed"] = int(seed)
-        if id is not None:
-            body["id"] = id
+        for key, value in (("seed", seed), ("id", id), ("episode_id", episode_id), ("step", step)):
+            if value is not None:
+                body[key] = value
         return wirecodec.dumps(body, self.codec)
 
     def batch_body(self, observations: Any, seeds: Sequence[int] | None) -> bytes:
@@ -162,9 +161,20 @@ class PolicyClient(_Requests):
                 time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    def act(self, observation: Any, *, seed: int | None = None, id: Any = None) -> Answer:
-        """The greedy action for one observation (list or numpy array)."""
-        return to_answer(self._send("act", self.act_body(observation, seed, id)))
+    def act(
+        self,
+        observation: Any,
+        *,
+        seed: int | None = None,
+        id: Any = None,
+        episode_id: str | None = None,
+        step: int | None = None,
+    ) -> Answer:
+        """The greedy action for one observation (list or numpy array). ``episode_id`` and
+        ``step`` tag it in the server's flight recorder; ``seed`` fixes a Poisson model's
+        input spikes; ``id`` is echoed back."""
+        body = self.act_body(observation, seed, id, episode_id, step)
+        return to_answer(self._send("act", body))
 
     def act_batch(self, observations: Any, *, seeds: Sequence[int] | None = None) -> list[Answer]:
         """One answer per row of ``observations`` [N, obs], in one backend call."""
@@ -335,8 +345,17 @@ class AsyncPolicyClient(_Requests):
                 await asyncio.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def act(self, observation: Any, *, seed: int | None = None, id: Any = None) -> Answer:
-        return to_answer(await self._send("act", self.act_body(observation, seed, id)))
+    async def act(
+        self,
+        observation: Any,
+        *,
+        seed: int | None = None,
+        id: Any = None,
+        episode_id: str | None = None,
+        step: int | None = None,
+    ) -> Answer:
+        body = self.act_body(observation, seed, id, episode_id, step)
+        return to_answer(await self._send("act", body))
 
     async def act_batch(
         self, observations: Any, *, seeds: Sequence[int] | None = None

@@ -74,6 +74,8 @@ Tag = Annotated[
     str | int | None, Doc("optional client tag, echoed back (handy to match WebSocket answers)")
 ]
 Seed = Annotated[int, Bounds(ge=0, lt=SEED_LIMIT), Doc("Poisson encoder seed")]
+EpisodeId = Annotated[str, Size(1, 128), Doc("the client's episode, for the flight recorder")]
+Step = Annotated[int, Bounds(ge=0, lt=2**53), Doc("step within the episode")]
 
 
 # --------------------------------------------------------------------- requests
@@ -102,6 +104,12 @@ class ActRequest:
             "Deterministic models ignore it."
         ),
     ] = None
+    episode_id: Annotated[
+        EpisodeId | None, Doc("optional: the client's episode (recorded, echoed back)")
+    ] = None
+    step: Annotated[Step | None, Doc("optional: the step in that episode (recorded, echoed)")] = (
+        None
+    )
 
 
 @dataclass
@@ -122,6 +130,10 @@ class BatchRequest:
             "spikes /v1/act would with seed s); without them fresh draws, reported back"
         ),
     ] = None
+    episode_ids: Annotated[
+        list[EpisodeId] | None, Doc("optional: each row's episode (recorded, echoed back)")
+    ] = None
+    steps: Annotated[list[Step] | None, Doc("optional: each row's step (recorded, echoed)")] = None
 
 
 # --------------------------------------------------------------------- answers
@@ -172,6 +184,8 @@ class ActAnswer:
     timing: Timing
     id: Annotated[str | int | None, Doc("the request's id, when it had one")] = None
     seed: Annotated[int | None, Doc("Poisson-coded models: the seed of the input spikes")] = None
+    episode_id: str | None = None
+    step: int | None = None
 
 
 @dataclass
@@ -186,6 +200,8 @@ class BatchAnswer:
     seeds: Annotated[
         list[int] | None, Doc("Poisson-coded models: the seed of each row's input spikes")
     ] = None
+    episode_ids: list[str] | None = None
+    steps: list[int] | None = None
 
 
 @dataclass

@@ -1,0 +1,167 @@
+"""The flight recorder (every answered act as a Parquet row), replay on any backend or
+model, and shadow models compared live."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+import msgpack
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from hw.artifact import Encoder, save_artifact
+from hw.synthetic import random_artifact
+from service.app import create_app
+from service.recorder import SCHEMAS, Recorder
+from service.replay import read_acts, replay
+from tests.test_service import OBS, make_settings, wait_ready
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rec-models")
+    save_artifact(random_artifact(seed=1, name="cartpole"), d / "cartpole.s2l")
+    enc = Encoder(kind="poisson", channels="tent", bins=5, input_ticks=13)
+    save_artifact(random_artifact(seed=4, name="rate", encoder=enc), d / "rate.s2l")
+    other = d / "other"
+    other.mkdir()
+    save_artifact(random_artifact(seed=9, name="cartpole"), other / "candidate.s2l")
+    return d
+
+
+def _tcp(port: int, body: dict) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        frame = msgpack.packb(body)
+        s.sendall(struct.pack("<I", len(frame)) + frame)
+        (n,) = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))
+        return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL))
+
+
+def test_every_answer_on_every_door_is_one_row_and_a_graceful_stop_loses_none(models, tmp_path):
+    rec = tmp_path / "rec"
+    settings = make_settings(models, record_dir=rec, record_rotate_rows=37, tcp_bind="127.0.0.1:0")
+    sent = 0
+    app = create_app(settings)
+    with TestClient(app) as c:
+        wait_ready(c)
+        for i in range(80):  # HTTP, tagged with episode and step
+            body = {"model": "cartpole", "observation": [i / 100, 0, 0, 0], "episode_id": "e1",
+                    "step": i}  # fmt: skip
+            answer = c.post("/v1/act", json=body).json()
+            assert (answer["episode_id"], answer["step"]) == ("e1", i)
+            sent += 1
+        for _ in range(10):  # batches: each row its own row
+            body = {"model": "rate", "observations": [OBS] * 6, "episode_ids": ["b"] * 6,
+                    "steps": list(range(6))}  # fmt: skip
+            r = c.post("/v1/act/batch", json=body)
+            assert r.status_code == 200 and r.json()["steps"] == list(range(6))
+            sent += 6
+        with c.websocket_connect("/v1/act/ws") as ws:
+            for _ in range(30):
+                ws.send_text(json.dumps({"model": "rate", "observation": OBS}))
+                json.loads(ws.receive_text())
+                sent += 1
+        for _ in range(30):
+            _tcp(app.state.tcp.port, {"model": "cartpole", "observation": OBS})
+            sent += 1
+        assert sent == 200
+        c.post("/v1/act", json={"model": "cartpole", "observation": [1, 2]})  # 422
+        c.post("/v1/act", content=b"{")  # 400
+        time.sleep(0.1)
+        closed = sorted(rec.glob("acts-*.parquet"))
+        assert closed  # files close (37 rows each) while the server runs, readable
+        assert pq.read_table(closed[0]).num_rows == 37
+    table = read_acts(rec)  # after the graceful stop: everything
+    assert table.num_rows == 200
+    assert table.schema.equals(SCHEMAS["acts"])
+    rows = table.to_pylist()
+    doors = [r["transport"] for r in rows]
+    assert doors.count("http") == 140 and doors.count("ws") == 30 and doors.count("tcp") == 30
+    http = [r for r in rows if r["episode_id"] == "e1"]
+    assert [r["step"] for r in http] == list(range(80))
+    assert http[5]["observation"] == pytest.approx([0.05, 0, 0, 0])
+    assert len(http[5]["q_values"]) == 2 and http[5]["action"] in (0, 1)
+    assert all(r["seed"] is not None for r in rows if r["model"] == "rate")
+    assert all(r["seed"] is None for r in rows if r["model"] == "cartpole")
+    errors = pq.read_table(sorted(rec.glob("errors-*.parquet"))[0]).to_pylist()
+    assert [(e["status"], e["kind"]) for e in errors] == [
+        (422, "validation_error"),
+        (400, "malformed_json"),
+    ]
+    text = app.state.metrics.render().decode()
+    assert 's2loop_record_rows_total{table="acts"} 200.0' in text
+
+
+def test_a_full_queue_drops_rows_and_counts_them_never_blocks(tmp_path):
+    recorder = Recorder(tmp_path, queue_rows=3)
+    row = (time.time(), "r", None, None, "m", "sha", "emulator", False, "http",
+           np.zeros(4, np.float32), np.zeros(2, np.float32), 0, None, 1.0, 1.0)  # fmt: skip
+    t0 = time.perf_counter()
+    for _ in range(10):
+        recorder.act(row)
+    took = time.perf_counter() - t0
+    recorder.close()
+    assert recorder.dropped == 7 and recorder.written["acts"] == 3
+    assert took < 0.01
+
+
+def test_replay_on_the_same_model_agrees_fully_and_flags_a_different_one(models, tmp_path):
+    rec = tmp_path / "rec"
+    with TestClient(create_app(make_settings(models, record_dir=rec))) as c:
+        wait_ready(c)
+        rng = np.random.default_rng(0)
+        for i in range(150):
+            obs = (rng.normal(size=4) * [1.0, 1.5, 0.15, 1.5]).tolist()
+            for model in ("cartpole", "rate"):
+                body = {"model": model, "observation": obs, "episode_id": f"ep{i // 50}"}
+                assert c.post("/v1/act", json=body).status_code == 200
+    same = replay(rec, models_dir=models)
+    for name in ("cartpole", "rate"):
+        m = same["models"][name]
+        assert m["rows"] == 150 and m["agreement"] == 1.0 and m["q_diff_max"] == 0.0
+        assert set(m["episodes"]) == {"ep0", "ep1", "ep2"}
+    assert same["models"]["rate"]["seeded"]  # Poisson draws reproduced from the seeds
+    candidate = models / "other" / "candidate.s2l"
+    runner = CliRunner()
+    from s2loop.cli import app
+
+    args = ["replay", str(rec), "--models", str(models), "--model", str(candidate)]
+    out = runner.invoke(app, [*args, "--min-agreement", "0.999"])
+    assert out.exit_code == 1, out.output
+    report = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
+    assert report["models"]["cartpole"]["agreement"] < 0.999
+    assert (rec / "replay.png").stat().st_size > 5000
+    assert runner.invoke(app, [*args, "--min-agreement", "0.1"]).exit_code == 0
+
+
+def test_a_shadow_model_is_compared_live_off_the_hot_path(models, tmp_path):
+    rec = tmp_path / "rec"
+    shadow = f"cartpole={models / 'other' / 'candidate.s2l'}"
+    app = create_app(make_settings(models, record_dir=rec, shadow=shadow))
+    with TestClient(app) as c:
+        wait_ready(c)
+        rng = np.random.default_rng(1)
+        for _ in range(200):
+            obs = (rng.normal(size=4) * [1.0, 1.5, 0.15, 1.5]).tolist()
+            c.post("/v1/act", json={"model": "cartpole", "observation": obs})
+        deadline = time.monotonic() + 5
+        text = ""
+        while time.monotonic() < deadline:
+            text = app.state.metrics.render().decode()
+            if 's2loop_shadow_compared_total{model="cartpole"} 200.0' in text:
+                break
+            time.sleep(0.05)
+    assert 's2loop_shadow_compared_total{model="cartpole"} 200.0' in text
+    agreed = float(text.split('s2loop_shadow_agreed_total{model="cartpole"} ')[1].split()[0])
+    assert 0 < agreed < 200  # a different network: mostly, not always, the same action
+    rows = pq.read_table(sorted(rec.glob("shadow-*.parquet"))[0]).to_pylist()
+    assert len(rows) == 200 and sum(r["agree"] for r in rows) == agreed
+    acts = {r["request_id"]: r for r in read_acts(rec).to_pylist()}
+    for r in rows[:20]:  # joined with the live rows by request id
+        assert acts[r["request_id"]]["action"] == r["live_action"]
