@@ -246,7 +246,7 @@ class TrainConfig:
 
 # fine-tuning starts from a trained network: smaller steps than training
 QAT_DSQN = DSQNArgs(
-    total_steps=20_000,
+    total_steps=10_000,
     lr=1e-4,
     lr_final=1e-5,
     eps_start=0.05,
@@ -335,7 +335,7 @@ PRESETS: dict[str, Preset] = {
                 "alpha_decay": 0.9,
                 "obs_scale": (1.0, 1.0, 1.0, 1.0, 7.0, 10.0),
             },
-            "dsqn": {"total_steps": 100_000, "reward_scale": 0.1, "eval_every": 5_000},
+            "dsqn": {"total_steps": 80_000, "reward_scale": 0.1, "eval_every": 5_000},
         },
         finetune={"qat": {"pipelines": _ALL_PIPELINES}},
     ),

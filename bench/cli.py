@@ -121,6 +121,9 @@ def recipes(
     variants: str = typer.Option("all", help="comma-separated setting keys (see RECIPES.md)"),
     jobs: int = typer.Option(2, help="runs at a time (one torch thread each)"),
     tick_sweep: bool = typer.Option(True, help="also sweep input ticks of the shipped models"),
+    train: bool = typer.Option(
+        True, help="train what is missing (--no-train: write the page from the runs there are)"
+    ),
 ) -> None:
     """Train and fine-tune every recipe setting over several seeds and write the
     reproduction page OUT/RECIPES.md with a plot (hours; resumes from RUNS_DIR)."""
@@ -145,7 +148,7 @@ def recipes(
         tick_sweep=tick_sweep,
     )
     command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_recipes(cfg, command=command, log=typer.echo)
+    report = run_recipes(cfg, command=command, log=typer.echo, train=train, out=out)
     for path in write_recipes(report, out):
         typer.echo(f"wrote {path}")
 

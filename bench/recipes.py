@@ -139,19 +139,35 @@ def commands(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> li
     return [train, finetune]
 
 
-def _run_all(cfg: RecipesConfig, log: Log) -> None:
-    """Train and fine-tune every missing model, ``cfg.jobs`` at a time."""
+def _alive(d: Path) -> bool:
+    """A run folder another process is working in (its ``run.pid`` names a live one)."""
+    try:
+        os.kill(int((d / "run.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _run_all(cfg: RecipesConfig, log: Log, on_done: Callable[[], None] | None = None) -> None:
+    """Train and fine-tune every missing model, ``cfg.jobs`` at a time; seed-major, so a
+    page written before the end has every setting with the seeds done so far."""
     todo = [
         (env_id, v, s)
+        for s in cfg.seeds
         for env_id in cfg.envs
         for v in cfg.variants
-        for s in cfg.seeds
         if not (run_dir(cfg, env_id, v, s) / "model.s2l").exists()
+        and not _alive(run_dir(cfg, env_id, v, s))
     ]
     running: list[tuple[subprocess.Popen, str]] = []
     exe = [sys.executable, "-m", "s2loop.cli"]
+    every = [run_dir(cfg, e, v, s) for s in cfg.seeds for e in cfg.envs for v in cfg.variants]
     while todo or running:
-        while todo and len(running) < cfg.jobs:
+        ours = {str(p.pid) for p, _ in running}
+        foreign = sum(  # runs an earlier invocation left going take slots too
+            1 for d in every if _alive(d) and (d / "run.pid").read_text() not in ours
+        )
+        while todo and len(running) + foreign < cfg.jobs:
             env_id, v, s = todo.pop(0)
             d = run_dir(cfg, env_id, v, s)
             d.mkdir(parents=True, exist_ok=True)
@@ -161,6 +177,7 @@ def _run_all(cfg: RecipesConfig, log: Log) -> None:
             proc = subprocess.Popen(
                 script, shell=True, stdout=out, stderr=subprocess.STDOUT, env=env
             )
+            (d / "run.pid").write_text(str(proc.pid))
             running.append((proc, f"{env_id} {v.key} seed {s}"))
             log(f"started {running[-1][1]}")
         time.sleep(1.0)
@@ -168,6 +185,8 @@ def _run_all(cfg: RecipesConfig, log: Log) -> None:
             if proc.poll() is not None:
                 running.remove((proc, name))
                 log(f"{'done' if proc.returncode == 0 else 'FAILED'}: {name}")
+                if on_done is not None:
+                    on_done()  # the page so far
 
 
 # ------------------------------------------------------------------ metrics of one model
@@ -297,9 +316,38 @@ def summarize(models: dict[str, dict[str, Any]], cfg: RecipesConfig) -> list[dic
     return rows
 
 
-def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict[str, Any]:
+def run_recipes(
+    cfg: RecipesConfig,
+    command: str = "",
+    log: Log = print,
+    *,
+    train: bool = True,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Train what is missing (unless ``train`` is off), then report on every model there
+    is; with ``out``, the page is rewritten after each finished run too."""
     start = time.time()
-    _run_all(cfg, log)
+    if train:
+        progress = None
+        if out is not None:
+
+            def progress() -> None:
+                write_recipes(_report(cfg, command, start, sweep=False), out)
+
+        _run_all(cfg, log, progress)
+    return _report(cfg, command, start, sweep=cfg.tick_sweep)
+
+
+def _metrics_cached(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
+    cache = path.with_name("metrics.json")
+    if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
+        return json.loads(cache.read_text())
+    metrics = model_metrics(path, cfg)
+    cache.write_text(json.dumps(metrics, default=float))
+    return metrics
+
+
+def _report(cfg: RecipesConfig, command: str, start: float, *, sweep: bool) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     failed = []
     for env_id in cfg.envs:
@@ -308,10 +356,10 @@ def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict
                 path = run_dir(cfg, env_id, v, s) / "model.s2l"
                 key = f"{env_id}/{v.key}/seed{s}"
                 if path.exists():
-                    models[key] = model_metrics(path, cfg)
+                    models[key] = _metrics_cached(path, cfg)
                 else:
                     failed.append(key)
-    sweep = tick_sweep(cfg.models_dir, 10 if cfg.quick else 100) if cfg.tick_sweep else []
+    sweep_rows = tick_sweep(cfg.models_dir, 10 if cfg.quick else 100) if sweep else []
     from agent.pipeline import git_commit
 
     return {
@@ -336,7 +384,7 @@ def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict
         "models": models,
         "missing": failed,
         "rows": summarize(models, cfg),
-        "tick_sweep": sweep,
+        "tick_sweep": sweep_rows,
         "paper": PAPER,
         "seconds": time.time() - start,
     }
@@ -423,8 +471,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"![returns per setting]({PLOT_NAME})", ""]
     if report["missing"]:
         lines += [
-            "Runs that did not produce a model (see their `log.txt`): "
-            + ", ".join(report["missing"]),
+            "Settings and seeds without a model yet (still training when this page was "
+            "written, or failed: see their `log.txt`): " + ", ".join(report["missing"]),
             "",
         ]
     claims = {c["what"]: c for c in report["paper"]["claims"]}

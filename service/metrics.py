@@ -99,6 +99,14 @@ class Metrics:
             "s2loop_shadow_q_gap", "Largest |Q live - Q shadow| over actions, per answer",
             ("model",), buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 50), registry=r,
         )  # fmt: skip
+        self.coalesce_size = Histogram(
+            "s2loop_coalesce_batch_size", "Observations per coalesced backend call, by model",
+            ("model",), buckets=(1, 2, 4, 8, 16, 24, 32, 37, 64), registry=r,
+        )  # fmt: skip
+        self.coalesce_wait = Histogram(
+            "s2loop_coalesce_wait_seconds", "Time a request waited for its batch to leave",
+            ("model",), buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self._request: dict[tuple[str, str], Histogram] = {}
         self._backend: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._errors: dict[str, Counter] = {}

@@ -24,10 +24,11 @@ import numpy as np
 from hw.artifact import SUFFIX, ArtifactError, ModelArtifact, load_artifact
 from hw.backend import InferenceResult, create_backend
 from hw.mapping import ChipSpec, MappingError, MappingReport, map_network
+from service.coalesce import Coalescer
 from service.errors import ApiError
 from service.lane import Lane, LaneTimeout, QueueFull
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import DEFAULT_BATCH_WINDOW_MS, Settings
 
 logger = logging.getLogger("s2loop.service")
 
@@ -97,6 +98,7 @@ class Service:
         self.entries: dict[str, ModelEntry] = {}
         self.load_errors: dict[str, str] = {}
         self.primary: Lane | None = None
+        self.coalescer: Coalescer | None = None  # batches the primary's single requests
         self.fallback: Lane | None = None
         self.primary_error: str | None = None  # why the primary could not start
         # model -> role -> "pending" | "warm" | "failed: ..."
@@ -120,6 +122,7 @@ class Service:
             await self.stop()
         self.entries, self.warm, self.load_errors = {}, {}, {}
         self.primary = self.fallback = None
+        self.coalescer = None
         self.primary_error = None
         self._breaker_until, self._breaker_reason = 0.0, None
         try:
@@ -127,6 +130,11 @@ class Service:
                 create_backend, s.backend_spec(), **s.backend_kwargs()
             )
             self.primary = Lane("primary", backend, s)
+            window_ms = s.batch_window_ms
+            if window_ms is None:  # on where one call runs several copies (the board)
+                window_ms = 0.0 if backend.inline_safe else DEFAULT_BATCH_WINDOW_MS
+            if window_ms > 0:
+                self.coalescer = Coalescer(self.primary, window_ms / 1e3, self.metrics)
         except Exception as exc:
             self.primary_error = f"{type(exc).__name__}: {exc}"
             if not s.has_fallback:
@@ -284,7 +292,10 @@ class Service:
         ):
             budget = min(arrived + self.primary_timeout_s, deadline) - time.perf_counter()
             try:
-                res = await primary.run(entry.name, obs, budget, seeds)
+                if self.coalescer is not None and obs.shape[0] == 1:
+                    res = await self.coalescer.run(entry.name, obs, budget, seeds)
+                else:
+                    res = await primary.run(entry.name, obs, budget, seeds)
             except QueueFull as full:
                 if not can_fall_back:
                     raise self._busy(primary, full) from None

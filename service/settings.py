@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hw.artifact import default_models_dir
 
+#: coalescing window where one backend call runs several copies (measured: bench fleet)
+DEFAULT_BATCH_WINDOW_MS = 2.0
+
 #: backend names the server knows besides ``module:Class`` specs
 BACKEND_ALIASES = {"reference": "agent.reference:ReferenceBackend"}
 
@@ -73,6 +76,15 @@ class Settings(BaseSettings):
         ge=0,
         description="batches up to this size run on the event loop for inline-safe backends "
         "(the emulator: tens of microseconds, a thread hop would cost more); 0 = never",
+    )
+    batch_window_ms: float | None = Field(
+        None,
+        ge=0,
+        description="request coalescing: single observations for one model arriving within "
+        "this window share one backend call (up to the copies one run holds); default: "
+        f"{DEFAULT_BATCH_WINDOW_MS:g} ms for backends that run several copies at once (the "
+        "board), off otherwise; "
+        "0 = off",
     )
     max_body_bytes: int = Field(1 << 20, ge=64, description="largest request body accepted")
     max_batch: int = Field(4096, ge=1, description="most observations in one batch request")

@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,22 @@ def models_dir(tmp_path_factory) -> Path:
     card = {"evaluation": {"episodes": 10, "emulator": {"mean": -80.5}}}
     save_artifact(dataclasses.replace(acrobot, provenance=card), d / "acrobot.s2l")
     return d
+
+
+FAKE_DIR = Path(__file__).parent / "fake_spinnaker2"
+
+
+def _drop_sdk_modules() -> None:
+    for name in [m for m in sys.modules if m == "spinnaker2" or m.startswith("spinnaker2.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_sdk(monkeypatch):
+    _drop_sdk_modules()
+    monkeypatch.syspath_prepend(str(FAKE_DIR))
+    import spinnaker2.hardware
+
+    spinnaker2.hardware.RUN_LOG.clear()
+    yield spinnaker2
+    _drop_sdk_modules()

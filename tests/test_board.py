@@ -3,7 +3,6 @@ its inputs and simulates the network with its own code."""
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,24 +11,7 @@ from hw.artifact import Encoder
 from hw.backend import BackendError, create_backend
 from hw.emulator import EmulatorBackend
 from hw.synthetic import random_artifact
-
-FAKE_DIR = Path(__file__).parent / "fake_spinnaker2"
-
-
-def _drop_sdk_modules() -> None:
-    for name in [m for m in sys.modules if m == "spinnaker2" or m.startswith("spinnaker2.")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
-def fake_sdk(monkeypatch):
-    _drop_sdk_modules()
-    monkeypatch.syspath_prepend(str(FAKE_DIR))
-    import spinnaker2.hardware
-
-    spinnaker2.hardware.RUN_LOG.clear()
-    yield spinnaker2
-    _drop_sdk_modules()
+from tests.conftest import _drop_sdk_modules
 
 
 def _compare(art, obs, rng_seed=None, **board_kw):

@@ -6,6 +6,8 @@ weight matrices per projection, numpy float32 state, one Python loop over ticks)
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,12 @@ import numpy as np
 from spinnaker2.snn import FakeSDKError, Network
 
 USABLE_PES = 148
+
+#: the timing model (for tests and benchmarks; assumptions, not board measurements): a
+#: run takes at least RUN_OVERHEAD_S (load, start, read back over Ethernet) plus
+#: TICK_S per tick, whatever the simulation itself takes
+RUN_OVERHEAD_S = float(os.environ.get("S2LOOP_FAKE_BOARD_RUN_S", "0"))
+TICK_S = float(os.environ.get("S2LOOP_FAKE_BOARD_TICK_S", "0"))
 
 #: every run, for tests: {"eth_ip", "timesteps", "sys_tick_in_s", "populations", "pes"}
 RUN_LOG: list[dict[str, Any]] = []
@@ -61,7 +69,11 @@ class SpiNNaker2Chip:
                 "pes": pes,
             }
         )
+        start = time.perf_counter()
         _simulate(net, timesteps)
+        rest = RUN_OVERHEAD_S + timesteps * TICK_S - (time.perf_counter() - start)
+        if rest > 0:
+            time.sleep(rest)
 
 
 def _simulate(net: Network, timesteps: int) -> None:
