@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,19 +109,32 @@ def test_board_override_refuses_to_start_without_the_board_address():
 
 
 @needs_compose
-def test_the_healthcheck_command_passes_only_when_readyz_says_ready():
-    from tests.test_clients import StandIn, make_app, serve_in_thread
+def test_the_healthcheck_command_passes_only_when_readyz_says_ready(models_dir, tmp_path):
+    from clients.demo import ServerProcess
 
     test = compose_config(COMPOSE)["services"]["server"]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"]
-    state = StandIn()
-    with serve_in_thread(make_app(state)) as url:
-        env = dict(os.environ, S2LOOP_PORT=url.rsplit(":", 1)[1])
-        ok = subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True)
-        state.ready = False
-        warming = subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True)
-    assert ok.returncode == 0, ok.stderr
-    assert warming.returncode != 0 and b"503" in warming.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    codes = {}
+    for name, models in (("ready", models_dir), ("not ready", empty)):
+        with ServerProcess(models, log_path=tmp_path / f"{name}.log") as server:
+            if name == "ready":
+                server.wait_ready(180)
+            else:  # up, but /readyz answers 503 (no models)
+                import httpx
+
+                end = time.monotonic() + 60
+                while time.monotonic() < end:
+                    try:
+                        httpx.get(server.url + "/healthz")
+                        break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+            env = dict(os.environ, S2LOOP_PORT=str(server.port))
+            codes[name] = subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True)
+    assert codes["ready"].returncode == 0, codes["ready"].stderr
+    assert codes["not ready"].returncode != 0 and b"503" in codes["not ready"].stderr
 
 
 # --- Dockerfile vs Makefile -------------------------------------------------------------------
@@ -234,3 +248,21 @@ def test_image_has_no_torch_and_serves_by_default():
     assert 'CMD ["s2loop", "serve"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "tests"} <= set(ignored)
+
+
+FLEET = ROOT / "docker-compose.fleet.yml"
+
+
+def test_fleet_compose_puts_replicas_behind_haproxy_with_the_shared_config():
+    cfg = compose_config(FLEET)
+    services = cfg["services"]
+    assert services["s2loop"]["deploy"]["replicas"] == 3
+    assert services["s2loop"]["environment"]["S2LOOP_DEGRADED_STATUS"] == "503"
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:")
+    mount = str(lb["volumes"][0])
+    assert "deploy/haproxy/haproxy.cfg" in mount
+    assert services["cartpole"]["environment"]["S2LOOP_SERVER_URL"] == "http://lb:8000"
+    text = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "server-template replica 1-3 s2loop:8000 check" in text  # the compose service
+    assert "option httpchk GET /readyz" in text

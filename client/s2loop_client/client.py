@@ -244,6 +244,8 @@ class AsyncPolicyClient(_Requests):
             r = await self._http.request(method, path, content=payload, headers=self._headers())
         except httpx.ConnectError as exc:
             raise NotSent(str(exc)) from None
+        except httpx.RemoteProtocolError as exc:  # closed before an answer: see transports
+            raise NotSent(str(exc)) from None
         except httpx.TimeoutException:
             raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
         except httpx.HTTPError as exc:

@@ -3,9 +3,14 @@ httpx does): keep-alive HTTP, WebSocket, plain TCP frames, and a mock for tests.
 
 A transport moves bytes: ``request(route, payload) -> (status, answer bytes)`` for
 ``route`` ``act`` or ``batch``, and ``info(model) -> (status, bytes)``. It raises
-:class:`NotSent` when the request provably never left (connection refused, or a kept
-connection found closed while writing): only then may the client retry it. Any other
-failure is :class:`~s2loop_client.errors.ConnectionFailed` or
+:class:`NotSent` when the request may be sent again: it provably never left (connection
+refused, or a kept connection found closed while writing), or it went out on a
+kept-alive connection that the other end closed before a single byte of answer (the
+keep-alive race every HTTP client meets; a proxy such as HAProxy closes the client's
+connection that way when its own kept connection to a replica broke, and relies on the
+client to resend). Resending is harmless here: an act is stateless, the same
+observation gets the same answer (a Poisson one, fresh draws, as it would anyway). Any
+other failure is :class:`~s2loop_client.errors.ConnectionFailed` or
 :class:`~s2loop_client.errors.Timeout`.
 """
 
@@ -122,6 +127,7 @@ class HTTPTransport(Transport):
         return self.conn
 
     def _call(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
+        kept = self.conn is not None  # a connection an earlier request already used
         conn = self._connect()
         try:
             conn.request(method, self.prefix + path, body=payload, headers=self.headers)
@@ -137,6 +143,11 @@ class HTTPTransport(Transport):
         except TimeoutError:
             self.close()
             raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            self.close()
+            if kept:  # closed before any answer byte on a kept connection: resend
+                raise NotSent(f"kept connection closed before an answer: {exc}") from None
+            raise ConnectionFailed("connection", f"connection lost: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ConnectionFailed("connection", f"connection lost: {exc}") from None
