@@ -103,6 +103,26 @@ def record(
         typer.echo(f"wrote {path}")
 
 
+@bench_app.command("fleet")
+def fleet(
+    quick: bool = typer.Option(False, "--quick", help="short runs (a smoke test)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent, "--out", help="folder for FLEET.md [default: bench/]"
+    ),
+) -> None:
+    """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
+    one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
+    import shlex
+    import sys
+
+    from bench.fleet import FleetConfig, run_fleet_bench, write_fleet
+
+    command = shlex.join(["s2loop", *sys.argv[1:]])
+    report = run_fleet_bench(FleetConfig.make(quick), command=command, log=typer.echo)
+    for path in write_fleet(report, out):
+        typer.echo(f"wrote {path}")
+
+
 @bench_app.command("recipes")
 def recipes(
     quick: bool = typer.Option(False, "--quick", help="tiny training budgets (a smoke test)"),

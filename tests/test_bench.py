@@ -278,3 +278,21 @@ def test_quick_record_bench_counts_every_answer_and_replays(tmp_path):
 
 def _quiet(_: str) -> None:
     pass
+
+
+def test_quick_fleet_bench_measures_coalescing_the_balancer_and_failover():
+    import shutil
+
+    from bench.fleet import FleetConfig, markdown, run_fleet_bench
+
+    report = run_fleet_bench(FleetConfig.make(quick=True), command="test", log=_quiet)
+    board = report["board"]
+    assert board["coalescing"]["failed"] == board["no_coalescing"]["failed"] == 0
+    # one 20 ms run at a time without coalescing: about 50 answers/s, never more
+    assert board["no_coalescing"]["per_s"] <= 55
+    assert board["coalescing"]["per_s"] > 3 * board["no_coalescing"]["per_s"]
+    assert {s["clients"] for s in report["scaling"]} == {1, 4}
+    if shutil.which("haproxy"):
+        assert report["lb"]["failover"]["failed"] == 0 and report["lb"]["failover"]["answers"] > 100
+    page = markdown(report)
+    assert "Assumptions, not measurements of a board" in page and "## Capacity plan" in page

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -16,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.lb import lb_config, lb_status
 from hw.artifact import load_artifact
 from hw.emulator import EmulatorBackend
 from service.app import create_app
@@ -93,28 +93,6 @@ def test_nobody_waits_for_a_batch_past_their_deadline(fake_sdk, models_dir, monk
 
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def lb_config(ports: list[int]) -> str:
-    """deploy/haproxy/haproxy.cfg with local replicas in place of the compose DNS names."""
-    text = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
-    servers = "\n".join(
-        f"    server replica{i} 127.0.0.1:{p} check" for i, p in enumerate(ports, 1)
-    )
-    text = re.sub(r"^    server-template .*$", servers, text, flags=re.M)
-    return re.sub(r"^resolvers docker\n(    .*\n)+", "", text, flags=re.M)
-
-
-def lb_status(stats_url: str) -> dict[str, str]:
-    """Server name -> UP / DOWN / ... from HAProxy's stats page (CSV)."""
-    rows = httpx.get(stats_url + ";csv", timeout=2).text.splitlines()
-    header = rows[0].lstrip("# ").split(",")
-    out = {}
-    for line in rows[1:]:
-        cells = dict(zip(header, line.split(","), strict=False))
-        if cells.get("pxname") == "replicas" and cells.get("svname", "").startswith("replica"):
-            out[cells["svname"]] = cells["status"]
-    return out
 
 
 def wait_for(predicate, timeout_s: float, what: str):
