@@ -140,6 +140,11 @@ def train_dsqn(
     log.writerow(["step", "seconds", "episodic_return", "eval_mean", "eval_min", "td_loss", "eps"])
     best = {"eval_mean": -np.inf, "eval_min": -np.inf, "step": 0, "score": -np.inf}
     best_state = copy.deepcopy(net.state_dict())
+    if mode == "quant":  # the network as it came in is a candidate too: QAT keeps it or betters it
+        ev = evaluator(net, args.learning_starts)
+        score = ev.mean + 0.1 * float(ev.returns.min()) / len(ev.returns)
+        best = {"eval_mean": ev.mean, "eval_min": float(ev.returns.min()),
+                "step": args.learning_starts, "score": score}  # fmt: skip
     ep_ret, td = 0.0, float("nan")
     steps = range(args.learning_starts + 1, args.total_steps + 1)
     bar = tqdm(steps, desc=f"{tag} {env_id} ({mode})", disable=not progress)

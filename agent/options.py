@@ -247,8 +247,8 @@ class TrainConfig:
 # fine-tuning starts from a trained network: smaller steps than training
 QAT_DSQN = DSQNArgs(
     total_steps=10_000,
-    lr=1e-4,
-    lr_final=1e-5,
+    lr=2e-5,
+    lr_final=2e-6,
     eps_start=0.05,
     eps_end=0.01,
     eps_steps=1,

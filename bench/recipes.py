@@ -127,7 +127,8 @@ def run_dir(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> Pat
 
 
 def commands(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> list[list[str]]:
-    """The two commands that make one model."""
+    """The two commands that make one model (a run folder that holds its trained network
+    already only needs the second)."""
     d = run_dir(cfg, env_id, variant, seed)
     preset = ["--preset", variant.preset(env_id)]
     common = ["--threads", "1", "--no-progress"]
@@ -171,7 +172,10 @@ def _run_all(cfg: RecipesConfig, log: Log, on_done: Callable[[], None] | None = 
             env_id, v, s = todo.pop(0)
             d = run_dir(cfg, env_id, v, s)
             d.mkdir(parents=True, exist_ok=True)
-            script = " && ".join(shlex.join(exe + c[1:]) for c in commands(cfg, env_id, v, s))
+            steps = commands(cfg, env_id, v, s)
+            if (d / "student.s2l").exists() and (d / "train.json").exists():
+                steps = steps[1:]  # trained already: fine-tune again only
+            script = " && ".join(shlex.join(exe + c[1:]) for c in steps)
             out = open(d / "log.txt", "w")  # noqa: SIM115 - closed with the process
             env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
             proc = subprocess.Popen(
