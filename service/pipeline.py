@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from s2loop_client.codec import DecodeError, unpack
+from s2loop_client.codec import DecodeError, unpack_request
 from service.errors import INTERNAL, ApiError
 from service.metrics import Metrics
 from service.runtime import ModelEntry, Service
@@ -55,19 +55,13 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "validation_error", shown + more, details=details[:50])
 
 
-def _lists(obj: Any) -> Any:
-    """A decoded msgpack request with its numpy arrays as (nested) lists."""
-    if isinstance(obj, dict):
-        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in obj.items()}
-    return obj
-
-
 def decode(body: bytes | str) -> Any:
-    """A msgpack body as Python objects; ApiError 400 when it is not msgpack."""
+    """A msgpack request body as Python objects, its arrays as lists; ApiError 400 when
+    it is not msgpack."""
     if not body:
         raise ApiError(400, "malformed_json", "request body is empty")
     try:
-        return unpack(body if isinstance(body, bytes) else body.encode())
+        return unpack_request(body if isinstance(body, bytes) else body.encode())
     except DecodeError as exc:
         raise ApiError(400, "malformed_json", f"request body is {exc}") from None
 
@@ -78,7 +72,7 @@ def parse_body(model: type[M], body: bytes | str | dict, codec: str = "json") ->
     try:
         if codec == "msgpack":
             obj = body if isinstance(body, dict) else decode(body)  # type: ignore[arg-type]
-            return model.model_validate(_lists(obj))
+            return model.model_validate(obj)
         return model.model_validate_json(body)  # type: ignore[arg-type]
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
@@ -135,6 +129,14 @@ def seeds(entry: ModelEntry, given: list[int] | None, n: int) -> np.ndarray | No
     return np.array(given, dtype=np.int64)
 
 
+def _tolist(arr: np.ndarray) -> list:
+    return arr.tolist()
+
+
+# one packer for the event loop's answers (packb would build one per answer)
+_PACKER = msgpack.Packer(default=_tolist, use_bin_type=True)
+
+
 class Pipeline:
     def __init__(self, service: Service, metrics: Metrics, settings: Settings) -> None:
         self.service = service
@@ -149,7 +151,7 @@ class Pipeline:
     @staticmethod
     def encode(body: dict[str, Any], codec: str) -> bytes:
         if codec == "msgpack":  # the same maps as JSON: arrays as plain lists
-            return msgpack.packb(body, default=lambda a: a.tolist(), use_bin_type=True)
+            return _PACKER.pack(body)
         return orjson.dumps(body, option=_NUMPY)
 
     def authorize(self, authorization: str | bytes | None) -> None:

@@ -732,3 +732,28 @@ def test_batch_seeds_must_match_the_observations(poisson_dir):
         assert "seeds has 1 values for 2 observations" in r.json()["error"]["message"]
         det = client.post("/v1/act", json={"model": "det", "observation": OBS, "seed": 3})
         assert det.status_code == 200 and "seed" not in det.json()
+
+
+def test_loop_histogram_renders_what_prometheus_own_histogram_renders():
+    """The lock-free request/backend histograms must expose the same series as
+    prometheus_client's Histogram would for the same observations."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from service.metrics import LATENCY_BUCKETS, LoopHistogram
+
+    values = [0.0, 25e-6, 26e-6, 1e-3, 0.3, 10.0, 11.0]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = LoopHistogram("x_seconds", "doc", ("model",), LATENCY_BUCKETS, ours)
+    ref = Histogram("x_seconds", "doc", ("model",), buckets=LATENCY_BUCKETS, registry=theirs)
+    for v in values:
+        loop.child("m").observe(v)
+        ref.labels("m").observe(v)
+
+    def samples(registry):
+        lines = generate_latest(registry).decode().splitlines()
+        return sorted(
+            line for line in lines if line.startswith("x_seconds_") and "created" not in line
+        )
+
+    assert samples(ours) == samples(theirs)
+    assert 'x_seconds_bucket{le="2.5e-05",model="m"} 2.0' in samples(ours)

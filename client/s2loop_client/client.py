@@ -40,8 +40,12 @@ TRANSPORTS = ("http", "ws", "tcp")
 _LEN = struct.Struct("<I")
 
 
+_NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in (Answer, Timing)}
+
+
 def _fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The keys of ``data`` that ``cls`` has (fields a newer server adds are skipped)."""
+    names = _NAMES[cls]
     return {k: v for k, v in data.items() if k in names}
 
 

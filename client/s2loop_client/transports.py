@@ -272,9 +272,11 @@ class TCPTransport(Transport):
         self.address = (parts.hostname, parts.port)
         self.api_key, self.timeout_s = api_key, timeout_s
         self.sock: socket.socket | None = None
+        self.buffer = bytearray()  # bytes read past the last answer (none, in lockstep)
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
+            self.buffer.clear()
             try:
                 sock = socket.create_connection(self.address, timeout=self.timeout_s)
             except ConnectionRefusedError as exc:
@@ -294,15 +296,22 @@ class TCPTransport(Transport):
                     raise from_error_body(wirecodec.unpack(data), status)
         return self.sock
 
-    def _read(self, n: int) -> bytes:
+    def _read_frame(self) -> bytes:
+        """The next answer frame's payload: one ``recv`` for an answer that fits in
+        64 KiB (all single answers), more for a large batch answer."""
         assert self.sock is not None
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+        buf, end = self.buffer, None
+        while True:
+            if end is None and len(buf) >= _LEN.size:
+                end = _LEN.size + _LEN.unpack_from(buf)[0]
+            if end is not None and len(buf) >= end:
+                frame = bytes(buf[_LEN.size : end])
+                del buf[:end]
+                return frame
+            chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionResetError("the server closed the connection")
             buf += chunk
-        return bytes(buf)
 
     def _roundtrip(self, payload: bytes) -> tuple[int, bytes]:
         assert self.sock is not None
@@ -312,8 +321,7 @@ class TCPTransport(Transport):
             self.close()
             raise NotSent(str(exc)) from None
         try:
-            (size,) = _LEN.unpack(self._read(_LEN.size))
-            data = self._read(size)
+            data = self._read_frame()
         except TimeoutError:
             self.close()
             raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
