@@ -39,7 +39,11 @@ def register(app: typer.Typer) -> None:
             None, help="results folder (default: runs/TIME-MODEL-TRANSPORT)"
         ),
         timeout: float = typer.Option(2.0, min=0.001, help="seconds to wait for one action"),
-        retries: int = typer.Option(3, min=0, help="retries with backoff when unreachable/busy"),
+        retries: int = typer.Option(
+            3,
+            min=0,
+            help="retries of a step answered 429 or 503 (after its retry_after_ms, at most 2 s)",
+        ),
         max_steps: int | None = typer.Option(
             None, min=1, help="cut episodes at this many steps (default: the env's limit)"
         ),

@@ -4,6 +4,7 @@ drive the loops under a progress bar, write the results."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,29 @@ class PreflightError(RuntimeError):
     """The service is unreachable, not ready, or does not serve what the run needs."""
 
 
-def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
-    """Wait for ``/readyz``; check the model is served and fits the environment.
+def _tcp_info(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
+    """The model's description over the TCP endpoint (``{"model_info": NAME}``), waiting
+    up to ``wait_s`` for the endpoint to accept connections."""
+    from s2loop_client import PolicyClient
+    from s2loop_client.errors import ActError, ConnectionFailed
 
-    Returns the model's description from ``/v1/models`` (may be empty)."""
-    if cfg.transport == "tcp" or cfg.policy_factory is not None:
-        return {}  # no HTTP side to ask: the first step tells
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with PolicyClient(cfg.url, cfg.model, transport="tcp", api_key=cfg.api_key) as p:
+                return p.model_info()
+        except ConnectionFailed as exc:
+            if time.monotonic() >= deadline:
+                raise PreflightError(
+                    f"no s2loop TCP endpoint answers at {cfg.url} ({exc.message}); start the "
+                    "server with --tcp-bind HOST:PORT or point --url at a running one"
+                ) from None
+            time.sleep(0.2)
+        except ActError as exc:  # unknown model (the message lists the served ones), key, ...
+            raise PreflightError(f"the server at {cfg.url} refused: {exc.message}") from None
+
+
+def _http_info(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
     try:
         wait_ready(cfg.url, timeout_s=wait_s)
     except ServerNotReady as exc:
@@ -36,7 +54,15 @@ def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
             f"the server at {base_url(cfg.url)} does not serve a model named {cfg.model!r}; "
             f"it serves {sorted(n for n in by_name if n)} (choose one with --model)"
         )
-    info = by_name[cfg.model]
+    return by_name[cfg.model]
+
+
+def preflight(cfg: LoopConfig, wait_s: float) -> dict[str, Any]:
+    """Wait for the server (``/readyz``, or the TCP endpoint); check it serves the model
+    and that the model fits the environment. Returns the model's description."""
+    if cfg.policy_factory is not None:
+        return {}  # a test's own client: the first step tells
+    info = _tcp_info(cfg, wait_s) if cfg.transport == "tcp" else _http_info(cfg, wait_s)
     import gymnasium as gym
 
     env = gym.make(cfg.env_id)

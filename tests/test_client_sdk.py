@@ -170,6 +170,26 @@ def test_tcp_framing_errors_get_an_error_frame_or_a_clean_close(server):
     assert _client(server, "tcp", "msgpack").act(OBS).action in (0, 1)  # still serving
 
 
+def test_s2loop_run_over_tcp_checks_the_model_first_and_drives_an_episode(server, tmp_path):
+    from clients.loop import LoopConfig
+    from clients.session import PreflightError, run_and_report
+
+    def cfg(**kw):
+        base = dict(env_id="CartPole-v1", url=server.tcp_url, transport="tcp", api_key=KEY)
+        return LoopConfig(**{**base, "episodes": 1, "max_steps": 30, **kw})
+
+    result, summary = run_and_report(cfg(), tmp_path / "ok", progress=False)
+    assert summary["model_info"]["observation_size"] == 4  # asked over TCP
+    assert summary["errors"] == {} and len(result.column("action")) == 30
+    with pytest.raises(PreflightError, match="nope"):
+        run_and_report(cfg(model="nope"), tmp_path / "nope", progress=False)
+    with pytest.raises(PreflightError, match="API key"):
+        run_and_report(cfg(api_key="wrong"), tmp_path / "key", progress=False)
+    closed = f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
+    with pytest.raises(PreflightError, match="no s2loop TCP endpoint answers"):
+        run_and_report(cfg(url=closed), tmp_path / "down", progress=False, wait_s=0.3)
+
+
 def test_async_client_gives_the_same_answers(server):
     async def main():
         out = []
