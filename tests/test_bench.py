@@ -257,12 +257,45 @@ def test_quick_recipes_page_trains_both_recipes_and_writes_the_page(tmp_path):
     page = (tmp_path / RMD).read_text()
     assert "Quick mode" in page and "dsqn · poisson · LIF · T=20" in page
     assert "quoted, not measured here" in page
+    shipped = {m["model"]: m for m in report["shipped"]}  # the real models/ folder
+    assert shipped["cartpole"]["recipe"] == "distill" and shipped["cartpole"]["episodes"] == 100
+    assert "## Targets" in page and "shipped cartpole: 500 on every episode" in page
     assert (tmp_path / PLOT_NAME).stat().st_size > 5_000
     # resumes: the models are there, nothing is trained again
     before = tmp_path / "runs" / "CartPole-v1" / "dsqn-poisson-lif-t20" / "seed0" / "model.s2l"
     mtime = before.stat().st_mtime
     assert CliRunner().invoke(app, args).exit_code == 0
     assert before.stat().st_mtime == mtime
+
+
+def test_recipe_targets_say_met_only_when_the_figure_reaches_the_target():
+    from bench.recipes import targets
+
+    def row(env_id, mean, returns, encoder="poisson"):
+        variant = {"recipe": "dsqn", "encoder": encoder, "neuron": "LIF"}
+        label = f"dsqn · {encoder}"
+        return {"env_id": env_id, "variant": variant, "label": label, "seeds": len(returns),
+                "return_mean": (mean, 1.0), "returns": returns}  # fmt: skip
+
+    report = {
+        "rows": [
+            row("CartPole-v1", 480.0, [470.0, 490.0, 480.0]),
+            row("Acrobot-v1", -104.0, [-90.0, -110.0, -112.0]),
+            row("CartPole-v1", 499.0, [499.0], encoder="deterministic"),  # not the paper's
+        ],
+        "shipped": [
+            {"model": "cartpole", "min": 499.0, "mean": 499.9, "agreement": 0.996},
+            {"model": "acrobot", "min": -120.0, "mean": -71.5, "agreement": 0.994},
+        ],
+    }
+    got = {r[0]: r[3] for r in targets(report)}
+    assert got["dsqn CartPole-v1, dsqn · poisson, mean over 3 seeds"] == "met"
+    assert got["dsqn Acrobot-v1, dsqn · poisson, mean over 3 seeds"] == "**not met**"
+    assert not any("deterministic" in k for k in got)
+    assert got["shipped cartpole: 500 on every episode"] == "**not met**"
+    assert got["shipped acrobot"] == "met"
+    assert got["shipped cartpole: float vs 8-bit agreement"] == "met"
+    assert got["shipped acrobot: float vs 8-bit agreement"] == "**not met**"
 
 
 def test_quick_record_bench_counts_every_answer_and_replays(tmp_path):
