@@ -80,7 +80,7 @@ SCHEMAS = {
         ]
     ),
 }
-CHUNK = 1000  # rows converted per hold of the GIL
+CHUNK = 250  # rows converted per hold of the GIL (about 0.3 ms here)
 
 
 def _lists(arrays: list[np.ndarray]) -> pa.Array:
