@@ -263,24 +263,35 @@ def test_agent_cli_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    "name,env_id,steps", [("cartpole", "CartPole-v1", 60), ("acrobot", "Acrobot-v1", 60)]
+    "name,env_id,recipe",
+    [
+        ("cartpole", "CartPole-v1", "distill"),
+        ("acrobot", "Acrobot-v1", "distill"),
+        ("cartpole-dsqn", "CartPole-v1", "dsqn"),
+        ("acrobot-dsqn", "Acrobot-v1", "dsqn"),
+    ],
 )
-def test_shipped_model_loads_and_drives_a_short_episode(name, env_id, steps):
+def test_shipped_model_loads_and_drives_a_short_episode(name, env_id, recipe):
     import gymnasium as gym
 
     art = load_artifact(ROOT / "models" / f"{name}.s2l")
     assert art.env_id == env_id and art.name == name
+    assert art.provenance["recipe"] == recipe
     assert "evaluation" in art.provenance and "commands" in art.provenance
     assert (ROOT / "models" / f"{name}.md").exists()
+    if recipe == "dsqn":  # the paper's setting: Poisson coding, leaky neurons, T <= 20
+        assert art.encoder.kind == "poisson" and art.encoder.input_ticks <= 20
+        assert all(layer.alpha_decay < 1.0 for layer in art.layers[:-1])
     env = gym.make(env_id)
     obs, _ = env.reset(seed=123)
-    total = 0.0
+    total, steps = 0.0, 60
     with EmulatorBackend() as emu:
         emu.load(art)
-        for _ in range(steps):
-            res = emu.infer(name, obs[None].astype(np.float32))
+        for t in range(steps):
+            seeds = np.array([t])  # the same input spikes for both runs of a Poisson model
+            res = emu.infer(name, obs[None].astype(np.float32), seeds)
             # the torch run of the same int8 network picks the same action
-            ref = run_artifact(art, obs[None])
+            ref = run_artifact(art, obs[None], seeds=seeds)
             assert int(ref.q_values.argmax()) == int(res.actions[0])
             obs, r, term, trunc, _ = env.step(int(res.actions[0]))
             total += float(r)
