@@ -259,11 +259,14 @@ def tick_sweep(models_dir: Path | None, episodes: int = 100) -> list[dict[str, A
     import dataclasses
 
     from agent.evaluate import DEFAULT_EVAL_SEED, evaluate
-    from hw.artifact import load_artifact
+    from hw.artifact import ArtifactError, load_artifact
 
     rows = []
-    for name in ("cartpole", "acrobot"):
-        art = load_artifact(name, models_dir)
+    for name in SHIPPED:
+        try:
+            art = load_artifact(name, models_dir)
+        except (ArtifactError, FileNotFoundError):
+            continue
         hops = art.ticks - art.encoder.input_ticks
         full = None
         for t_in in range(art.encoder.input_ticks, 0, -1):

@@ -329,3 +329,16 @@ def test_quick_fleet_bench_measures_coalescing_the_balancer_and_failover():
         assert report["lb"]["failover"]["failed"] == 0 and report["lb"]["failover"]["answers"] > 100
     page = markdown(report)
     assert "Assumptions, not measurements of a board" in page and "## Capacity plan" in page
+
+
+def test_tick_sweep_covers_every_shipped_model_there_is_from_its_full_ticks_down(models_dir):
+    from bench.recipes import tick_sweep
+
+    rows = tick_sweep(models_dir, episodes=2)  # cartpole and acrobot here, no dsqn models
+    assert {r["model"] for r in rows} == {"cartpole", "acrobot"}
+    for name in ("cartpole", "acrobot"):
+        mine = [r for r in rows if r["model"] == name]
+        ticks = [r["input_ticks"] for r in mine]
+        assert ticks == sorted(ticks, reverse=True) and mine[0]["keeps"]
+        hops = mine[0]["ticks"] - mine[0]["input_ticks"]
+        assert all(r["ticks"] - r["input_ticks"] == hops for r in mine)
