@@ -148,7 +148,10 @@ def test_no_http_or_batch_answer_carries_an_action_after_its_deadline(models_dir
     assert 200 in statuses and 504 in statuses, statuses  # the scenario has both
     for status, body, seconds in out:
         if status == 200:
-            assert seconds * 1e3 <= deadline_ms + 30, (seconds, body)
+            # made in time by the server's clock (from arrival); the client's clock adds
+            # the scheduling of this one process, slow on a loaded machine
+            assert body["timing"]["server_us"] / 1e3 <= deadline_ms + 30, body
+            assert seconds * 1e3 <= deadline_ms + 150, (seconds, body)
         else:
             assert status == 504 and body["error"]["kind"] == "deadline"
 
