@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,20 +253,26 @@ def model_metrics(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
     return out
 
 
+def _shipped(models_dir: Path | None) -> Iterator[tuple[str, Any]]:
+    """The shipped models there are in ``models_dir`` (default models/): (name, artifact)."""
+    from hw.artifact import ArtifactError, load_artifact
+
+    for name in SHIPPED:
+        try:
+            yield name, load_artifact(name, models_dir)
+        except (ArtifactError, FileNotFoundError):
+            continue
+
+
 def tick_sweep(models_dir: Path | None, episodes: int = 100) -> list[dict[str, Any]]:
     """Each shipped model with fewer input ticks (same weights): greedy emulator return
     over ``episodes`` unseen episodes per setting, down to the fewest that keep it."""
     import dataclasses
 
     from agent.evaluate import DEFAULT_EVAL_SEED, evaluate
-    from hw.artifact import ArtifactError, load_artifact
 
     rows = []
-    for name in SHIPPED:
-        try:
-            art = load_artifact(name, models_dir)
-        except (ArtifactError, FileNotFoundError):
-            continue
+    for name, art in _shipped(models_dir):
         hops = art.ticks - art.encoder.input_ticks
         full = None
         for t_in in range(art.encoder.input_ticks, 0, -1):
@@ -297,14 +303,8 @@ def tick_sweep(models_dir: Path | None, episodes: int = 100) -> list[dict[str, A
 def shipped_models(models_dir: Path | None) -> list[dict[str, Any]]:
     """What the shipped models' provenance says of them: recipe, neurons, encoder and
     their final evaluation (8-bit emulator, unseen episodes)."""
-    from hw.artifact import ArtifactError, load_artifact
-
     rows = []
-    for name in SHIPPED:
-        try:
-            art = load_artifact(name, models_dir)
-        except (ArtifactError, FileNotFoundError):
-            continue
+    for name, art in _shipped(models_dir):
         ev = art.provenance.get("evaluation") or {}
         emu = ev.get("emulator") or {}
         rows.append(
