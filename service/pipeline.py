@@ -133,10 +133,6 @@ def _tolist(arr: np.ndarray) -> list:
     return arr.tolist()
 
 
-# one packer for the event loop's answers (packb would build one per answer)
-_PACKER = msgpack.Packer(default=_tolist, use_bin_type=True)
-
-
 class Pipeline:
     def __init__(self, service: Service, metrics: Metrics, settings: Settings) -> None:
         self.service = service
@@ -147,11 +143,13 @@ class Pipeline:
         self.recorder: Any = None  # service.recorder.Recorder, set at start when on
         self.shadow: Any = None  # service.shadow.Shadow, set at start when on
         self.routes = {"act": self.act, "batch": self.batch, "info": self.info}
+        # one packer per app, used on its event loop only (a Packer is not thread-safe;
+        # packb would build one per answer)
+        self._packer = msgpack.Packer(default=_tolist, use_bin_type=True)
 
-    @staticmethod
-    def encode(body: dict[str, Any], codec: str) -> bytes:
+    def encode(self, body: dict[str, Any], codec: str) -> bytes:
         if codec == "msgpack":  # the same maps as JSON: arrays as plain lists
-            return _PACKER.pack(body)
+            return self._packer.pack(body)
         return orjson.dumps(body, option=_NUMPY)
 
     def authorize(self, authorization: str | bytes | None) -> None:
