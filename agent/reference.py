@@ -18,6 +18,7 @@ from agent.snn import LayerParams, float_params, greedy, simulate
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, BackendError, InferenceResult, check_observations
 from hw.encoding import encode, request_seeds
+from hw.trace import build_traces
 
 
 def synaptic_events(record: np.ndarray, raster: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -41,6 +42,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
     thread_safe = True  # torch releases the GIL; no state changes during a call
+    gives_traces = True
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__()
@@ -62,25 +64,37 @@ class ReferenceBackend(Backend):
         return artifact, moved
 
     def infer(
-        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+        self,
+        model: str,
+        observations: np.ndarray,
+        seeds: np.ndarray | None = None,
+        *,
+        trace: bool = False,
     ) -> InferenceResult:
         art, params = self._get(model)
         start = time.perf_counter()
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
         raster = encode(art, obs, seeds=seeds)
+        spikes_in = torch.from_numpy(raster.astype(np.float32)).to(self.device)
         with torch.no_grad():
-            out = simulate(
-                torch.from_numpy(raster.astype(np.float32)).to(self.device),
-                params,
-                art.ticks,
-                art.readout.kind,
-                record=True,
-            )
+            out = simulate(spikes_in, params, art.ticks, art.readout.kind, record=True)
+            traces = None
+            if trace:
+                # Q after tick t is, by definition, the answer of a run of t + 1 ticks:
+                # the same simulate, stopped there (ticks - 1 shorter runs; the float
+                # reference is no hot path)
+                per_tick = [
+                    simulate(spikes_in, params, t + 1, art.readout.kind).q_values
+                    for t in range(art.ticks - 1)
+                ]
+                q_ticks = torch.stack([*per_tick, out.q_values], dim=1).cpu().numpy()
         q = out.q_values.cpu().numpy().astype(np.float32)  # waits for a GPU to finish
         rec = out.record.cpu().numpy() if out.record is not None else None
         assert rec is not None
         sizes = [lay.size for lay in art.layers]
+        if trace:
+            traces = build_traces(art, raster, rec, q_ticks)
         elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
@@ -91,6 +105,7 @@ class ReferenceBackend(Backend):
             backend=self.name,
             compute_us=elapsed,
             seeds=seeds,
+            traces=traces,
         )
 
     def describe(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hw.artifact import ModelArtifact
+from hw.trace import SpikeTrace
 
 
 class BackendError(RuntimeError):
@@ -37,6 +38,8 @@ class InferenceResult:
     compute_us: float  # wall time of the backend call, microseconds
     seeds: np.ndarray | None = None  # int64 [B]: Poisson encoder seeds used; None if deterministic
     extra: dict[str, Any] = field(default_factory=dict)
+    #: one spike trace per observation (``hw.trace``), when the call asked for them
+    traces: list[SpikeTrace] | None = None
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -69,12 +72,16 @@ class Backend(ABC):
       server's event loop rather than pay for a hop to a worker thread;
     - ``thread_safe``: several calls may run at once (else one worker thread);
     - :meth:`copies_per_run`: observations one call runs side by side at no extra time
-      (a board run holds one copy of the network per group of free PEs).
+      (a board run holds one copy of the network per group of free PEs);
+    - ``gives_traces``: ``infer(..., trace=True)`` returns a spike trace per observation
+      (``InferenceResult.traces``, see :mod:`hw.trace`); without ``trace`` the call is
+      the untraced one, so a backend without traces never sees the keyword.
     """
 
     name: ClassVar[str] = "backend"
     inline_safe: ClassVar[bool] = False
     thread_safe: ClassVar[bool] = False
+    gives_traces: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
@@ -119,7 +126,8 @@ class Backend(ABC):
 
         ``seeds`` (int [B]) make a Poisson encoder's draws reproducible; without
         them each observation gets fresh draws (:func:`hw.encoding.request_seeds`).
-        The result reports the seeds used. Deterministic encoders ignore them."""
+        The result reports the seeds used. Deterministic encoders ignore them.
+        Backends with ``gives_traces`` also take a keyword ``trace: bool = False``."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "models": self.models()}

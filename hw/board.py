@@ -57,6 +57,11 @@ through the project's search tools; no board was available to check them):
   ``["spikes", "v"]`` and ``threshold=1e9`` is how the SDK's own dense-network
   example reads out its output, as here.
 
+Spike traces (``infer(..., trace=True)``, :mod:`hw.trace`) come from what every run
+records anyway: each layer's ``get_spikes()`` and the output layer's
+``get_voltages()``, one value per tick, read as the membrane after that tick (so
+``output_q`` row t is the readout of tick t's voltage and the spikes up to t).
+
 Decision (documented, not verified on a board): the emulator's ``v_final``
 (membrane after the update *and* reset of the last tick) equals
 ``get_voltages()[i][-1]``. If a board recorded the voltage before the reset,
@@ -78,6 +83,7 @@ from hw.artifact import ModelArtifact
 from hw.backend import Backend, BackendError, InferenceResult, check_observations
 from hw.encoding import encode, request_seeds, spike_times
 from hw.mapping import ChipSpec, MappingError, map_network
+from hw.trace import build_traces, output_q
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +163,8 @@ class SpiNNaker2Backend(Backend):
     # one board runs one network at a time: one worker thread, never on the event loop
     inline_safe = False
     thread_safe = False
+    # traces from what the runs record anyway: every layer's spikes, the output's voltages
+    gives_traces = True
 
     def __init__(
         self,
@@ -234,13 +242,15 @@ class SpiNNaker2Backend(Backend):
         return net, copies
 
     def _run_chunk(
-        self, model: BoardModel, rasters: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self, model: BoardModel, rasters: np.ndarray, record: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Run one chunk of ``n`` copies on the board.
 
-        Returns ``(v_final [n, A], counts [n, A], spikes [n, L], delivered [n, L])``:
-        ``spikes`` counts every spike per layer, ``delivered`` only those of ticks
-        ``<= ticks - 2`` (the ones that reach the next layer within the run)."""
+        Returns ``(v_final [n, A], counts [n, A], spikes [n, L], delivered [n, L],
+        v_out [n, ticks, A])``: ``spikes`` counts every spike per layer, ``delivered``
+        only those of ticks ``<= ticks - 2`` (the ones that reach the next layer within
+        the run), ``v_out`` the output membranes the board recorded per tick.
+        ``record`` (uint8 [n, ticks, N], zeros): filled with every recorded spike."""
         art = model.artifact
         ticks = int(art.ticks)
         net, copies = self._build(model, rasters)
@@ -262,6 +272,8 @@ class SpiNNaker2Backend(Backend):
         counts = np.zeros((n, n_out), np.int32)
         spikes = np.zeros((n, n_layers), np.int64)
         early = np.zeros((n, n_layers), np.int64)  # spikes at ticks <= ticks - 2
+        v_out = np.zeros((n, ticks, n_out), np.float32)
+        offset = np.concatenate([[0], np.cumsum([lay.size for lay in art.layers])])
         for k, pops in enumerate(copies):
             for li, pop in enumerate(pops):
                 recorded = pop.get_spikes()
@@ -271,18 +283,30 @@ class SpiNNaker2Backend(Backend):
                     early[k, li] += sum(1 for t in times if t <= ticks - 2)
                     if li == n_layers - 1:
                         counts[k, i] = len(times)
+                    if record is not None and times:
+                        record[k, [t for t in times if 0 <= t < ticks], offset[li] + i] = 1
             voltages = pops[-1].get_voltages()
             for i in range(n_out):
                 trace = voltages.get(i)
                 if trace is None or len(trace) == 0:
                     raise BackendError(f"no voltage recorded for output neuron {i}")
                 v_final[k, i] = np.float32(trace[-1])
-        return v_final, counts, spikes, early
+                if record is not None:
+                    if len(trace) != ticks:
+                        msg = f"{len(trace)} voltages recorded for {ticks} ticks"
+                        raise BackendError(msg)
+                    v_out[k, :, i] = np.asarray(trace, np.float32)
+        return v_final, counts, spikes, early, v_out
 
     # -------------------------------------------------------------------- infer
 
     def infer(
-        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+        self,
+        model: str,
+        observations: np.ndarray,
+        seeds: np.ndarray | None = None,
+        *,
+        trace: bool = False,
     ) -> InferenceResult:
         prepared: BoardModel = self._get(model)
         art = prepared.artifact
@@ -297,13 +321,16 @@ class SpiNNaker2Backend(Backend):
         spikes = np.zeros((n, len(art.layers)), np.int64)
         syn = np.zeros(n, np.int64)
         sizes = [layer.size for layer in art.layers]
+        record = np.zeros((n, ticks, sum(sizes)), np.uint8) if trace else None
+        v_out = np.zeros((n, ticks, art.action_count), np.float32)
         runs = 0
         lo = 0
         while lo < n:
             copies = self._copies.get(model, prepared.copies)
             hi = min(n, lo + copies)
             try:
-                v, c, s, delivered = self._run_chunk(prepared, rasters[lo:hi])
+                part = None if record is None else record[lo:hi]
+                v, c, s, delivered, vo = self._run_chunk(prepared, rasters[lo:hi], part)
             except BackendError as exc:
                 if hi - lo == 1:
                     raise
@@ -314,7 +341,7 @@ class SpiNNaker2Backend(Backend):
                 self._copies[model] = 1
                 continue
             runs += 1
-            v_final[lo:hi], counts[lo:hi], spikes[lo:hi] = v, c, s
+            v_final[lo:hi], counts[lo:hi], spikes[lo:hi], v_out[lo:hi] = v, c, s, vo
             # synaptic events as the emulator counts them: a spike reaches the next
             # layer one tick later, so only spikes of ticks <= ticks - 2 are delivered;
             # each costs the full fan-out (the size of the next layer).
@@ -327,6 +354,9 @@ class SpiNNaker2Backend(Backend):
         from hw.emulator import greedy_actions, readout
 
         q = readout(art, v_final, counts)
+        traces = None
+        if record is not None:
+            traces = build_traces(art, rasters, record, output_q(art, record, v_out))
         elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
@@ -344,6 +374,7 @@ class SpiNNaker2Backend(Backend):
                 "energy_j_estimate": prepared.energy_j,
                 "energy_batched_j_estimate": prepared.energy_batched_j,
             },
+            traces=traces,
         )
 
     def copies_per_run(self, model: str) -> int:

@@ -29,6 +29,7 @@ from numba import njit
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, InferenceResult, check_observations
 from hw.encoding import encode, request_seeds
+from hw.trace import build_traces, output_q
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def _run_one(
     layer_spikes,  # int64 [B, L] out: spikes per layer (added to row b)
     b,  # int: batch row
     record,  # uint8 [B, ticks, N] out, or shape [0, 0, 0] for no record
+    v_record,  # float32 [B, ticks, A] out: output membranes per tick, or [0, 0, 0]
 ):
     """One observation through the network; returns its synaptic events.
 
@@ -194,6 +196,9 @@ def _run_one(
                 off = n_off[layer]
                 for i in range(sizes[layer]):
                     record[b, t, off + i] = spk[layer, i]
+            if v_record.shape[0] > 0:
+                for i in range(sizes[last]):
+                    v_record[b, t, i] = v[last, i]
     return syn
 
 
@@ -217,6 +222,7 @@ def _run_kernel(
     layer_spikes,  # int64 [B, L] out
     syn_events,  # int64 [B] out
     record,  # uint8 [B, ticks, N] out, or [0, 0, 0]
+    v_record,  # float32 [B, ticks, A] out (with record only), or [0, 0, 0]
 ):
     """Batched run from input rasters (any encoder)."""
     n_batch, t_in, n_in = raster.shape
@@ -239,7 +245,7 @@ def _run_kernel(
         syn_events[b] = _run_one(
             in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
             reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, count_out,
-            layer_spikes, b, record,
+            layer_spikes, b, record, v_record,
         )  # fmt: skip
         for i in range(v_out.shape[1]):
             v_out[b, i] = v[last, i]
@@ -300,6 +306,7 @@ def _run_obs_kernel(
     in_idx = np.zeros((t_in, n_in), dtype=np.int32)
     in_cnt = np.empty(t_in, dtype=np.int32)
     no_record = np.zeros((0, 0, 0), dtype=np.uint8)
+    no_v_record = np.zeros((0, 0, 0), dtype=np.float32)
     zero = np.float32(0.0)
     one = np.float32(1.0)
     lo = np.float32(-1.0)
@@ -331,7 +338,7 @@ def _run_obs_kernel(
         syn_events[b] = _run_one(
             in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
             reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
-            layer_spikes, b, no_record,
+            layer_spikes, b, no_record, no_v_record,
         )  # fmt: skip
         # readout() and np.argmax (first maximum; a NaN wins, as in numpy)
         best = 0
@@ -459,6 +466,7 @@ class RunOutput:
     layer_spikes: np.ndarray  # int64 [B, L]
     synaptic_events: np.ndarray  # int64 [B]
     record: np.ndarray | None  # uint8 [B, ticks, N] when asked for
+    v_record: np.ndarray | None = None  # float32 [B, ticks, A]: output membranes, with record
 
 
 def run_raster(
@@ -468,7 +476,8 @@ def run_raster(
     settings: EmulatorSettings = EmulatorSettings(),
     record: bool = False,
 ) -> RunOutput:
-    """Run input spike rasters uint8 [B, input_ticks, n_inputs] through the network."""
+    """Run input spike rasters uint8 [B, input_ticks, n_inputs] through the network;
+    ``record``: also every neuron's spikes and the output membranes, per tick."""
     art = net.artifact
     raster = np.ascontiguousarray(raster, dtype=np.uint8)
     n_batch = raster.shape[0]
@@ -477,11 +486,12 @@ def run_raster(
     counts = np.zeros((n_batch, n_out), dtype=np.int32)
     layer_spikes = np.zeros((n_batch, len(net.sizes)), dtype=np.int64)
     syn = np.zeros(n_batch, dtype=np.int64)
-    rec = (
-        np.zeros((n_batch, art.ticks, int(net.sizes.sum())), dtype=np.uint8)
-        if record
-        else np.zeros((0, 0, 0), dtype=np.uint8)
-    )
+    if record:
+        rec = np.zeros((n_batch, art.ticks, int(net.sizes.sum())), dtype=np.uint8)
+        v_rec = np.zeros((n_batch, art.ticks, n_out), dtype=np.float32)
+    else:
+        rec = np.zeros((0, 0, 0), dtype=np.uint8)
+        v_rec = np.zeros((0, 0, 0), dtype=np.float32)
     _run_kernel(
         raster,
         art.ticks,
@@ -491,8 +501,11 @@ def run_raster(
         layer_spikes,
         syn,
         rec,
+        v_rec,
     )
-    return RunOutput(v_out, counts, layer_spikes, syn, rec if record else None)
+    if not record:
+        return RunOutput(v_out, counts, layer_spikes, syn, None)
+    return RunOutput(v_out, counts, layer_spikes, syn, rec, v_rec)
 
 
 def run_observations(
@@ -538,6 +551,7 @@ class EmulatorBackend(Backend):
     name = "emulator"
     inline_safe = True  # ~10 us per observation: cheaper than a thread hop
     thread_safe = True  # numba kernels release the GIL and share nothing mutable
+    gives_traces = True
 
     def __init__(self, threshold_comparison: str = ">") -> None:
         super().__init__()
@@ -553,11 +567,18 @@ class EmulatorBackend(Backend):
         return net
 
     def infer(
-        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+        self,
+        model: str,
+        observations: np.ndarray,
+        seeds: np.ndarray | None = None,
+        *,
+        trace: bool = False,
     ) -> InferenceResult:
         net: CompiledNetwork = self._get(model)
         art = net.artifact
         start = time.perf_counter()
+        if trace:
+            return self._traced(net, observations, seeds, start)
         if art.encoder.kind == "deterministic":
             seeds = None  # nothing random to seed
             q, actions, spikes, syn = run_observations(net, observations, settings=self.settings)
@@ -578,6 +599,30 @@ class EmulatorBackend(Backend):
             backend=self.name,
             compute_us=elapsed,
             seeds=seeds,
+        )
+
+    def _traced(
+        self, net: CompiledNetwork, observations: np.ndarray, seeds: Any, start: float
+    ) -> InferenceResult:
+        """The raster path with the full record: the same answer, plus the traces."""
+        art = net.artifact
+        obs = check_observations(art, observations)
+        seeds = request_seeds(art, obs.shape[0], seeds)
+        raster = encode(art, obs, seeds=seeds)
+        out = run_raster(net, raster, settings=self.settings, record=True)
+        assert out.record is not None and out.v_record is not None
+        q = readout(art, out.v_final, out.counts)
+        traces = build_traces(art, raster, out.record, output_q(art, out.record, out.v_record))
+        return InferenceResult(
+            q_values=q,
+            actions=greedy_actions(q),
+            ticks=art.ticks,
+            spikes_per_layer=out.layer_spikes,
+            synaptic_events=out.synaptic_events,
+            backend=self.name,
+            compute_us=(time.perf_counter() - start) * 1e6,
+            seeds=seeds,
+            traces=traces,
         )
 
     def describe(self) -> dict[str, Any]:

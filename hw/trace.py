@@ -1,0 +1,127 @@
+"""Spike traces: what one inference did, tick by tick, on any backend.
+
+A trace of one observation (:class:`SpikeTrace`, on the wire ``"trace"``):
+
+- ``ticks``: chip ticks run (``T``);
+- ``input``: the input spikes as ``[tick, neuron]`` pairs; ``tick`` is the
+  ``spike_list`` tick the input neuron fires at (raster row ``t``), integrated by
+  the first layer at ``tick + 1``; spikes at ``tick >= T`` are left out (they
+  never happen in a run of ``T`` ticks);
+- ``layers``: per LIF layer ``{"name", "size", "spikes": [[tick, neuron], ...]}``;
+  a layer's spike count is what the backend reports in ``spikes_per_layer``;
+- ``output_q``: ``T`` rows, row ``t`` the Q-values the run would have answered had
+  it stopped after tick ``t`` (the readout of the output layer's membrane and spike
+  count then), so its last row equals ``q_values``.
+
+Pairs are ordered by tick, then neuron. Every backend builds its traces here from
+the same two dense records, so they agree in shape and order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hw.artifact import ModelArtifact
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    name: str
+    size: int
+    spikes: np.ndarray  # int32 [n, 2]: (tick, neuron)
+
+
+@dataclass(frozen=True)
+class SpikeTrace:
+    """One observation's trace (see the module docstring)."""
+
+    ticks: int
+    input: np.ndarray  # int32 [n, 2]: (tick, input neuron)
+    layers: list[LayerTrace]
+    output_q: np.ndarray  # float32 [ticks, actions]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: plain lists (JSON and msgpack alike)."""
+        return {
+            "ticks": self.ticks,
+            "input": self.input.tolist(),
+            "layers": [
+                {"name": lay.name, "size": lay.size, "spikes": lay.spikes.tolist()}
+                for lay in self.layers
+            ],
+            "output_q": self.output_q.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpikeTrace:
+        """The inverse of :meth:`to_dict` (the flight recorder stores the wire form)."""
+
+        def pairs(x: Any) -> np.ndarray:
+            return np.asarray(x, dtype=np.int32).reshape(-1, 2)
+
+        return cls(
+            ticks=int(data["ticks"]),
+            input=pairs(data["input"]),
+            layers=[
+                LayerTrace(str(lay["name"]), int(lay["size"]), pairs(lay["spikes"]))
+                for lay in data["layers"]
+            ],
+            output_q=np.asarray(data["output_q"], dtype=np.float32),
+        )
+
+    def raster(self, layer: int) -> np.ndarray:
+        """One layer's spikes as a dense uint8 [ticks, size] raster."""
+        lay = self.layers[layer]
+        out = np.zeros((self.ticks, lay.size), np.uint8)
+        out[lay.spikes[:, 0], lay.spikes[:, 1]] = 1
+        return out
+
+
+def trace_cells(artifact: ModelArtifact) -> int:
+    """Tick x neuron cells of one observation's trace (the size a traced request is
+    capped by): ``ticks * (inputs + neurons)``."""
+    return int(artifact.ticks) * (
+        int(artifact.input_size) + sum(int(lay.size) for lay in artifact.layers)
+    )
+
+
+def output_q(artifact: ModelArtifact, record: np.ndarray, v_out: np.ndarray) -> np.ndarray:
+    """Q-values after each tick, float32 [B, ticks, actions], from the full spike record
+    uint8 [B, ticks, N] and the output membranes after each tick's reset float32
+    [B, ticks, A]: the same float32 operations as :func:`hw.emulator.readout`."""
+    out = artifact.layers[-1]
+    v = v_out.astype(np.float32, copy=False)
+    if artifact.readout.kind == "membrane":
+        raw = v
+    else:
+        out_spikes = record[:, :, record.shape[2] - int(out.size) :]
+        counts = np.cumsum(out_spikes, axis=1, dtype=np.int32).astype(np.float32)
+        raw = counts * np.float32(out.threshold) + v
+    return raw / np.float32(out.weight_scale)
+
+
+def build_traces(
+    artifact: ModelArtifact, raster: np.ndarray, record: np.ndarray, q_ticks: np.ndarray
+) -> list[SpikeTrace]:
+    """One :class:`SpikeTrace` per observation from dense records: ``raster`` uint8
+    [B, input_ticks, inputs] (the encoder's), ``record`` uint8 [B, ticks, N] (every LIF
+    neuron, layers in order), ``q_ticks`` float32 [B, ticks, A] (Q after each tick)."""
+    ticks = int(artifact.ticks)
+    sizes = [int(lay.size) for lay in artifact.layers]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    traces = []
+    for b in range(record.shape[0]):
+        layers = [
+            LayerTrace(
+                lay.name,
+                sizes[k],
+                np.argwhere(record[b, :, offsets[k] : offsets[k + 1]]).astype(np.int32),
+            )
+            for k, lay in enumerate(artifact.layers)
+        ]
+        inputs = np.argwhere(raster[b, :ticks]).astype(np.int32)
+        traces.append(SpikeTrace(ticks, inputs, layers, q_ticks[b].astype(np.float32)))
+    return traces

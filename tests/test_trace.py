@@ -1,0 +1,133 @@
+"""Spike traces (``infer(..., trace=True)``, ``hw.trace``) on every backend: the
+documented shape, ``output_q``'s last row is ``q_values``, spike counts match what the
+backend reports, a seed fixes the trace, and the board's trace on the fake SDK is the
+emulator's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hw.artifact import Encoder
+from hw.emulator import EmulatorBackend, run_raster
+from hw.encoding import encode
+from hw.synthetic import random_artifact
+from hw.trace import SpikeTrace, trace_cells
+
+POISSON = Encoder(kind="poisson", channels="tent", bins=4, input_ticks=12)
+
+
+def _artifacts():
+    return {
+        "membrane": random_artifact(seed=21, name="m", hidden=(32, 24)),
+        "count": random_artifact(
+            seed=5, name="c", hidden=(16,), readout="count_membrane", alpha_decay=0.8
+        ),
+        "poisson": random_artifact(seed=7, name="p", hidden=(24, 24), encoder=POISSON),
+    }
+
+
+def _check_shape(tr: dict, art) -> None:
+    """The documented wire shape, every value in range."""
+    assert set(tr) == {"ticks", "input", "layers", "output_q"}
+    assert tr["ticks"] == art.ticks
+    for t, i in tr["input"]:
+        assert 0 <= t < art.ticks and 0 <= i < art.input_size
+    assert [(lay["name"], lay["size"]) for lay in tr["layers"]] == [
+        (lay.name, lay.size) for lay in art.layers
+    ]
+    for lay in tr["layers"]:
+        assert all(0 <= t < art.ticks and 0 <= i < lay["size"] for t, i in lay["spikes"])
+        assert lay["spikes"] == sorted(lay["spikes"]), "pairs ordered by tick, then neuron"
+    assert len(tr["output_q"]) == art.ticks
+    assert all(len(row) == art.action_count for row in tr["output_q"])
+
+
+def _backends(fake: bool):
+    from agent.reference import ReferenceBackend
+
+    out = [EmulatorBackend(), ReferenceBackend()]
+    if fake:
+        from hw.board import SpiNNaker2Backend
+
+        out.append(SpiNNaker2Backend(max_copies=4))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["membrane", "count", "poisson"])
+def test_trace_shape_last_row_and_counts_on_every_backend(fake_sdk, observations, kind):
+    art = _artifacts()[kind]
+    obs = observations[:6]
+    seeds = 100 + np.arange(len(obs))
+    for backend in _backends(fake=True):
+        with backend:
+            backend.load(art)
+            traced = backend.infer(art.name, obs, seeds, trace=True)
+            plain = backend.infer(art.name, obs, seeds)
+        assert plain.traces is None
+        np.testing.assert_array_equal(traced.q_values, plain.q_values)
+        np.testing.assert_array_equal(traced.actions, plain.actions)
+        assert len(traced.traces) == len(obs)
+        for b, tr in enumerate(traced.traces):
+            _check_shape(tr.to_dict(), art)
+            # the last row is the answer itself, bit for bit
+            np.testing.assert_array_equal(tr.output_q[-1], traced.q_values[b])
+            counts = [len(lay.spikes) for lay in tr.layers]
+            assert counts == traced.spikes_per_layer[b].tolist(), backend.name
+        assert traced.spikes_per_layer[:, 0].sum() > 0, "the hidden layer must spike"
+
+
+@pytest.mark.parametrize("kind", ["membrane", "count", "poisson"])
+def test_board_trace_on_fake_sdk_equals_emulator_trace(fake_sdk, observations, kind):
+    from hw.board import SpiNNaker2Backend
+
+    art = _artifacts()[kind]
+    obs = observations[:10]
+    seeds = 7 + np.arange(len(obs))
+    with EmulatorBackend() as emu, SpiNNaker2Backend(max_copies=4) as board:
+        emu.load(art)
+        board.load(art)
+        a = emu.infer(art.name, obs, seeds, trace=True)
+        b = board.infer(art.name, obs, seeds, trace=True)
+    assert board.runs == 3  # 10 observations, 4 copies per run
+    assert [t.to_dict() for t in a.traces] == [t.to_dict() for t in b.traces]
+
+
+def test_emulator_trace_matches_its_spike_record_and_membranes(observations):
+    """The trace holds exactly the emulator's full record, and output_q row t is the
+    readout of the output layer after tick t (membrane readout: v_t / scale)."""
+    art = _artifacts()["membrane"]
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        res = emu.infer(art.name, observations[:4], trace=True)
+        net = emu._get(art.name)
+    out = run_raster(net, encode(art, observations[:4]), record=True)
+    scale = np.float32(art.layers[-1].weight_scale)
+    for b, tr in enumerate(res.traces):
+        dense = np.concatenate([tr.raster(k) for k in range(len(tr.layers))], axis=1)
+        np.testing.assert_array_equal(dense, out.record[b])
+        np.testing.assert_array_equal(tr.output_q, out.v_record[b] / scale)
+    # a network that needs a few ticks to answer: early rows differ from the last
+    assert any(not np.array_equal(tr.output_q[0], tr.output_q[-1]) for tr in res.traces)
+
+
+def test_same_poisson_seed_gives_the_same_trace(observations):
+    art = _artifacts()["poisson"]
+    obs = observations[:1]
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        one = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_dict()
+        two = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_dict()
+        other = emu.infer(art.name, obs, np.array([43]), trace=True).traces[0].to_dict()
+    assert one == two
+    assert one["input"] != other["input"]
+
+
+def test_trace_round_trips_through_its_wire_form(observations):
+    art = _artifacts()["count"]
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        tr = emu.infer(art.name, observations[:1], trace=True).traces[0]
+    back = SpikeTrace.from_dict(tr.to_dict())
+    assert back.to_dict() == tr.to_dict()
+    assert trace_cells(art) == art.ticks * (art.input_size + sum(x.size for x in art.layers))
