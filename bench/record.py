@@ -97,17 +97,18 @@ def run_record_bench(cfg: RecordBenchConfig, command: str = "", log: Any = print
     far_max = float(on_us[~near].max()) if (~near).any() else None
     # replay speed: the recording, repeated to replay_rows rows
     from service.recorder import Recorder
+    from service.records import ActRow
 
     grow = tmp / "replay"
     recorder = Recorder(grow, rotate_rows=50_000)
     base = table.to_pylist()
     for i in range(cfg.replay_rows):
         r = base[i % len(base)]
-        recorder.act((r["time"].timestamp(), r["request_id"], f"e{i // 500}", i % 500,
-                      r["model"], r["weights_sha256"], r["backend"], r["fallback"],
-                      r["transport"], np.asarray(r["observation"], np.float32),
-                      np.asarray(r["q_values"], np.float32), r["action"], r["seed"],
-                      r["server_us"], r["compute_us"]))  # fmt: skip
+        recorder.act(ActRow(r["time"].timestamp(), r["request_id"], f"e{i // 500}", i % 500,
+                            r["model"], r["weights_sha256"], r["backend"], r["fallback"],
+                            r["transport"], np.asarray(r["observation"], np.float32),
+                            np.asarray(r["q_values"], np.float32), r["action"], r["seed"],
+                            r["server_us"], r["compute_us"]))  # fmt: skip
     recorder.close()
     best = None
     for _ in range(3):

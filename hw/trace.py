@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from hw.artifact import ModelArtifact
 
@@ -44,23 +45,27 @@ class SpikeTrace:
     output_q: np.ndarray  # float32 [ticks, actions]
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form: plain lists (JSON and msgpack alike)."""
+        """The wire map, its arrays still numpy (the server's JSON and msgpack encoders
+        write them as lists: ``output_q`` in float32 precision, as ``q_values``)."""
         return {
             "ticks": self.ticks,
-            "input": self.input.tolist(),
+            "input": self.input,
             "layers": [
-                {"name": lay.name, "size": lay.size, "spikes": lay.spikes.tolist()}
-                for lay in self.layers
+                {"name": lay.name, "size": lay.size, "spikes": lay.spikes} for lay in self.layers
             ],
-            "output_q": self.output_q.tolist(),
+            "output_q": self.output_q,
         }
+
+    def to_json(self) -> bytes:
+        """The wire map as JSON, as the server answers it."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpikeTrace:
         """The inverse of :meth:`to_dict` (the flight recorder stores the wire form)."""
 
         def pairs(x: Any) -> np.ndarray:
-            return np.asarray(x, dtype=np.int32).reshape(-1, 2)
+            return np.ascontiguousarray(x, dtype=np.int32).reshape(-1, 2)
 
         return cls(
             ticks=int(data["ticks"]),
@@ -103,6 +108,12 @@ def output_q(artifact: ModelArtifact, record: np.ndarray, v_out: np.ndarray) -> 
     return raw / np.float32(out.weight_scale)
 
 
+def _pairs(dense: np.ndarray) -> np.ndarray:
+    """A [ticks, neurons] 0/1 raster as (tick, neuron) pairs, int32 [n, 2], C order (the
+    encoders take C-contiguous arrays only)."""
+    return np.ascontiguousarray(np.argwhere(dense), dtype=np.int32)
+
+
 def build_traces(
     artifact: ModelArtifact, raster: np.ndarray, record: np.ndarray, q_ticks: np.ndarray
 ) -> list[SpikeTrace]:
@@ -118,10 +129,10 @@ def build_traces(
             LayerTrace(
                 lay.name,
                 sizes[k],
-                np.argwhere(record[b, :, offsets[k] : offsets[k + 1]]).astype(np.int32),
+                _pairs(record[b, :, offsets[k] : offsets[k + 1]]),
             )
             for k, lay in enumerate(artifact.layers)
         ]
-        inputs = np.argwhere(raster[b, :ticks]).astype(np.int32)
-        traces.append(SpikeTrace(ticks, inputs, layers, q_ticks[b].astype(np.float32)))
+        q = np.ascontiguousarray(q_ticks[b], dtype=np.float32)
+        traces.append(SpikeTrace(ticks, _pairs(raster[b, :ticks]), layers, q))
     return traces

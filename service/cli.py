@@ -60,6 +60,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(problems) from None
         if settings.workers > 1 and settings.backend == "spinnaker2":
             raise typer.BadParameter("the board runs one network at a time: use --workers 1")
+        try:  # what cannot work is one line now, not a traceback from a worker later
+            settings.check_usable()
+        except ValueError as exc:
+            typer.echo(f"s2loop serve: {exc}", err=True)
+            raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_json)
         common = settings.uvicorn_options()
         if settings.workers == 1:

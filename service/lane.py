@@ -61,9 +61,13 @@ class Lane:
         the worker threads finishes, at most the measured time of a call."""
         return (self.call_s or DEFAULT_CALL_S) / self.threads
 
-    def _call(self, model: str, obs: np.ndarray, seeds: np.ndarray | None) -> InferenceResult:
+    def _call(
+        self, model: str, obs: np.ndarray, seeds: np.ndarray | None, trace: bool = False
+    ) -> InferenceResult:
         start = time.perf_counter()
         try:
+            if trace:
+                return self.backend.infer(model, obs, seeds, trace=True)
             return self.backend.infer(model, obs, seeds)
         finally:
             took = time.perf_counter() - start
@@ -75,10 +79,18 @@ class Lane:
             self.pending -= 1
 
     async def run(
-        self, model: str, obs: np.ndarray, timeout_s: float, seeds: np.ndarray | None = None
+        self,
+        model: str,
+        obs: np.ndarray,
+        timeout_s: float,
+        seeds: np.ndarray | None = None,
+        trace: bool = False,
     ) -> InferenceResult:
-        """One backend call; raises QueueFull, LaneTimeout or what the backend raised."""
+        """One backend call; raises QueueFull, LaneTimeout or what the backend raised.
+        ``trace``: ask the backend for spike traces (only then is the keyword passed)."""
         if obs.shape[0] <= self.inline_max_batch:
+            if trace:
+                return self.backend.infer(model, obs, seeds, trace=True)
             return self.backend.infer(model, obs, seeds)
         with self._lock:
             if self.pending >= self.capacity:
@@ -86,7 +98,7 @@ class Lane:
             if timeout_s <= 0:
                 raise LaneTimeout
             self.pending += 1
-        cfut = self._executor.submit(self._call, model, obs, seeds)
+        cfut = self._executor.submit(self._call, model, obs, seeds, trace)
         cfut.add_done_callback(self._finished)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(cfut), timeout_s)

@@ -151,8 +151,24 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.record_dropped = Counter(
-            "s2loop_record_dropped", "Rows the flight recorder dropped (its queue was full)",
-            registry=r,
+            "s2loop_record_dropped",
+            "Rows the flight recorder lost, by table and reason: queue_full (the queue of "
+            "record_queue_rows rows was full) or write_failed (a file could not be written)",
+            ("table", "reason"), registry=r,
+        )  # fmt: skip
+        self.record_write_errors = Counter(
+            "s2loop_record_write_errors", "Record files that could not be written, by table",
+            ("table",), registry=r,
+        )  # fmt: skip
+        self.tcp_connections = Gauge(
+            "s2loop_tcp_connections", "Open connections of the TCP endpoint", registry=r
+        )
+        self.tcp_closed = Counter(
+            "s2loop_tcp_closed",
+            "TCP connections the server closed or refused, by reason: hello_timeout, "
+            "idle_timeout, read_timeout, write_timeout, too_many_connections, frame_too_large, "
+            "unauthorized, tls_error",
+            ("reason",), registry=r,
         )  # fmt: skip
         self.shadow_compared = Counter(
             "s2loop_shadow_compared", "Answers compared with a shadow model, by live model",

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from s2loop_client.codec import DecodeError, unpack_request
 from service.errors import INTERNAL, ApiError
 from service.metrics import Metrics
+from service.records import ActBatch, ActRow, ErrorRow
 from service.runtime import ModelEntry, Service
 from service.schemas import ActRequest, BatchRequest
 from service.settings import Settings
@@ -66,12 +67,20 @@ def decode(body: bytes | str) -> Any:
         raise ApiError(400, "malformed_json", f"request body is {exc}") from None
 
 
+def not_a_map(obj: Any) -> ApiError:
+    """422 for a msgpack body that decoded to something other than a request map."""
+    kind = type(obj).__name__
+    return ApiError(422, "validation_error", f"body: a request is a map, got a msgpack {kind}")
+
+
 def parse_body(model: type[M], body: bytes | str | dict, codec: str = "json") -> M:
     """Validate a JSON body, or a msgpack one (bytes, or already decoded); ApiError 400
     (malformed) or 422 (does not fit)."""
     try:
         if codec == "msgpack":
-            obj = body if isinstance(body, dict) else decode(body)  # type: ignore[arg-type]
+            obj = decode(body) if isinstance(body, bytes | str) else body
+            if not isinstance(obj, dict):
+                raise not_a_map(obj)
             return model.model_validate(obj)
         return model.model_validate_json(body)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -199,8 +208,9 @@ class Pipeline:
                 raise self.too_large(len(body))
             if route == "frame":  # a TCP frame: act, batch or model info by its keys
                 body = decode(body)
-                keys = body if isinstance(body, dict) else {}
-                route = next((r for k, r in _FRAME_ROUTES if k in keys), "act")
+                if not isinstance(body, dict):
+                    raise not_a_map(body)
+                route = next((r for k, r in _FRAME_ROUTES if k in body), "act")
             out = await self.routes[route](body, arrived, request_id, codec, door)
             if codec == "json":
                 return 200, orjson.dumps(out, option=_NUMPY), {}
@@ -216,7 +226,7 @@ class Pipeline:
     ) -> Reply:
         self.note(exc, request_id)
         if self.recorder is not None:
-            row = (time.time(), request_id, door, exc.status, exc.kind, exc.message[:500])
+            row = ErrorRow(time.time(), request_id, door, exc.status, exc.kind, exc.message[:500])
             self.recorder.error(row)
         body = exc.body(request_id, with_status=door != "http")
         return exc.status, self.encode(body, codec), exc.headers
@@ -255,9 +265,10 @@ class Pipeline:
             out["step"] = req.step
         if self.recorder is not None:
             self.recorder.act(
-                (time.time(), request_id, req.episode_id, req.step, entry.name,
-                 entry.artifact.sha256, res.backend, fallback, door, obs[0], res.q_values[0],
-                 out["action"], out.get("seed"), elapsed * 1e6, res.compute_us)
+                ActRow(time.time(), request_id, req.episode_id, req.step, entry.name,
+                       entry.artifact.sha256, res.backend, fallback, door, obs[0],
+                       res.q_values[0], out["action"], out.get("seed"), elapsed * 1e6,
+                       res.compute_us)
             )  # fmt: skip
         if self.shadow is not None and self.shadow.has(entry.name):
             self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
@@ -307,9 +318,9 @@ class Pipeline:
             out["steps"] = req.steps
         if self.recorder is not None:
             self.recorder.batch(
-                (time.time(), request_id, req.episode_ids, req.steps, entry.name,
-                 entry.artifact.sha256, res.backend, fallback, door, obs, res.q_values,
-                 res.actions, res.seeds, elapsed * 1e6, res.compute_us)
+                ActBatch(time.time(), request_id, req.episode_ids, req.steps, entry.name,
+                         entry.artifact.sha256, res.backend, fallback, door, obs, res.q_values,
+                         res.actions, res.seeds, elapsed * 1e6, res.compute_us)
             )  # fmt: skip
         if self.shadow is not None and self.shadow.has(entry.name):
             self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)

@@ -1,15 +1,22 @@
 """The flight recorder: every answered act, one row each, in Apache Parquet files.
 
-``S2LOOP_RECORD_DIR`` turns it on. The request path only appends a tuple to a bounded
-in-memory queue (``record_queue_rows``); when the queue is full the row is dropped and
-counted (``s2loop_record_dropped_total``), never the request. A background thread
-turns queued rows into Arrow columns in small chunks (so it never holds the GIL for
-long) and writes a file every ``record_rotate_rows`` rows or ``record_rotate_s``
-seconds: written under a temporary name, then renamed, so every ``*.parquet`` in the
-folder is complete and readable while the server runs. A graceful shutdown writes
-what is left. A crash loses what was not written yet: at most the queue plus one
-file's worth of rows (``record_queue_rows + record_rotate_rows``), and in practice
-what arrived in the last ``record_rotate_s`` seconds.
+``S2LOOP_RECORD_DIR`` turns it on; a folder that cannot be created or written is an
+error at start (:func:`check_folder`). The request path only appends a typed record
+(:class:`ActRow`, a whole :class:`ActBatch`, :class:`ErrorRow`, :class:`ShadowRow`) to
+a queue per table, bounded in rows (``record_queue_rows``: a batch counts as its rows);
+what does not fit is dropped whole and its rows counted
+(``s2loop_record_dropped_total{table, reason="queue_full"}``), never the request. A
+background thread turns queued rows into Arrow columns in small chunks (so it never
+holds the GIL for long) and writes a file every ``record_rotate_rows`` rows or
+``record_rotate_s`` seconds: written under a temporary name, then renamed, so every
+``*.parquet`` in the folder is complete and readable while the server runs. A file
+that cannot be written is counted (``s2loop_record_write_errors_total{table}``) and its
+rows too (``reason="write_failed"``). A graceful shutdown writes what is left.
+
+A row leaves the queue's count only once it is in the file being filled, so a crash
+loses at most ``record_queue_rows + record_rotate_rows`` rows per table (in practice
+what arrived in the last ``record_rotate_s`` seconds), and every other lost row is
+counted.
 
 Tables (one file kind each):
 
@@ -20,9 +27,11 @@ Tables (one file kind each):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import deque
@@ -30,8 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from service.records import ActBatch, ActRow, ErrorRow, ShadowRow, TraceRow
 
 logger = logging.getLogger("s2loop.service")
 
@@ -79,8 +91,37 @@ SCHEMAS = {
             ("shadow_q_values", _F32),
         ]
     ),
+    "traces": pa.schema(
+        [
+            ("time", pa.timestamp("us", tz="UTC")),
+            ("request_id", pa.string()),
+            ("model", pa.string()),
+            ("trace", pa.string()),  # JSON of the answer's "trace" (hw.trace)
+        ]
+    ),
 }
 CHUNK = 250  # rows converted per hold of the GIL (about 0.3 ms here)
+
+
+_RECORDS = {"acts": ActRow, "errors": ErrorRow, "shadow": ShadowRow, "traces": TraceRow}
+for _table, _record in _RECORDS.items():  # the records are the schemas' columns, in order
+    assert _record._fields == tuple(SCHEMAS[_table].names), _table
+Record = ActRow | ActBatch | ErrorRow | ShadowRow | TraceRow
+
+
+def check_folder(folder: Path) -> Path:
+    """``folder``, created if needed, once a file could be written in it; ValueError in one
+    line naming it when not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".s2loop-probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        msg = f"S2LOOP_RECORD_DIR {folder}: cannot write record files there ({why})"
+        raise ValueError(msg) from None
+    return folder
 
 
 def _lists(arrays: list[np.ndarray]) -> pa.Array:
@@ -92,7 +133,7 @@ def _lists(arrays: list[np.ndarray]) -> pa.Array:
 
 
 class Recorder:
-    """A bounded queue per table and the thread that writes them."""
+    """A queue per table, bounded in rows, and the thread that writes them."""
 
     def __init__(
         self,
@@ -103,17 +144,19 @@ class Recorder:
         queue_rows: int = 100_000,
         metrics: Any = None,
     ) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = check_folder(folder)
         self.rotate_rows, self.rotate_s, self.queue_rows = rotate_rows, rotate_s, queue_rows
         self.metrics = metrics
-        self.queues: dict[str, deque[tuple]] = {t: deque() for t in SCHEMAS}
+        self.queues: dict[str, deque[Record]] = {t: deque() for t in SCHEMAS}
+        self.queued = dict.fromkeys(SCHEMAS, 0)  # rows queued or being converted
         self.pending: dict[str, list[pa.RecordBatch]] = {t: [] for t in SCHEMAS}
         self.pending_rows = dict.fromkeys(SCHEMAS, 0)
         self.opened = dict.fromkeys(SCHEMAS, time.monotonic())
-        self.dropped = 0
+        self.dropped = dict.fromkeys(SCHEMAS, 0)
         self.written = dict.fromkeys(SCHEMAS, 0)
+        self.write_errors = dict.fromkeys(SCHEMAS, 0)
         self.files: list[Path] = []
+        self._lock = threading.Lock()  # the row counts: the request path and the writer
         self._prefix = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
         self._seq = itertools.count()
         self._stop = threading.Event()
@@ -122,29 +165,38 @@ class Recorder:
 
     # ------------------------------------------------------------------ request path
 
-    def _put(self, table: str, row: tuple) -> None:
-        queue = self.queues[table]
-        if len(queue) >= self.queue_rows:
-            self.dropped += 1
-            if self.metrics is not None:
-                self.metrics.record_dropped.inc()
-            return
-        queue.append(row)
+    def _put(self, table: str, record: Record, rows: int) -> None:
+        with self._lock:
+            if self.queued[table] + rows > self.queue_rows:
+                self._lost(table, rows, "queue_full")
+                return
+            self.queued[table] += rows
+            self.queues[table].append(record)
 
-    def act(self, row: tuple) -> None:
-        """One answered observation, in ``SCHEMAS['acts']`` order (time as epoch seconds,
-        observation and q_values as float32 arrays)."""
-        self._put("acts", row)
+    def _lost(self, table: str, rows: int, reason: str) -> None:
+        self.dropped[table] += rows
+        if self.metrics is not None:
+            self.metrics.record_dropped.labels(table, reason).inc(rows)
 
-    def batch(self, rows: tuple) -> None:
-        """A whole batch in one queue entry: the writer splits it into rows."""
-        self._put("acts", ("batch", rows))
+    def act(self, row: ActRow) -> None:
+        """One answered observation."""
+        self._put("acts", row, 1)
 
-    def error(self, row: tuple) -> None:
-        self._put("errors", row)
+    def batch(self, batch: ActBatch) -> None:
+        """A whole batch in one queue entry, counted as its rows."""
+        self._put("acts", batch, len(batch))
 
-    def shadow(self, row: tuple) -> None:
-        self._put("shadow", row)
+    def error(self, row: ErrorRow) -> None:
+        self._put("errors", row, 1)
+
+    def shadow(self, row: ShadowRow) -> None:
+        self._put("shadow", row, 1)
+
+    def trace(self, row: TraceRow | tuple) -> None:
+        """An answer's trace: ``(time, request_id, model, trace map)``, the map kept as JSON."""
+        t, request_id, model, trace = row
+        text = trace if isinstance(trace, str) else orjson.dumps(trace).decode()
+        self._put("traces", TraceRow(t, request_id, model, text), 1)
 
     # ------------------------------------------------------------------ writer
 
@@ -153,12 +205,12 @@ class Recorder:
             self._drain(final=False)
         self._drain(final=True)
 
-    def _take(self, table: str, limit: int) -> list[tuple]:
+    def _take(self, table: str, limit: int) -> list[Any]:
         queue, rows = self.queues[table], []
         while queue and len(rows) < limit:
             item = queue.popleft()
-            if item[0] == "batch":
-                rows.extend(_batch_rows(item[1]))
+            if type(item) is ActBatch:
+                rows.extend(item.rows())
             else:
                 rows.append(item)
         return rows
@@ -168,13 +220,15 @@ class Recorder:
             while self.queues[table]:
                 rows = self._take(table, CHUNK)
                 while rows:  # split at file boundaries: at most rotate_rows rows a file
-                    room = self.rotate_rows - self.pending_rows[table]
+                    room = min(self.rotate_rows - self.pending_rows[table], CHUNK)
                     part, rows = rows[:room], rows[room:]
                     self.pending[table].append(_to_batch(table, part))
                     self.pending_rows[table] += len(part)
+                    with self._lock:  # in the file being filled now, no longer queued
+                        self.queued[table] -= len(part)
                     if self.pending_rows[table] >= self.rotate_rows:
                         self._write(table)
-                time.sleep(0)  # let the event loop have the GIL between chunks
+                    time.sleep(0)  # let the event loop have the GIL between chunks
             age = time.monotonic() - self.opened[table]
             if self.pending_rows[table] and (final or age >= self.rotate_s):
                 self._write(table)
@@ -190,6 +244,12 @@ class Recorder:
             os.replace(tmp, path)  # readers only ever see whole files
         except OSError as exc:
             logger.error("cannot write a record file", extra={"path": str(path), "error": str(exc)})
+            self.write_errors[table] += 1
+            if self.metrics is not None:
+                self.metrics.record_write_errors.labels(table).inc()
+            self._lost(table, n, "write_failed")
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             return
         self.written[table] += n
         self.files.append(path)
@@ -202,19 +262,7 @@ class Recorder:
         self._thread.join()
 
 
-def _batch_rows(b: tuple) -> list[tuple]:
-    (t, rid, episode_ids, steps, model, sha, backend, fallback, transport, obs, q, actions,
-     seeds, server_us, compute_us) = b  # fmt: skip
-    n = len(actions)
-    return [
-        (t, f"{rid}.{i}", episode_ids[i] if episode_ids else None, steps[i] if steps else None,
-         model, sha, backend, fallback, transport, obs[i], q[i], int(actions[i]),
-         None if seeds is None else int(seeds[i]), server_us, compute_us)
-        for i in range(n)
-    ]  # fmt: skip
-
-
-def _to_batch(table: str, rows: list[tuple]) -> pa.RecordBatch:
+def _to_batch(table: str, rows: list[Any]) -> pa.RecordBatch:
     schema = SCHEMAS[table]
     cols = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
     arrays = []

@@ -269,21 +269,29 @@ class Service:
         arrived: float,
         request_id: str | None = None,
         seeds: np.ndarray | None = None,
+        trace: bool = False,
     ) -> tuple[InferenceResult, bool]:
         """Run ``obs`` through the primary, else the fallback; returns (result, fallback).
 
         ``arrived``: when the request arrived (perf_counter); nothing is answered after
         ``arrived + deadline``. ``seeds``: Poisson encoder seeds, one per observation,
-        or None for fresh draws."""
+        or None for fresh draws. ``trace``: the result carries spike traces (a traced
+        request is never coalesced; a backend without traces is skipped like one
+        without the model)."""
         deadline = arrived + self.deadline_s
         if time.perf_counter() >= deadline:  # it waited its whole deadline already
             raise self._deadline_error()
         primary, fallback = self.primary, self.fallback
-        can_fall_back = fallback is not None and fallback.has(entry.name)
+        can_fall_back = (
+            fallback is not None
+            and fallback.has(entry.name)
+            and (not trace or fallback.backend.gives_traces)
+        )
         reason = "primary_unavailable"
         if (
             primary is not None
             and primary.has(entry.name)
+            and (not trace or primary.backend.gives_traces)
             and (
                 self._breaker_until == 0.0  # the usual case: no recent failure
                 or not can_fall_back  # nobody else to ask
@@ -292,10 +300,10 @@ class Service:
         ):
             budget = min(arrived + self.primary_timeout_s, deadline) - time.perf_counter()
             try:
-                if self.coalescer is not None and obs.shape[0] == 1:
+                if self.coalescer is not None and obs.shape[0] == 1 and not trace:
                     res = await self.coalescer.run(entry.name, obs, budget, seeds)
                 else:
-                    res = await primary.run(entry.name, obs, budget, seeds)
+                    res = await primary.run(entry.name, obs, budget, seeds, trace)
             except QueueFull as full:
                 if not can_fall_back:
                     raise self._busy(primary, full) from None
@@ -325,7 +333,7 @@ class Service:
             raise ApiError(503, "backend_error", f"no backend could answer: {detail}")
         assert fallback is not None
         try:
-            res = await fallback.run(entry.name, obs, deadline - time.perf_counter(), seeds)
+            res = await fallback.run(entry.name, obs, deadline - time.perf_counter(), seeds, trace)
         except QueueFull as full:
             raise self._busy(fallback, full) from None
         except LaneTimeout:

@@ -5,9 +5,10 @@ environment variable ``S2LOOP_<FIELD>`` (``S2LOOP_BACKEND=spinnaker2``,
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hw.artifact import default_models_dir
@@ -102,6 +103,33 @@ class Settings(BaseSettings):
         description="HOST:PORT of the low-latency TCP endpoint (length-prefixed msgpack "
         "frames); unset = off",
     )
+    tcp_hello_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="a new TCP connection's TLS handshake (with a certificate), then its "
+        "first frame (the hello when keys are on), must each arrive within this; else closed",
+    )
+    tcp_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a TCP connection with no frame and no answer in flight for this long is "
+        "closed (the SDK reconnects and resends on its next request)",
+    )
+    tcp_read_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="a TCP frame that has started must arrive in full within this, and a "
+        "client that reads no answers for this long is closed",
+    )
+    tcp_max_connections: int = Field(
+        1024,
+        ge=1,
+        description="open TCP connections at most; past it a new one gets a 503 "
+        "too_many_connections error frame and is closed",
+    )
+    backlog: int = Field(
+        2048, ge=1, description="listen backlog of the HTTP and the TCP socket (uvicorn's default)"
+    )
     record_dir: Path | None = Field(
         None, description="flight recorder: every answered act as Parquet rows here; unset = off"
     )
@@ -115,8 +143,14 @@ class Settings(BaseSettings):
         description="shadow models, MODEL=PATH[,MODEL=PATH...]: each runs beside the live "
         "model on the same observations, off the hot path, compared live",
     )
-    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) for HTTPS/WSS")
-    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
+    ssl_certfile: Path | None = Field(
+        None,
+        description="TLS certificate (PEM): then HTTP is HTTPS, WebSocket WSS and the TCP "
+        "endpoint TLS on the same port (no plaintext anywhere)",
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="TLS private key (PEM; unset: in the certificate file)"
+    )
     degraded_status: int = Field(
         200,
         description="/readyz status while serving from the fallback (200, or 503 to take "
@@ -151,8 +185,21 @@ class Settings(BaseSettings):
 
     @field_validator("reload_token", "api_keys")
     @classmethod
-    def _empty_secret_is_none(cls, v: SecretStr | None) -> SecretStr | None:
-        return v if v is not None and v.get_secret_value() else None
+    def _usable_secret(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """An empty value is the same as unset (what ``${KEYS:-}`` gives); a value that
+        holds something but no usable key (``","``: what ``"$A,$B"`` becomes when both
+        are unset; spaces) is an error, never an open door."""
+        if v is None or not v.get_secret_value():
+            return None
+        text = v.get_secret_value()
+        parts = text.split(",") if info.field_name == "api_keys" else [text]
+        if not any(p.strip() for p in parts):
+            env = f"S2LOOP_{info.field_name.upper()}"
+            raise ValueError(
+                f"{env} holds no usable key (only commas or spaces); unset it, or give "
+                + ("KEY[,KEY...]" if info.field_name == "api_keys" else "a token")
+            )
+        return v
 
     @field_validator("tcp_bind")
     @classmethod
@@ -162,6 +209,12 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError("tcp_bind must be HOST:PORT, e.g. 127.0.0.1:5555")
         return v or None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> Settings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("S2LOOP_SSL_KEYFILE is set without S2LOOP_SSL_CERTFILE")
+        return self
 
     @field_validator("shadow")
     @classmethod
@@ -220,4 +273,29 @@ class Settings(BaseSettings):
             "ws": self.ws_impl,
             "ssl_certfile": str(self.ssl_certfile) if self.ssl_certfile else None,
             "ssl_keyfile": str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            "backlog": self.backlog,
         }
+
+    def check_usable(self) -> None:
+        """ValueError naming the setting when a file or folder it names cannot be used:
+        the TLS certificate and key, the record folder."""
+        self.server_tls()
+        if self.record_dir is not None:
+            from service.recorder import check_folder
+
+            check_folder(self.record_dir)
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context from ``ssl_certfile``/``ssl_keyfile`` (None without a
+        certificate); ValueError naming the setting when they cannot be loaded."""
+        if self.ssl_certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"S2LOOP_SSL_CERTFILE {self.ssl_certfile} / S2LOOP_SSL_KEYFILE "
+                f"{self.ssl_keyfile}: cannot load a certificate and key: {exc}"
+            ) from None
+        return context

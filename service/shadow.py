@@ -21,6 +21,7 @@ import numpy as np
 
 from hw.artifact import load_artifact
 from hw.emulator import EmulatorBackend
+from service.records import ShadowRow
 
 logger = logging.getLogger("s2loop.service")
 BATCH = 256
@@ -28,7 +29,7 @@ BATCH = 256
 
 class Shadow:
     def __init__(
-        self, paths: dict[str, Path], metrics: Any, recorder: Any = None, queue_rows: int = 4096
+        self, paths: dict[str, Path], metrics: Any, recorder: Any = None, queue_rows: int = 8192
     ) -> None:
         self.metrics, self.recorder, self.queue_rows = metrics, recorder, queue_rows
         self.backend = EmulatorBackend()
@@ -39,6 +40,8 @@ class Shadow:
             self.backend.load(dataclasses.replace(art, name=live))
             self.sha[live] = art.sha256
         self.queue: deque[tuple] = deque()
+        self.queued = 0  # rows in the queue or being compared
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s2loop-shadow", daemon=True)
         self._thread.start()
@@ -55,15 +58,21 @@ class Shadow:
         actions: np.ndarray,
         q_values: np.ndarray,
     ) -> None:
-        if len(self.queue) >= self.queue_rows:
-            self.metrics.shadow_dropped.labels(model).inc(len(actions))
-            return
-        self.queue.append((model, request_id, observations, seeds, actions, q_values))
+        rows = len(actions)
+        with self._lock:  # bounded in rows: a batch counts as its rows
+            if self.queued + rows > self.queue_rows:
+                self.metrics.shadow_dropped.labels(model).inc(rows)
+                return
+            self.queued += rows
+            self.queue.append((model, request_id, observations, seeds, actions, q_values))
 
     def _run(self) -> None:
         while not self._stop.wait(0.005):
             while self.queue:
-                self._compare([self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))])
+                items = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
+                self._compare(items)
+                with self._lock:
+                    self.queued -= sum(len(item[4]) for item in items)
 
     def _compare(self, items: list[tuple]) -> None:
         by_model: dict[str, list[tuple]] = {}
@@ -95,8 +104,9 @@ class Shadow:
                     for k in range(len(o)):
                         suffix = f".{k}" if len(o) > 1 else ""
                         self.recorder.shadow(
-                            (now, rid + suffix, model, self.sha[model], int(live_a[i]),
-                             int(res.actions[i]), bool(agree[i]), float(gap[i]), res.q_values[i])
+                            ShadowRow(now, rid + suffix, model, self.sha[model], int(live_a[i]),
+                                      int(res.actions[i]), bool(agree[i]), float(gap[i]),
+                                      res.q_values[i])
                         )  # fmt: skip
                         i += 1
 

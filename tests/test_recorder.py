@@ -4,6 +4,7 @@ model, and shadow models compared live."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import struct
 import time
@@ -19,6 +20,7 @@ from hw.artifact import Encoder, save_artifact
 from hw.synthetic import random_artifact
 from service.app import create_app
 from service.recorder import SCHEMAS, Recorder
+from service.records import ActBatch, ActRow
 from service.replay import read_acts, replay
 from tests.test_service import OBS, make_settings, wait_ready
 
@@ -98,17 +100,100 @@ def test_every_answer_on_every_door_is_one_row_and_a_graceful_stop_loses_none(mo
     assert 's2loop_record_rows_total{table="acts"} 200.0' in text
 
 
-def test_a_full_queue_drops_rows_and_counts_them_never_blocks(tmp_path):
-    recorder = Recorder(tmp_path, queue_rows=3)
-    row = (time.time(), "r", None, None, "m", "sha", "emulator", False, "http",
-           np.zeros(4, np.float32), np.zeros(2, np.float32), 0, None, 1.0, 1.0)  # fmt: skip
-    t0 = time.perf_counter()
+def _row(rid: str = "r") -> ActRow:
+    return ActRow(time.time(), rid, None, None, "m", "sha", "emulator", False, "http",
+                  np.zeros(4, np.float32), np.zeros(2, np.float32), 0, None, 1.0, 1.0)  # fmt: skip
+
+
+def _batch(n: int, rid: str = "b") -> ActBatch:
+    return ActBatch(time.time(), rid, None, None, "m", "sha", "emulator", False, "tcp",
+                    np.zeros((n, 4), np.float32), np.zeros((n, 2), np.float32),
+                    np.zeros(n, np.int64), None, 1.0, 1.0)  # fmt: skip
+
+
+def test_a_full_queue_drops_rows_and_counts_them(tmp_path):
+    recorder = Recorder(tmp_path, queue_rows=3, rotate_s=3600)
+    recorder._stop.set()  # the writer stops taking rows: the queue fills
+    recorder._thread.join()
+    recorder._stop.clear()
     for _ in range(10):
-        recorder.act(row)
-    took = time.perf_counter() - t0
-    recorder.close()
-    assert recorder.dropped == 7 and recorder.written["acts"] == 3
-    assert took < 0.01
+        recorder.act(_row())
+    assert recorder.dropped["acts"] == 7 and recorder.queued["acts"] == 3
+    recorder._drain(final=True)
+    assert recorder.written["acts"] == 3
+
+
+def test_batches_are_bounded_and_counted_in_rows_not_entries(tmp_path):
+    """A batch takes as many places in the queue as it has rows: one that does not fit
+    is dropped whole and each of its rows counted."""
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    recorder = Recorder(tmp_path, queue_rows=100, rotate_s=3600, metrics=metrics)
+    recorder._stop.set()
+    recorder._thread.join()
+    recorder._stop.clear()
+    recorder.batch(_batch(60))
+    recorder.batch(_batch(60))  # 120 > 100: dropped, 60 rows counted
+    recorder.batch(_batch(40))  # fits exactly
+    recorder.act(_row())  # 101 > 100
+    assert recorder.queued["acts"] == 100 and recorder.dropped["acts"] == 61
+    text = metrics.render().decode()
+    assert 's2loop_record_dropped_total{reason="queue_full",table="acts"} 61.0' in text
+    recorder._drain(final=True)
+    assert recorder.written["acts"] == 100 and recorder.queued["acts"] == 0
+    ids = pq.read_table(sorted(tmp_path.glob("acts-*.parquet"))).column("request_id").to_pylist()
+    assert ids[:2] == ["b.0", "b.1"] and len(ids) == 100
+
+
+def test_rows_leave_the_queue_count_only_inside_the_file_being_filled(tmp_path):
+    """The crash bound: rows not yet written are either counted in the queue or in the
+    file being filled (at most rotate_rows), never in neither."""
+    recorder = Recorder(tmp_path, queue_rows=10_000, rotate_rows=1000, rotate_s=3600)
+    recorder._stop.set()
+    recorder._thread.join()
+    recorder._stop.clear()
+    for i in range(5):
+        recorder.batch(_batch(700, f"b{i}"))
+    recorder._drain(final=False)  # 3,500 rows: 3 files of 1,000, 500 in the file being filled
+    assert recorder.written["acts"] == 3000
+    assert recorder.pending_rows["acts"] == 500 and recorder.queued["acts"] == 0
+    recorder._drain(final=True)
+    assert recorder.written["acts"] == 3500
+
+
+def test_an_unwritable_record_folder_is_one_line_naming_it_at_start(tmp_path, models):
+    from typer.testing import CliRunner
+
+    from s2loop.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    bad = blocker / "rec"
+    with pytest.raises(ValueError, match="S2LOOP_RECORD_DIR .*file/rec: cannot write"):
+        Recorder(bad)
+    out = CliRunner().invoke(app, ["serve", "--models", str(models), "--record-dir", str(bad)])
+    assert out.exit_code == 2
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "S2LOOP_RECORD_DIR" in lines[0] and str(bad) in lines[0], lines
+
+
+def test_write_failures_while_serving_are_counted_in_metrics(models, tmp_path):
+    rec = tmp_path / "rec"
+    app = create_app(make_settings(models, record_dir=rec, record_rotate_rows=5))
+    with TestClient(app) as c:
+        wait_ready(c)
+        shutil.rmtree(rec)  # the folder goes away while serving (a file in its place)
+        rec.write_text("")
+        for _ in range(5):
+            assert c.post("/v1/act", json={"model": "cartpole", "observation": OBS}).is_success
+        recorder = app.state.pipeline.recorder
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not recorder.write_errors["acts"]:
+            time.sleep(0.02)
+        text = c.get("/metrics").text
+    assert 's2loop_record_write_errors_total{table="acts"} 1.0' in text
+    assert 's2loop_record_dropped_total{reason="write_failed",table="acts"} 5.0' in text
 
 
 def test_replay_on_the_same_model_agrees_fully_and_flags_a_different_one(models, tmp_path):

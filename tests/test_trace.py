@@ -5,6 +5,8 @@ emulator's."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,7 +71,7 @@ def test_trace_shape_last_row_and_counts_on_every_backend(fake_sdk, observations
         np.testing.assert_array_equal(traced.actions, plain.actions)
         assert len(traced.traces) == len(obs)
         for b, tr in enumerate(traced.traces):
-            _check_shape(tr.to_dict(), art)
+            _check_shape(json.loads(tr.to_json()), art)
             # the last row is the answer itself, bit for bit
             np.testing.assert_array_equal(tr.output_q[-1], traced.q_values[b])
             counts = [len(lay.spikes) for lay in tr.layers]
@@ -90,7 +92,7 @@ def test_board_trace_on_fake_sdk_equals_emulator_trace(fake_sdk, observations, k
         a = emu.infer(art.name, obs, seeds, trace=True)
         b = board.infer(art.name, obs, seeds, trace=True)
     assert board.runs == 3  # 10 observations, 4 copies per run
-    assert [t.to_dict() for t in a.traces] == [t.to_dict() for t in b.traces]
+    assert [t.to_json() for t in a.traces] == [t.to_json() for t in b.traces]
 
 
 def test_emulator_trace_matches_its_spike_record_and_membranes(observations):
@@ -116,11 +118,11 @@ def test_same_poisson_seed_gives_the_same_trace(observations):
     obs = observations[:1]
     with EmulatorBackend() as emu:
         emu.load(art)
-        one = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_dict()
-        two = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_dict()
-        other = emu.infer(art.name, obs, np.array([43]), trace=True).traces[0].to_dict()
+        one = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_json()
+        two = emu.infer(art.name, obs, np.array([42]), trace=True).traces[0].to_json()
+        other = emu.infer(art.name, obs, np.array([43]), trace=True).traces[0].to_json()
     assert one == two
-    assert one["input"] != other["input"]
+    assert json.loads(one)["input"] != json.loads(other)["input"]
 
 
 def test_trace_round_trips_through_its_wire_form(observations):
@@ -128,6 +130,6 @@ def test_trace_round_trips_through_its_wire_form(observations):
     with EmulatorBackend() as emu:
         emu.load(art)
         tr = emu.infer(art.name, observations[:1], trace=True).traces[0]
-    back = SpikeTrace.from_dict(tr.to_dict())
-    assert back.to_dict() == tr.to_dict()
+    back = SpikeTrace.from_dict(json.loads(tr.to_json()))
+    assert back.to_json() == tr.to_json()
     assert trace_cells(art) == art.ticks * (art.input_size + sum(x.size for x in art.layers))

@@ -66,9 +66,18 @@ def read_answer(status: int, data: bytes, codec: str) -> Any:
     return body
 
 
+def to_trace(data: dict[str, Any]) -> wire.Trace:
+    """An answer's ``trace`` map as a :class:`~s2loop_client.contract.Trace`."""
+    layers = [wire.LayerSpikes(lay["name"], lay["size"], lay["spikes"]) for lay in data["layers"]]
+    return wire.Trace(data["ticks"], data["input"], layers, data["output_q"])
+
+
 def to_answer(body: dict[str, Any]) -> Answer:
     try:
-        return Answer(**{**_fields(Answer, body), "timing": _timing(body["timing"])})
+        answer = Answer(**{**_fields(Answer, body), "timing": _timing(body["timing"])})
+        if answer.trace is not None:
+            answer.trace = to_trace(answer.trace)  # type: ignore[arg-type]
+        return answer
     except (KeyError, TypeError) as exc:
         raise BadAnswer("bad_answer", f"answer misses a field: {exc}") from None
 
@@ -78,10 +87,11 @@ def to_answers(body: dict[str, Any]) -> list[Answer]:
     try:
         timing = _timing(body["timing"])
         seeds = body.get("seeds") or [None] * len(body["actions"])
+        traces = body.get("traces") or [None] * len(body["actions"])
         return [
             Answer(body["model"], int(a), list(q), body["backend"], body["fallback"], timing,
-                   body.get("id"), s)
-            for a, q, s in zip(body["actions"], body["q_values"], seeds, strict=True)
+                   body.get("id"), s, trace=None if t is None else to_trace(t))
+            for a, q, s, t in zip(body["actions"], body["q_values"], seeds, traces, strict=True)
         ]  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise BadAnswer("bad_answer", f"batch answer misses a field: {exc}") from None
@@ -101,17 +111,25 @@ class _Requests:
             raise ValueError(f"observation{'s' if rank == 2 else ''} must be {rank}-D")
         return arr if self.codec == "msgpack" else arr.tolist()
 
-    def act_body(self, observation: Any, seed: Any, id: Any, episode_id: Any, step: Any) -> bytes:
+    def act_body(
+        self, observation: Any, seed: Any, id: Any, episode_id: Any, step: Any, trace: bool = False
+    ) -> bytes:
         body: dict[str, Any] = {"model": self.model, "observation": self._obs(observation, 1)}
         for key, value in (("seed", seed), ("id", id), ("episode_id", episode_id), ("step", step)):
             if value is not None:
                 body[key] = value
+        if trace:
+            body["trace"] = True
         return wirecodec.dumps(body, self.codec)
 
-    def batch_body(self, observations: Any, seeds: Sequence[int] | None) -> bytes:
+    def batch_body(
+        self, observations: Any, seeds: Sequence[int] | None, trace: bool = False
+    ) -> bytes:
         body: dict[str, Any] = {"model": self.model, "observations": self._obs(observations, 2)}
         if seeds is not None:
             body["seeds"] = [int(s) for s in seeds]
+        if trace:
+            body["trace"] = True
         return wirecodec.dumps(body, self.codec)
 
 
@@ -173,16 +191,20 @@ class PolicyClient(_Requests):
         id: Any = None,
         episode_id: str | None = None,
         step: int | None = None,
+        trace: bool = False,
     ) -> Answer:
         """The greedy action for one observation (list or numpy array). ``episode_id`` and
         ``step`` tag it in the server's flight recorder; ``seed`` fixes a Poisson model's
-        input spikes; ``id`` is echoed back."""
-        body = self.act_body(observation, seed, id, episode_id, step)
+        input spikes; ``id`` is echoed back; ``trace``: the answer's ``.trace`` holds the
+        inference's spikes per tick (:class:`~s2loop_client.contract.Trace`)."""
+        body = self.act_body(observation, seed, id, episode_id, step, trace)
         return to_answer(self._send("act", body))
 
-    def act_batch(self, observations: Any, *, seeds: Sequence[int] | None = None) -> list[Answer]:
+    def act_batch(
+        self, observations: Any, *, seeds: Sequence[int] | None = None, trace: bool = False
+    ) -> list[Answer]:
         """One answer per row of ``observations`` [N, obs], in one backend call."""
-        return to_answers(self._send("batch", self.batch_body(observations, seeds)))
+        return to_answers(self._send("batch", self.batch_body(observations, seeds, trace)))
 
     def model_info(self) -> dict[str, Any]:
         """What the server says of the model (``GET /v1/models/{name}``)."""
@@ -359,14 +381,16 @@ class AsyncPolicyClient(_Requests):
         id: Any = None,
         episode_id: str | None = None,
         step: int | None = None,
+        trace: bool = False,
     ) -> Answer:
-        body = self.act_body(observation, seed, id, episode_id, step)
+        body = self.act_body(observation, seed, id, episode_id, step, trace)
         return to_answer(await self._send("act", body))
 
     async def act_batch(
-        self, observations: Any, *, seeds: Sequence[int] | None = None
+        self, observations: Any, *, seeds: Sequence[int] | None = None, trace: bool = False
     ) -> list[Answer]:
-        return to_answers(await self._send("batch", self.batch_body(observations, seeds)))
+        body = self.batch_body(observations, seeds, trace)
+        return to_answers(await self._send("batch", body))
 
     async def model_info(self) -> dict[str, Any]:
         return await self._send("info", None)

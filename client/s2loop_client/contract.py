@@ -61,6 +61,9 @@ CODECS = ("json", "msgpack")
 FRAME_HEADER_BYTES = 4  # little-endian uint32 length of the msgpack body that follows
 MAX_FRAME_BYTES = 1 << 20
 SEED_LIMIT = 2**53  # seeds in [0, 2**53): exact in every JSON client
+#: a traced request covers at most this many tick x neuron cells, over all its rows:
+#: rows x ticks x (inputs + neurons); past it, 422 (a full trace is at most ~1 MB)
+MAX_TRACE_CELLS = 1 << 17
 
 # --------------------------------------------------------------------- field types
 
@@ -76,6 +79,13 @@ Tag = Annotated[
 Seed = Annotated[int, Bounds(ge=0, lt=SEED_LIMIT), Doc("Poisson encoder seed")]
 EpisodeId = Annotated[str, Size(1, 128), Doc("the client's episode, for the flight recorder")]
 Step = Annotated[int, Bounds(ge=0, lt=2**53), Doc("step within the episode")]
+TraceFlag = Annotated[
+    bool,
+    Doc(
+        "return the spike trace of the inference (input and layer spikes per tick, Q after "
+        "each tick); capped at MAX_TRACE_CELLS tick x neuron cells per request"
+    ),
+]
 
 
 # --------------------------------------------------------------------- requests
@@ -110,6 +120,7 @@ class ActRequest:
     step: Annotated[Step | None, Doc("optional: the step in that episode (recorded, echoed)")] = (
         None
     )
+    trace: TraceFlag = False
 
 
 @dataclass
@@ -134,9 +145,45 @@ class BatchRequest:
         list[EpisodeId] | None, Doc("optional: each row's episode (recorded, echoed back)")
     ] = None
     steps: Annotated[list[Step] | None, Doc("optional: each row's step (recorded, echoed)")] = None
+    trace: TraceFlag = False
 
 
 # --------------------------------------------------------------------- answers
+
+SpikePairs = Annotated[
+    list[list[int]], Doc("spikes as [tick, neuron] pairs, ordered by tick, then neuron")
+]
+
+
+@dataclass
+class LayerSpikes:
+    """One LIF layer's spikes in a trace."""
+
+    name: Annotated[str, Doc("the layer's name in the model")]
+    size: Annotated[int, Doc("its neurons")]
+    spikes: SpikePairs
+
+
+@dataclass
+class Trace:
+    """What one inference did, tick by tick (``hw.trace``)."""
+
+    ticks: Annotated[int, Doc("chip ticks run, T")]
+    input: Annotated[
+        list[list[int]],
+        Doc(
+            "input spikes as [tick, neuron] pairs: tick is when the input neuron fires "
+            "(the first layer integrates it at tick + 1)"
+        ),
+    ]
+    layers: Annotated[list[LayerSpikes], Doc("every LIF layer, first to output")]
+    output_q: Annotated[
+        list[list[float]],
+        Doc(
+            "T rows: row t is what q_values would be had the run stopped after tick t "
+            "(the last row equals q_values)"
+        ),
+    ]
 
 
 @dataclass
@@ -186,6 +233,7 @@ class ActAnswer:
     seed: Annotated[int | None, Doc("Poisson-coded models: the seed of the input spikes")] = None
     episode_id: str | None = None
     step: int | None = None
+    trace: Annotated[Trace | None, Doc("the spike trace, when the request asked for it")] = None
 
 
 @dataclass
@@ -202,6 +250,9 @@ class BatchAnswer:
     ] = None
     episode_ids: list[str] | None = None
     steps: list[int] | None = None
+    traces: Annotated[
+        list[Trace] | None, Doc("one spike trace per row, when the request asked for them")
+    ] = None
 
 
 @dataclass
