@@ -21,6 +21,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from hw.trace import trace_cells
+from s2loop_client import contract as wire
 from s2loop_client.codec import DecodeError, unpack_request
 from service.errors import INTERNAL, ApiError
 from service.metrics import Metrics
@@ -138,6 +140,21 @@ def seeds(entry: ModelEntry, given: list[int] | None, n: int) -> np.ndarray | No
     return np.array(given, dtype=np.int64)
 
 
+def check_trace(service: Service, entry: ModelEntry, rows: int) -> None:
+    """ApiError 422 when a traced request cannot be answered: over the size cap
+    (``MAX_TRACE_CELLS``), or no backend serving the model gives traces."""
+    cells = rows * trace_cells(entry.artifact)
+    if cells > wire.MAX_TRACE_CELLS:
+        msg = (
+            f"a trace of {rows} observation(s) of model {entry.name!r} covers {cells} tick x "
+            f"neuron cells, over the limit of {wire.MAX_TRACE_CELLS}: trace fewer rows"
+        )
+        raise ApiError(422, "validation_error", msg)
+    if not any(lane.backend.gives_traces for lane in service.lanes()):
+        names = ", ".join(lane.name for lane in service.lanes())
+        raise ApiError(422, "validation_error", f"backend {names} gives no spike traces")
+
+
 def _tolist(arr: np.ndarray) -> list:
     return arr.tolist()
 
@@ -238,7 +255,9 @@ class Pipeline:
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
         given = seeds(entry, None if req.seed is None else [req.seed], 1)
-        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given)
+        if req.trace:
+            check_trace(self.service, entry, 1)
+        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
         elapsed = time.perf_counter() - arrived
         self.metrics.observe_request("act", entry.name, elapsed)
         out = {
@@ -263,6 +282,11 @@ class Pipeline:
             out["episode_id"] = req.episode_id
         if req.step is not None:
             out["step"] = req.step
+        if res.traces is not None:
+            out["trace"] = res.traces[0].to_dict()
+            if self.recorder is not None:
+                trace_json = res.traces[0].to_json().decode()
+                self.recorder.trace((time.time(), request_id, entry.name, trace_json))
         if self.recorder is not None:
             self.recorder.act(
                 ActRow(time.time(), request_id, req.episode_id, req.step, entry.name,
@@ -289,7 +313,9 @@ class Pipeline:
             if values is not None and len(values) != len(obs):
                 msg = f"{name} has {len(values)} values for {len(obs)} observations"
                 raise ApiError(422, "validation_error", msg)
-        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given)
+        if req.trace:
+            check_trace(self.service, entry, len(obs))
+        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
         chip_time, energy = entry.estimate(len(obs))
         elapsed = time.perf_counter() - arrived
         self.metrics.observe_request("batch", entry.name, elapsed)
@@ -316,6 +342,12 @@ class Pipeline:
             out["episode_ids"] = req.episode_ids
         if req.steps is not None:
             out["steps"] = req.steps
+        if res.traces is not None:
+            out["traces"] = [tr.to_dict() for tr in res.traces]
+            if self.recorder is not None:
+                for i, tr in enumerate(res.traces):  # rows as the acts table names them
+                    row_id = f"{request_id}.{i}"
+                    self.recorder.trace((time.time(), row_id, entry.name, tr.to_json().decode()))
         if self.recorder is not None:
             self.recorder.batch(
                 ActBatch(time.time(), request_id, req.episode_ids, req.steps, entry.name,
