@@ -1,8 +1,9 @@
-"""Small helpers the suite shares: latency summaries, CPU accounting, the machine and
-the code a run measured."""
+"""Small helpers every benchmark shares: latency summaries, page tables and figures,
+CPU accounting (psutil), the machine and the code a run measured."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 PERCENTILES = (50, 90, 99)
 REPO = Path(__file__).resolve().parent.parent
@@ -43,52 +45,54 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return float(numerator) / float(denominator)
 
 
+# ------------------------------------------------------------------ pages
+
+
+def fmt(v: Any, digits: int = 0, unit: str = "") -> str:
+    """A figure for a page: thousands separated, ``digits`` decimals, ``unit`` after it;
+    ``n/a`` for None, NaN and infinities; anything not a number as ``str``."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return f"{v:,.{digits}f}{unit}"
+    return str(v)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A GitHub-flavoured markdown table (tabulate), one line per list item; cells are
+    written as given (already formatted: no number re-parsing)."""
+    from tabulate import tabulate
+
+    text = tabulate(rows, headers=header, tablefmt="github", disable_numparse=True)
+    return text.splitlines()
+
+
 # ------------------------------------------------------------------ CPU accounting
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of one process, seconds (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(c) for c in f.read().split())
-    except OSError:
-        pass
-    return out
-
-
 def tree_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and every live descendant (uvicorn workers)."""
+    """CPU seconds (user + system) used so far by ``pid`` and every live descendant
+    (uvicorn workers); 0 for processes that are gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
     total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        total += _proc_cpu_s(p)
-        stack.extend(_children(p))
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
     return total
 
 
-def machine_busy_s() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, wall seconds) since boot, from /proc/stat:
-    the difference of two readings says how many cores were busy, by anyone."""
-    try:
-        with open("/proc/stat") as f:
-            parts = f.readline().split()[1:]
-    except OSError:
-        return 0.0, time.monotonic()
-    jiffies = [int(x) for x in parts]
-    idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)
-    return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all CPUs, by anyone): the
+    difference of two readings over a wall interval says how many cores were busy."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
 class CpuMeter:
@@ -98,21 +102,26 @@ class CpuMeter:
     def __init__(self, server_pids: Iterable[int] = ()) -> None:
         self.server_pids = list(server_pids)
 
+    def _read(self) -> tuple[float, float, float, float]:
+        own = psutil.Process().cpu_times()
+        return (
+            time.perf_counter(),
+            sum(tree_cpu_s(p) for p in self.server_pids),
+            own.user + own.system,
+            machine_busy_s(),
+        )
+
     def start(self) -> CpuMeter:
-        self._t = time.perf_counter()
-        self._server = sum(tree_cpu_s(p) for p in self.server_pids)
-        self._self = time.process_time()
-        self._machine = machine_busy_s()[0]
+        self._start = self._read()
         return self
 
     def stop(self) -> dict[str, float]:
-        wall = time.perf_counter() - self._t
-        server = sum(tree_cpu_s(p) for p in self.server_pids) - self._server
-        own = time.process_time() - self._self
-        machine = machine_busy_s()[0] - self._machine
+        """``wall_s``, ``cpu_s`` (this process) and cores: CPU seconds per wall second."""
+        wall, server, own, machine = (b - a for a, b in zip(self._start, self._read(), strict=True))
         w = max(wall, 1e-9)
         return {
             "wall_s": wall,
+            "cpu_s": own,
             "server_cores": server / w,
             "client_cores": own / w,
             "machine_busy_cores": machine / w,
@@ -122,11 +131,8 @@ class CpuMeter:
 # ------------------------------------------------------------------ provenance
 
 
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in psutil.getloadavg()]
 
 
 def _lscpu() -> dict[str, str]:
@@ -145,7 +151,8 @@ def _lscpu() -> dict[str, str]:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the figures were measured on: CPU (lscpu), OS, Python and library versions."""
+    """What the figures were measured on: CPU (lscpu, psutil), memory, OS, Python, the
+    library versions and the threads numba uses (if it is installed)."""
     lscpu = _lscpu()
     versions: dict[str, str] = {}
     for name in ("numpy", "numba", "torch", "fastapi", "uvicorn", "websockets", "gymnasium"):
@@ -155,17 +162,23 @@ def machine_info() -> dict[str, Any]:
         except ImportError:
             versions[name] = "not installed"
     info: dict[str, Any] = {
-        "cpu_model": lscpu.get("Model name") or platform.processor(),
-        "cpus": lscpu.get("CPU(s)") or str(os.cpu_count()),
+        "cpu_model": lscpu.get("Model name") or platform.processor() or platform.machine(),
+        "cpus": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
         "threads_per_core": lscpu.get("Thread(s) per core"),
         "hypervisor": lscpu.get("Hypervisor vendor"),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "architecture": lscpu.get("Architecture") or platform.machine(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": versions,
     }
-    if hasattr(os, "sched_getaffinity"):
-        info["affinity"] = sorted(os.sched_getaffinity(0))
+    if hasattr(psutil.Process, "cpu_affinity"):  # Linux, Windows
+        info["affinity"] = sorted(psutil.Process().cpu_affinity())
+    if versions["numba"] != "not installed":
+        import numba
+
+        info["numba_num_threads"] = numba.config.NUMBA_NUM_THREADS
     return info
 
 

@@ -27,13 +27,13 @@ import os
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import platform  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from bench.common import loadavg, machine_info  # noqa: E402
 
 TARGET_SINGLE_MEDIAN_US = 50.0
 TARGET_THROUGHPUT = 100_000.0
@@ -59,39 +59,6 @@ class EmulatorBenchConfig:
             base.update(single_calls=2_000, min_time_s=0.2, repeats=3)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
-
-
-def machine_info() -> dict[str, Any]:
-    import numba
-
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["affinity"] = sorted(os.sched_getaffinity(0))
-    return info
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def _observation_pool(n_obs: int, seed: int, size: int = 4096) -> np.ndarray:
@@ -157,7 +124,7 @@ def run_emulator_benchmark(cfg: EmulatorBenchConfig) -> dict[str, Any]:
     from hw.synthetic import random_artifact
 
     art = load_artifact(cfg.model) if cfg.model else random_artifact(seed=cfg.seed, name="bench")
-    load_before = _loadavg()
+    load_before = loadavg()
     t_load = time.perf_counter()
     backend = EmulatorBackend()
     backend.load(art)  # compiles or loads the numba cache
@@ -189,7 +156,7 @@ def run_emulator_benchmark(cfg: EmulatorBenchConfig) -> dict[str, Any]:
         },
         "machine": machine_info(),
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": loadavg(),
         "model_load_s": load_s,
         "single": {"best": best_single, "repeats": singles},
         "batched": {b: {"best": best_batched[b], "repeats": runs} for b, runs in batched.items()},
@@ -216,8 +183,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"({m['input_size']} inputs, {m['ticks']} ticks, {m['encoder']} encoder)"
     )
     console.print(
-        f"machine: {mach['cpu_model']} ({mach['cpu_count']} CPUs), numba "
-        f"{mach['numba']} threads={mach['numba_num_threads']}, load avg "
+        f"machine: {mach['cpu_model']} ({mach['cpus']} CPUs), numba "
+        f"{mach['versions']['numba']} threads={mach['numba_num_threads']}, load avg "
         f"{report['loadavg_before']} -> {report['loadavg_after']}"
     )
     s = report["single"]

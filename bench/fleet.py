@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.common import fmt, machine_info, table
 
 MD_NAME = "FLEET.md"
 JSON_NAME = "fleet.json"
@@ -116,10 +117,7 @@ def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> di
     report: dict[str, Any] = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine_info(),
         "quick": cfg.quick,
         "config": {k: v for k, v in cfg.__dict__.items() if k != "quick"},
     }
@@ -199,10 +197,6 @@ def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> di
     return report
 
 
-def _f(v: float | None, digits: int = 0) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{digits}f}"
-
-
 def capacity(r: dict[str, Any]) -> dict[str, Any]:
     """The plan's figures, from the measured curves (rules stated in the page)."""
     best = max(r["scaling"], key=lambda x: x["per_s"])
@@ -229,7 +223,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Many robots, many boards",
         "",
-        f"Written by `{r['command']}` on {r['date']}, {r['machine']['processor']}, "
+        f"Written by `{r['command']}` on {r['date']}, {r['machine']['cpu_model']}, "
         f"{r['machine']['cpus']} CPUs (clients, servers and load balancer share them). All "
         "figures measured by that command, except the board's timing, which is an assumption.",
         "",
@@ -245,12 +239,19 @@ def markdown(r: dict[str, Any]) -> str:
         "**Assumptions, not measurements of a board.** "
         f"{r['config']['board_clients']} closed-loop clients, {r['config']['load_s']:g} s each.",
         "",
-        "| | answers/s | p50 µs | p99 µs | failed |",
-        "|---|---|---|---|---|",
-        f"| coalescing (2 ms window) | {_f(c['per_s'])} | {_f(c['latency_us']['p50'])} | "
-        f"{_f(c['latency_us']['p99'])} | {c['failed']} |",
-        f"| one run per request | {_f(n['per_s'])} | {_f(n['latency_us']['p50'])} | "
-        f"{_f(n['latency_us']['p99'])} | {n['failed']} |",
+        *table(
+            ["", "answers/s", "p50 µs", "p99 µs", "failed"],
+            [
+                [
+                    what,
+                    fmt(x["per_s"]),
+                    fmt(x["latency_us"]["p50"]),
+                    fmt(x["latency_us"]["p99"]),
+                    fmt(x["failed"]),
+                ]
+                for what, x in (("coalescing (2 ms window)", c), ("one run per request", n))
+            ],
+        ),
         "",
         f"Throughput with coalescing: **{gain:.1f}x** (target >= 10x); p99 "
         f"{'lower' if c['latency_us']['p99'] < n['latency_us']['p99'] else 'NOT lower'} with "
@@ -260,7 +261,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Coalescing on the emulator, one client",
         "",
-        f"p50 {_f(emu['on']['p50'])} µs with a 2 ms window forced on, {_f(emu['off']['p50'])} µs "
+        f"p50 {fmt(emu['on']['p50'])} µs with a 2 ms window forced on, {fmt(emu['off']['p50'])} µs "
         "with it off (the default for the emulator: one emulator call runs one copy, so the "
         "coalescer passes requests straight through).",
         "",
@@ -274,28 +275,26 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "## HAProxy in front of 3 replicas",
             "",
-            f"One client, interleaved: p50 {_f(lat['direct']['p50'])} µs straight to a replica, "
-            f"{_f(lat['through_haproxy']['p50'])} µs through HAProxy (+{_f(extra)} µs; target "
+            f"One client, interleaved: p50 {fmt(lat['direct']['p50'])} µs straight to a replica, "
+            f"{fmt(lat['through_haproxy']['p50'])} µs through HAProxy (+{fmt(extra)} µs; target "
             f"<= +150 µs). 8 clients for {r['config']['load_s']:g} s with one replica killed "
             f"(SIGKILL) a third of the way in: {fo['answers']:,} answers, **{fo['failed']} "
             "failed**.",
             "",
         ]
     cap = capacity(r)
-    rows = [f"| {s['clients']} | {_f(s['per_s'])} | {_f(s['latency_us']['p50'])} | "
-            f"{_f(s['latency_us']['p99'])} |" for s in r["scaling"]]  # fmt: skip
+    rows = [[fmt(s["clients"]), fmt(s["per_s"]), fmt(s["latency_us"]["p50"]),
+             fmt(s["latency_us"]["p99"])] for s in r["scaling"]]  # fmt: skip
     lines += [
         "## Capacity plan",
         "",
         "One emulator replica (one server process) against closed-loop clients on the same "
         "machine:",
         "",
-        "| clients | answers/s | p50 µs | p99 µs |",
-        "|---|---|---|---|",
-        *rows,
+        *table(["clients", "answers/s", "p50 µs", "p99 µs"], rows),
         "",
         f"- **Robots per replica**: planned at 70% of the best rate measured "
-        f"({_f(cap['replica_steps_per_s'])} answers/s at {cap['replica_best_at_clients']} "
+        f"({fmt(cap['replica_steps_per_s'])} answers/s at {cap['replica_best_at_clients']} "
         f"clients): {cap['robots_per_replica'][50]} robots at 50 Hz, "
         f"{cap['robots_per_replica'][200]} at 200 Hz.",
         "- **Replicas per node**: a replica is one process with one event loop; the emulator "

@@ -10,8 +10,6 @@ a file rotation, the bytes on disk per million answers, rows lost on a graceful 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,7 +40,7 @@ class RecordBenchConfig:
 def run_record_bench(cfg: RecordBenchConfig, command: str = "", log: Any = print) -> dict:
     import orjson
 
-    from bench.common import summarize_us
+    from bench.common import machine_info, summarize_us
     from bench.suite import HttpBare, env_observations
     from clients.demo import ServerProcess, shipped_models_dir
     from service.replay import read_acts, replay
@@ -118,10 +116,7 @@ def run_record_bench(cfg: RecordBenchConfig, command: str = "", log: Any = print
     return {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine_info(),
         "quick": cfg.quick,
         "config": {"rounds": cfg.rounds, "block": cfg.block, "rotate_rows": cfg.rotate_rows},
         "rtt_us": {k: summarize_us(v) for k, v in rtt.items()},
@@ -154,6 +149,8 @@ def _ms(us: float | None) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    from bench.common import table
+
     on, off = r["rtt_us"]["on"], r["rtt_us"]["off"]
     # a single slowest answer is mostly the machine (the server that does not record has
     # outliers as slow): a rotation delays answers by what the slowest one near it takes
@@ -174,7 +171,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# The flight recorder: what it costs",
         "",
-        f"Written by `{r['command']}` on {r['date']}, {r['machine']['processor']}, "
+        f"Written by `{r['command']}` on {r['date']}, {r['machine']['cpu_model']}, "
         f"{r['machine']['cpus']} CPUs. Two `s2loop serve` processes with the shipped models, "
         f"one recording (files of {r['config']['rotate_rows']:,} rows) and one not, measured "
         f"by one bare HTTP client in {r['config']['rounds']} interleaved rounds of "
@@ -184,23 +181,42 @@ def markdown(r: dict[str, Any]) -> str:
     if r["quick"]:
         lines += ["**Quick mode**: too few requests for the figures to mean much.", ""]
     lines += [
-        "| what | target | measured | |",
-        "|---|---|---|---|",
-        f"| /v1/act p50 with recording ÷ without | <= 1.05 | {r['ratio_p50']:.3f} "
-        f"({on['p50']:.0f} vs {off['p50']:.0f} µs) | {ok(met['p50'])} |",
-        "| slowest answer within 50 ms of a file rotation, beyond the slowest elsewhere | "
-        "<= 1 ms | "
-        + ("n/a" if excess is None else f"{max(excess, 0.0) / 1e3:.2f} ms")
-        + f" ({r['requests_near_rotation']} answers near {r['rotations_during_run']} "
-        f"rotations: slowest {_ms(near_max)}, p99 {_ms(r['near_rotation_p99_us'])}; far from "
-        f"them: slowest {_ms(r['far_from_rotation_max_us'])}, p99 "
-        f"{_ms(r['far_from_rotation_p99_us'])}; not recording: slowest {_ms(off['max'])}) "
-        f"| {ok(met['rotation'])} |",
-        f"| rows lost on a graceful stop | 0 | {r['rows_lost']} of {r['answers_sent']:,} "
-        f"answers | {ok(met['lost'])} |",
-        f"| replay on the emulator, {r['replay']['rows']:,} rows | >= 50,000 rows/s | "
-        f"{r['replay']['rows_per_s']:,.0f} rows/s (agreement {r['replay']['agreement']:.4f}) "
-        f"| {ok(met['replay'])} |",
+        *table(
+            ["what", "target", "measured", ""],
+            [
+                [
+                    "/v1/act p50 with recording ÷ without",
+                    "<= 1.05",
+                    f"{r['ratio_p50']:.3f} ({on['p50']:.0f} vs {off['p50']:.0f} µs)",
+                    ok(met["p50"]),
+                ],
+                [
+                    "slowest answer within 50 ms of a file rotation, beyond the slowest elsewhere",
+                    "<= 1 ms",
+                    ("n/a" if excess is None else f"{max(excess, 0.0) / 1e3:.2f} ms")
+                    + f" ({r['requests_near_rotation']} answers near "
+                    f"{r['rotations_during_run']} rotations: slowest {_ms(near_max)}, p99 "
+                    f"{_ms(r['near_rotation_p99_us'])}; far from them: slowest "
+                    f"{_ms(r['far_from_rotation_max_us'])}, p99 "
+                    f"{_ms(r['far_from_rotation_p99_us'])}; not recording: slowest "
+                    f"{_ms(off['max'])})",
+                    ok(met["rotation"]),
+                ],
+                [
+                    "rows lost on a graceful stop",
+                    "0",
+                    f"{r['rows_lost']} of {r['answers_sent']:,} answers",
+                    ok(met["lost"]),
+                ],
+                [
+                    f"replay on the emulator, {r['replay']['rows']:,} rows",
+                    ">= 50,000 rows/s",
+                    f"{r['replay']['rows_per_s']:,.0f} rows/s "
+                    f"(agreement {r['replay']['agreement']:.4f})",
+                    ok(met["replay"]),
+                ],
+            ],
+        ),
         "",
         f"On disk: {r['bytes'] / 1e6:.2f} MB for {r['rows_recorded']:,} rows in {r['files']} "
         f"files, about {r['bytes_per_million'] / 1e6:.0f} MB per million answers (Parquet, "

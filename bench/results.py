@@ -5,10 +5,10 @@ figure, no raw samples) and PNG plots, all written from the report of
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from bench.common import fmt, table
 from bench.suite import strip_raw
 
 JSON_NAME = "results.json"
@@ -25,22 +25,8 @@ MISSES_TO_COMPARE = 10
 SATURATED = 0.85
 
 
-def _f(v: Any, digits: int = 0, unit: str = "") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, int | float):
-        return f"{v:,.{digits}f}{unit}"
-    return str(v)
-
-
 def _met(flag: Any) -> str:
     return "met" if flag else "**not met**"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
 
 
 # ------------------------------------------------------------------ markdown
@@ -106,10 +92,10 @@ def _targets(r: dict[str, Any]) -> list[str]:
             met = _met(t["met"])
             if not t.get("steps_enough", True):
                 met += " (too few steps for the target: quick mode)"
-            rows.append([label, t["target"], _f(value, digits), met])
+            rows.append([label, t["target"], fmt(value, digits), met])
     if not rows:
         return []
-    return ["## Targets", "", *_table(["what", "target", "measured", ""], rows), ""]
+    return ["## Targets", "", *table(["what", "target", "measured", ""], rows), ""]
 
 
 def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
@@ -121,20 +107,20 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
         extra = ""
         if name == "batch":
             extra = (
-                f"{_f(e['obs_per_s_sustained'])} obs/s sustained, "
-                f"{_f(e['obs_per_s_at_p50'])} at p50"
+                f"{fmt(e['obs_per_s_sustained'])} obs/s sustained, "
+                f"{fmt(e['obs_per_s_at_p50'])} at p50"
             )
         rows.append(
             [
                 e["what"],
-                _f(s["n"]),
-                _f(s["p50"]),
-                _f(s["p90"]),
-                _f(s["p99"]),
+                fmt(s["n"]),
+                fmt(s["p50"]),
+                fmt(s["p90"]),
+                fmt(s["p99"]),
                 f"{e.get('floor', 'floor_http')}: "
-                + " / ".join(_f(ratio[f"p{p}"], 2) for p in (50, 90, 99)),
-                _f(e.get("ratio_to_fastapi_floor"), 2),
-                _f(e["server_us"]["p50"]),
+                + " / ".join(fmt(ratio[f"p{p}"], 2) for p in (50, 90, 99)),
+                fmt(e.get("ratio_to_fastapi_floor"), 2),
+                fmt(e["server_us"]["p50"]),
                 extra,
             ]
         )
@@ -154,7 +140,7 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
         "with it. Each row is divided by its own floor (named) and by the bare FastAPI "
         "floor. 'server p50' is the time the service itself reports (`timing.server_us`).",
         "",
-        *_table(
+        *table(
             [
                 "transport",
                 "n",
@@ -170,7 +156,7 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
         ),
         "",
         f"Cores busy during the interleaved rounds: this process (client) "
-        f"{_f(cpu.get('client_cores'), 2)}, whole machine {_f(cpu.get('machine_busy_cores'), 2)}"
+        f"{fmt(cpu.get('client_cores'), 2)}, whole machine {fmt(cpu.get('machine_busy_cores'), 2)}"
         f" (of {cpus} CPUs, other work included).",
         "",
         f"![transport round trips]({PLOTS['transport']})",
@@ -187,11 +173,11 @@ def _backends(b: dict[str, Any]) -> list[str]:
         rows1.append(
             [
                 name,
-                _f(s["median_us"], 1),
-                _f(s["p90_us"], 1),
-                _f(s["p99_us"], 1),
-                _f(s["mean_us"], 1),
-                ", ".join(_f(x["median_us"], 1) for x in d["single"]["repeats"]),
+                fmt(s["median_us"], 1),
+                fmt(s["p90_us"], 1),
+                fmt(s["p99_us"], 1),
+                fmt(s["mean_us"], 1),
+                ", ".join(fmt(x["median_us"], 1) for x in d["single"]["repeats"]),
             ]
         )
     batches = list(b["backends"]["emulator"]["batched"])
@@ -199,7 +185,7 @@ def _backends(b: dict[str, Any]) -> list[str]:
     for batch in batches:
         emu = b["backends"]["emulator"]["batched"][batch]["best"]["per_second"]
         ref = b["backends"]["reference"]["batched"][batch]["best"]["per_second"]
-        rows2.append([batch, _f(emu), _f(ref), _f(emu / ref if ref else None, 1)])
+        rows2.append([batch, fmt(emu), fmt(ref), fmt(emu / ref if ref else None, 1)])
     agree = b["action_agreement"]
     return [
         "## 2. Backends (in process, one thread each)",
@@ -214,11 +200,11 @@ def _backends(b: dict[str, Any]) -> list[str]:
         "",
         "Single observation, µs per call:",
         "",
-        *_table(["backend", "median", "p90", "p99", "mean", "medians of all repeats"], rows1),
+        *table(["backend", "median", "p90", "p99", "mean", "medians of all repeats"], rows1),
         "",
         "Batched throughput, inferences/s:",
         "",
-        *_table(["batch", "emulator", "float reference", "emulator ÷ reference"], rows2),
+        *table(["batch", "emulator", "float reference", "emulator ÷ reference"], rows2),
         "",
         f"Same greedy action from both on {agree['value']:.1%} of {agree['states']} CartPole "
         "states (8-bit vs float weights).",
@@ -238,14 +224,14 @@ def _gpu(g: dict[str, Any] | None) -> list[str]:
     s = g["single"]
     lines = [
         f"GPU (the paper's comparison): the float reference on {g['device']}, batch 1: "
-        f"median {_f(s['median_us'], 1)} µs, p99 {_f(s['p99_us'], 1)} µs per call.",
+        f"median {fmt(s['median_us'], 1)} µs, p99 {fmt(s['p99_us'], 1)} µs per call.",
     ]
     e = g.get("energy", {})
     if e.get("measured"):
         lines.append(
-            f"NVML: {_f(e['energy_j_per_inference'] * 1e3, 3)} mJ per inference at "
-            f"{_f(e['mean_power_w'], 1)} W mean power ({_f(e['idle_power_w'], 1)} W idle; "
-            f"{_f(e['dynamic_energy_j_per_inference'] * 1e3, 3)} mJ above idle), over "
+            f"NVML: {fmt(e['energy_j_per_inference'] * 1e3, 3)} mJ per inference at "
+            f"{fmt(e['mean_power_w'], 1)} W mean power ({fmt(e['idle_power_w'], 1)} W idle; "
+            f"{fmt(e['dynamic_energy_j_per_inference'] * 1e3, 3)} mJ above idle), over "
             f"{e['inferences']} back-to-back inferences. Compare with the chip estimates in "
             "section 5 (those are estimates, these are measurements)."
         )
@@ -272,20 +258,20 @@ def _closed_loop(c: dict[str, Any]) -> list[str]:
                 r["env_id"],
                 r["transport"],
                 pacing,
-                _f(r["steps"]),
-                _f(r["episodes"]),
-                _f(s["p50"]),
-                _f(s["p90"]),
-                _f(s["p99"]),
-                _f(s["max"]),
-                _f(r["server_us"]["p50"]),
+                fmt(r["steps"]),
+                fmt(r["episodes"]),
+                fmt(s["p50"]),
+                fmt(s["p90"]),
+                fmt(s["p99"]),
+                fmt(s["max"]),
+                fmt(r["server_us"]["p50"]),
                 misses,
-                _f(r["errors"]),
-                "n/a (constant action)" if floor else _f(r["return_mean"], 1),
+                fmt(r["errors"]),
+                "n/a (constant action)" if floor else fmt(r["return_mean"], 1),
             ]
         )
     lengths = ", ".join(
-        f"{e}: {_f(v, 1)} steps over {c['episodes'][e]} episodes"
+        f"{e}: {fmt(v, 1)} steps over {c['episodes'][e]} episodes"
         for e, v in c["episode_length_mean"].items()
     )
     return [
@@ -303,7 +289,7 @@ def _closed_loop(c: dict[str, Any]) -> list[str]:
         "paced loop against the constant-answer floor server: misses there come from the "
         "machine and the client, not from the service.",
         "",
-        *_table(
+        *table(
             [
                 "server",
                 "env",
@@ -339,14 +325,14 @@ def _scaling(s: dict[str, Any]) -> list[str]:
                 str(r["workers"]),
                 str(r["clients"]),
                 str(r.get("client_processes", 1)),
-                _f(r["steps_per_s"]),
-                _f(r["rtt_us"]["p50"]),
-                _f(r["rtt_us"]["p99"]),
-                _f(r["steps"]),
-                _f(r["errors"]),
-                _f(r["server_cores"], 2),
-                _f(r["client_cores"], 2),
-                _f(r["machine_busy_cores"], 2),
+                fmt(r["steps_per_s"]),
+                fmt(r["rtt_us"]["p50"]),
+                fmt(r["rtt_us"]["p99"]),
+                fmt(r["steps"]),
+                fmt(r["errors"]),
+                fmt(r["server_cores"], 2),
+                fmt(r["client_cores"], 2),
+                fmt(r["machine_busy_cores"], 2),
             ]
         )
     return [
@@ -360,7 +346,7 @@ def _scaling(s: dict[str, Any]) -> list[str]:
         "users included). Clients in one process share its interpreter, so at high client "
         "counts their own GIL contention is part of the round trip.",
         "",
-        *_table(
+        *table(
             [
                 "workers",
                 "clients",
@@ -391,14 +377,14 @@ def _chip(c: dict[str, Any]) -> list[str]:
                 str(m["ticks"]),
                 str(m["pes_used"]),
                 str(m["copies_per_chip"]),
-                _f(m["chip_time_s"] * 1e3, 1),
-                _f(m["max_control_rate_hz"], 1),
-                _f(m["energy_j"] * 1e3, 2),
-                _f(m["energy_dynamic_j"] * 1e3, 3),
-                _f(m["energy_batched_j"] * 1e3, 3),
-                _f(m["episode_length_mean"], 1),
-                _f(m["episode_chip_time_s"], 2),
-                _f(m["episode_energy_j"], 3),
+                fmt(m["chip_time_s"] * 1e3, 1),
+                fmt(m["max_control_rate_hz"], 1),
+                fmt(m["energy_j"] * 1e3, 2),
+                fmt(m["energy_dynamic_j"] * 1e3, 3),
+                fmt(m["energy_batched_j"] * 1e3, 3),
+                fmt(m["episode_length_mean"], 1),
+                fmt(m["episode_chip_time_s"], 2),
+                fmt(m["episode_energy_j"], 3),
             ]
         )
     spec = c["chip_spec"]
@@ -419,7 +405,7 @@ def _chip(c: dict[str, Any]) -> list[str]:
         "episode = per inference × the mean episode length measured in section 3. Host "
         "loading and Ethernet are not included.",
         "",
-        *_table(
+        *table(
             [
                 "model",
                 "ticks",
@@ -440,7 +426,7 @@ def _chip(c: dict[str, Any]) -> list[str]:
         f"**Quoted** from {p['citation']}, as far as {p['notes']} states it; not reproduced "
         f"here. Their networks: {p['network']}.",
         "",
-        *_table(["claim", "value", "source grade"], paper_rows),
+        *table(["claim", "value", "source grade"], paper_rows),
         "",
     ]
 
@@ -461,27 +447,27 @@ def findings(r: dict[str, Any]) -> list[str]:
         floor, act, ws = tr["floor_http"], tr["act_http"], tr["act_ws"]
         asgi, echo = tr.get("floor_asgi"), tr.get("floor_ws_echo")
         out.append(
-            f"/v1/act over HTTP: p50 {_f(act['rtt_us']['p50'])} µs against the bare-FastAPI "
-            f"floor's {_f(floor['rtt_us']['p50'])} µs "
-            f"(×{_f(act.get('ratio_to_fastapi_floor'), 2)})"
-            + (f" and the plain-ASGI floor's {_f(asgi['rtt_us']['p50'])} µs" if asgi else "")
-            + f"; the service reports {_f(act['server_us']['p50'])} µs of its own time at p50, "
+            f"/v1/act over HTTP: p50 {fmt(act['rtt_us']['p50'])} µs against the bare-FastAPI "
+            f"floor's {fmt(floor['rtt_us']['p50'])} µs "
+            f"(×{fmt(act.get('ratio_to_fastapi_floor'), 2)})"
+            + (f" and the plain-ASGI floor's {fmt(asgi['rtt_us']['p50'])} µs" if asgi else "")
+            + f"; the service reports {fmt(act['server_us']['p50'])} µs of its own time at p50, "
             "so the rest of the round trip is HTTP, uvicorn and the client."
         )
-        line = f"WebSocket JSON: p50 {_f(ws['rtt_us']['p50'])} µs"
+        line = f"WebSocket JSON: p50 {fmt(ws['rtt_us']['p50'])} µs"
         if "act_ws_msgpack" in tr:
-            line += f", msgpack {_f(tr['act_ws_msgpack']['rtt_us']['p50'])} µs"
+            line += f", msgpack {fmt(tr['act_ws_msgpack']['rtt_us']['p50'])} µs"
         if echo:
-            line += f"; the plain uvicorn WebSocket echo is {_f(echo['rtt_us']['p50'])} µs"
+            line += f"; the plain uvicorn WebSocket echo is {fmt(echo['rtt_us']['p50'])} µs"
         out.append(line + ".")
         if "act_tcp" in tr:
             tcp, fl = tr["act_tcp"], tr["floor_tcp"]
             out.append(
-                f"TCP endpoint: p50 {_f(tcp['rtt_us']['p50'])} µs, p99 "
-                f"{_f(tcp['rtt_us']['p99'])} µs with a bare socket client (the TCP "
-                f"constant-frame floor: {_f(fl['rtt_us']['p50'])} µs); through PolicyClient "
-                f"{_f(tr['sdk_tcp']['rtt_us']['p50'])} µs. The machine was busy "
-                f"{_f(t.get('cpu', {}).get('machine_busy_cores'), 2)} of "
+                f"TCP endpoint: p50 {fmt(tcp['rtt_us']['p50'])} µs, p99 "
+                f"{fmt(tcp['rtt_us']['p99'])} µs with a bare socket client (the TCP "
+                f"constant-frame floor: {fmt(fl['rtt_us']['p50'])} µs); through PolicyClient "
+                f"{fmt(tr['sdk_tcp']['rtt_us']['p50'])} µs. The machine was busy "
+                f"{fmt(t.get('cpu', {}).get('machine_busy_cores'), 2)} of "
                 f"{r['machine']['cpus']} CPUs meanwhile."
             )
     c = r.get("closed_loop")
@@ -492,26 +478,26 @@ def findings(r: dict[str, Any]) -> list[str]:
         if free and paced:
             out.append(
                 f"Pacing costs latency: CartPole over HTTP at 200 Hz has a p50 round trip of "
-                f"{_f(paced['rtt_us']['p50'])} µs against {_f(free['rtt_us']['p50'])} µs "
+                f"{fmt(paced['rtt_us']['p50'])} µs against {fmt(free['rtt_us']['p50'])} µs "
                 f"unpaced, and the server's own time rises from "
-                f"{_f(free['server_us']['p50'])} to {_f(paced['server_us']['p50'])} µs: between "
+                f"{fmt(free['server_us']['p50'])} to {fmt(paced['server_us']['p50'])} µs: between "
                 "steps the processes sleep and each step starts cold (wake-up, caches)."
                 + (
                     f" The constant-answer floor paced alike has a p50 of "
-                    f"{_f(control['rtt_us']['p50'])} µs."
+                    f"{fmt(control['rtt_us']['p50'])} µs."
                     if control
                     else ""
                 )
             )
             line = (
                 f"Deadline misses at 200 Hz (CartPole, HTTP): {paced['deadline_misses']} in "
-                f"{_f(paced['steps'])} steps, {paced['misses_rtt_over_period']} of them with a "
+                f"{fmt(paced['steps'])} steps, {paced['misses_rtt_over_period']} of them with a "
                 "round trip longer than the period."
             )
             if control:
                 line += (
                     f" The control loop against the constant-answer floor at the same rate: "
-                    f"{control['deadline_misses']} in {_f(control['steps'])} steps "
+                    f"{control['deadline_misses']} in {fmt(control['steps'])} steps "
                     f"({control['misses_rtt_over_period']} with RTT > period)."
                 )
                 both = paced["deadline_misses"] + control["deadline_misses"]
@@ -536,9 +522,9 @@ def findings(r: dict[str, Any]) -> list[str]:
         ref = b["backends"]["reference"]
         ratio = ref["single"]["best"]["median_us"] / e["single"]["best"]["median_us"]
         out.append(
-            f"One inference on the emulator takes {_f(e['single']['best']['median_us'], 1)} µs "
+            f"One inference on the emulator takes {fmt(e['single']['best']['median_us'], 1)} µs "
             f"(median), {ratio:.0f}× less than the float torch reference "
-            f"({_f(ref['single']['best']['median_us'])} µs); the emulator is a small part of a "
+            f"({fmt(ref['single']['best']['median_us'])} µs); the emulator is a small part of a "
             "closed-loop step, whose time is mostly transport."
         )
     s = r.get("scaling")
@@ -548,12 +534,12 @@ def findings(r: dict[str, Any]) -> list[str]:
             best = max(rows, key=lambda row: row["steps_per_s"] or 0)
             others = best["machine_busy_cores"] - best["server_cores"] - best["client_cores"]
             line = (
-                f"{w} worker(s): {_f(rows[0]['steps_per_s'])} steps/s with "
-                f"{rows[0]['clients']} client, at most {_f(best['steps_per_s'])} steps/s "
+                f"{w} worker(s): {fmt(rows[0]['steps_per_s'])} steps/s with "
+                f"{rows[0]['clients']} client, at most {fmt(best['steps_per_s'])} steps/s "
                 f"({best['clients']} clients); then the server used "
-                f"{_f(best['server_cores'], 2)} cores, the clients "
-                f"{_f(best['client_cores'], 2)}, the rest (kernel networking, other "
-                f"processes) {_f(max(others, 0.0), 2)}, of {r['machine']['cpus']} CPUs."
+                f"{fmt(best['server_cores'], 2)} cores, the clients "
+                f"{fmt(best['client_cores'], 2)}, the rest (kernel networking, other "
+                f"processes) {fmt(max(others, 0.0), 2)}, of {r['machine']['cpus']} CPUs."
             )
             procs = best.get("client_processes", 1)
             if best["client_cores"] >= SATURATED * procs:
@@ -571,7 +557,7 @@ def findings(r: dict[str, Any]) -> list[str]:
         out.append(
             f"On the chip (estimate), one inference of `{m['model']}` takes {m['ticks']} ticks "
             f"× {m['sys_tick_s'] * 1e3:g} ms = {period_ticks * 1e3:g} ms, so one chip could "
-            f"close the loop at most at {_f(m['max_control_rate_hz'], 1)} Hz before any host "
+            f"close the loop at most at {fmt(m['max_control_rate_hz'], 1)} Hz before any host "
             "or Ethernet time: the 200 Hz and 1 kHz figures above hold for the emulator only; "
             f"a board at this tick could not follow them (200 Hz needs a tick of at most "
             f"{1e3 / (200 * m['ticks']):.2f} ms, 1 kHz {1e3 / (1000 * m['ticks']):.3f} ms)."
@@ -580,9 +566,9 @@ def findings(r: dict[str, Any]) -> list[str]:
         quoted = claims.get("CartPole energy, SpiNNaker2", {}).get("value_j")
         if m["episode_energy_j"] is not None and quoted:
             out.append(
-                f"Estimated energy for `{m['model']}`: {_f(m['energy_j'] * 1e3, 2)} mJ per "
-                f"inference, {_f(m['episode_energy_j'], 2)} J per mean episode of "
-                f"{_f(m['episode_length_mean'], 0)} steps. The paper's quoted {quoted} J "
+                f"Estimated energy for `{m['model']}`: {fmt(m['energy_j'] * 1e3, 2)} mJ per "
+                f"inference, {fmt(m['episode_energy_j'], 2)} J per mean episode of "
+                f"{fmt(m['episode_length_mean'], 0)} steps. The paper's quoted {quoted} J "
                 f"(SpiNNaker2, secondary source) is {quoted / m['energy_j']:.2g}× our "
                 f"per-inference and {quoted / m['episode_energy_j']:.2g}× our per-episode "
                 "estimate; the notes do not say which of the two it is, so no comparison is "

@@ -45,15 +45,16 @@ def test_ratio_is_none_without_a_denominator():
 
 def test_cpu_meter_sees_this_process_burn_cpu():
     meter = CpuMeter([os.getpid()]).start()
-    t_end = time.perf_counter() + 0.3
+    start = time.process_time()
     x = 0
-    while time.perf_counter() < t_end:
+    while time.process_time() - start < 0.3:  # 0.3 s of CPU, however long that takes
         x += 1
     cpu = meter.stop()
-    assert cpu["wall_s"] >= 0.3
-    assert cpu["client_cores"] > 0.05  # even on a loaded machine we get some CPU
-    assert cpu["server_cores"] == pytest.approx(cpu["client_cores"], abs=0.1)  # same process
-    assert tree_cpu_s(os.getpid()) > 0
+    assert cpu["cpu_s"] >= 0.25  # psutil reads the same counters in clock ticks
+    assert cpu["client_cores"] > 0
+    # the server is this process too: the same CPU seconds over the same wall time
+    assert cpu["server_cores"] * cpu["wall_s"] == pytest.approx(cpu["cpu_s"], abs=0.05)
+    assert tree_cpu_s(os.getpid()) >= cpu["cpu_s"]
 
 
 def test_unknown_section_is_refused_by_the_command():
