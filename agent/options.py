@@ -393,3 +393,41 @@ def preset_defaults(name: str | None, config_type: type, required: dict) -> obje
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
     p = PRESETS[name]
     return _replace(base, p.train if config_type is TrainConfig else p.finetune)
+
+
+# ------------------------------------------------------------------ search ranges
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """Where ``s2loop sweep --search`` draws one option from: ``low`` to ``high``
+    inclusive, on a log scale if ``log``, whole numbers if ``integer``."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+#: the options worth searching, per recipe: dotted `s2loop train` option -> range (the
+#: shipped presets' values lie inside; the training budgets stay the setting's)
+SEARCH_SPACE: dict[Recipe, dict[str, SearchRange]] = {
+    "distill": {
+        "teacher.lr": SearchRange(1e-4, 3e-3, log=True),
+        "teacher.gamma": SearchRange(0.98, 0.999),
+        "teacher.target_every": SearchRange(10, 2_000, log=True, integer=True),
+        "teacher.eps_steps": SearchRange(5_000, 30_000, integer=True),
+        "teacher.eps_end": SearchRange(0.005, 0.05, log=True),
+        "distill.lr": SearchRange(5e-4, 5e-3, log=True),
+        "distill.margin": SearchRange(0.5, 4.0),
+        "distill.sharpness": SearchRange(1.0, 8.0),
+    },
+    "dsqn": {
+        "dsqn.lr": SearchRange(1e-4, 2e-3, log=True),
+        "dsqn.gamma": SearchRange(0.98, 0.999),
+        "dsqn.target_every": SearchRange(50, 1_000, log=True, integer=True),
+        "dsqn.eps_steps": SearchRange(5_000, 30_000, integer=True),
+        "dsqn.reward_scale": SearchRange(0.05, 1.0, log=True),
+        "snn.surrogate_slope": SearchRange(1.0, 10.0, log=True),
+    },
+}

@@ -251,6 +251,63 @@ def _run_kernel(
             v_out[b, i] = v[last, i]
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc, in_idx,
+                in_cnt):  # fmt: skip
+    """Deterministic encoder of observation row ``b`` into spike lists (``in_idx``,
+    ``in_cnt`` per input tick): :mod:`hw.encoding`'s float32 operations, one for one."""
+    n_obs = obs.shape[1]
+    per_dim = 2 if signed else centres.shape[0]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    lo = np.float32(-1.0)
+    # hw.encoding.normalize + intensities
+    for d in range(n_obs):
+        z = (obs[b, d] - obs_offset[d]) / obs_scale[d]
+        z = min(max(z, lo), one)
+        if signed:
+            p[2 * d] = max(z, zero)
+            p[2 * d + 1] = max(-z, zero)
+        else:
+            for c in range(per_dim):
+                dist = abs(z - centres[c]) * inv_width
+                p[d * per_dim + c] = max(one - dist, zero)
+    # hw.encoding.spike_raster's deterministic accumulator, as spike lists
+    n_in = p.shape[0]
+    for j in range(n_in):
+        acc[j] = phase
+    for t in range(in_cnt.shape[0]):
+        n = 0
+        for j in range(n_in):
+            x = acc[j] + p[j]
+            fired = x >= one
+            acc[j] = (x - one) if fired else x
+            in_idx[t, n] = j
+            n += fired
+        in_cnt[t] = n
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _det_raster_kernel(obs, obs_offset, obs_scale, signed, centres, inv_width, phase, t_in):
+    """The deterministic encoder's raster, uint8 [B, t_in, n_in] (the traced path's
+    input: the same spikes as :func:`hw.encoding.encode`, without its numpy overhead)."""
+    n_batch, n_obs = obs.shape
+    per_dim = 2 if signed else centres.shape[0]
+    n_in = n_obs * per_dim
+    p = np.empty(n_in, dtype=np.float32)
+    acc = np.empty(n_in, dtype=np.float32)
+    in_idx = np.zeros((t_in, n_in), dtype=np.int32)
+    in_cnt = np.empty(t_in, dtype=np.int32)
+    raster = np.zeros((n_batch, t_in, n_in), dtype=np.uint8)
+    for b in range(n_batch):
+        _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc,
+                    in_idx, in_cnt)  # fmt: skip
+        for t in range(t_in):
+            for k in range(in_cnt[t]):
+                raster[b, t, in_idx[t, k]] = 1
+    return raster
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def _run_obs_kernel(
     obs,  # float32 [B, obs]: observations, shape already checked
@@ -307,34 +364,10 @@ def _run_obs_kernel(
     in_cnt = np.empty(t_in, dtype=np.int32)
     no_record = np.zeros((0, 0, 0), dtype=np.uint8)
     no_v_record = np.zeros((0, 0, 0), dtype=np.float32)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    lo = np.float32(-1.0)
     out_thr = thr[last]
     for b in range(n_batch):
-        # hw.encoding.normalize + intensities, float32 operation for operation
-        for d in range(n_obs):
-            z = (obs[b, d] - obs_offset[d]) / obs_scale[d]
-            z = min(max(z, lo), one)
-            if signed:
-                p[2 * d] = max(z, zero)
-                p[2 * d + 1] = max(-z, zero)
-            else:
-                for c in range(per_dim):
-                    dist = abs(z - centres[c]) * inv_width
-                    p[d * per_dim + c] = max(one - dist, zero)
-        # hw.encoding.spike_raster's deterministic accumulator, as spike lists
-        for j in range(n_in):
-            acc[j] = phase
-        for t in range(t_in):
-            n = 0
-            for j in range(n_in):
-                x = acc[j] + p[j]
-                fired = x >= one
-                acc[j] = (x - one) if fired else x
-                in_idx[t, n] = j
-                n += fired
-            in_cnt[t] = n
+        _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc,
+                    in_idx, in_cnt)  # fmt: skip
         syn_events[b] = _run_one(
             in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
             reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
@@ -608,7 +641,10 @@ class EmulatorBackend(Backend):
         art = net.artifact
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
-        raster = encode(art, obs, seeds=seeds)
+        if art.encoder.kind == "deterministic":
+            raster = _det_raster_kernel(obs, *net.encoder_args[:-1])
+        else:
+            raster = encode(art, obs, seeds=seeds)
         out = run_raster(net, raster, settings=self.settings, record=True)
         assert out.record is not None and out.v_record is not None
         q = readout(art, out.v_final, out.counts)

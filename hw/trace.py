@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from numba import njit
 
 from hw.artifact import ModelArtifact
 
@@ -108,10 +109,35 @@ def output_q(artifact: ModelArtifact, record: np.ndarray, v_out: np.ndarray) -> 
     return raw / np.float32(out.weight_scale)
 
 
-def _pairs(dense: np.ndarray) -> np.ndarray:
-    """A [ticks, neurons] 0/1 raster as (tick, neuron) pairs, int32 [n, 2], C order (the
-    encoders take C-contiguous arrays only)."""
-    return np.ascontiguousarray(np.argwhere(dense), dtype=np.int32)
+@njit(cache=True, nogil=True, boundscheck=False)
+def _pairs_kernel(dense, starts, ticks):  # pragma: no cover - compiled
+    """(tick, neuron) pairs of a [B, T, N] 0/1 record cut into groups (row, block),
+    block k the neurons ``starts[k]:starts[k + 1]``, ticks below ``ticks`` only;
+    returns ``(pairs int32 [M, 2], cuts int64 [B * K + 1])``, group g's pairs at
+    ``cuts[g]:cuts[g + 1]``, by tick, then neuron."""
+    n_b, n_t, _ = dense.shape
+    n_k = starts.shape[0] - 1
+    t_max = min(n_t, ticks)
+    total = 0
+    for b in range(n_b):
+        for t in range(t_max):
+            for i in range(starts[n_k]):
+                total += dense[b, t, i] != 0
+    pairs = np.empty((total, 2), dtype=np.int32)
+    cuts = np.empty(n_b * n_k + 1, dtype=np.int64)
+    m = 0
+    for b in range(n_b):
+        for k in range(n_k):
+            cuts[b * n_k + k] = m
+            lo = starts[k]
+            for t in range(t_max):
+                for i in range(lo, starts[k + 1]):
+                    if dense[b, t, i] != 0:
+                        pairs[m, 0] = t
+                        pairs[m, 1] = i - lo
+                        m += 1
+    cuts[n_b * n_k] = m
+    return pairs, cuts
 
 
 def build_traces(
@@ -122,17 +148,18 @@ def build_traces(
     neuron, layers in order), ``q_ticks`` float32 [B, ticks, A] (Q after each tick)."""
     ticks = int(artifact.ticks)
     sizes = [int(lay.size) for lay in artifact.layers]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    pairs, cuts = _pairs_kernel(np.ascontiguousarray(record, np.uint8), starts, ticks)
+    in_starts = np.array([0, raster.shape[2]], dtype=np.int64)
+    in_pairs, in_cuts = _pairs_kernel(np.ascontiguousarray(raster, np.uint8), in_starts, ticks)
+    names = [lay.name for lay in artifact.layers]
+    n_k = len(sizes)
     traces = []
     for b in range(record.shape[0]):
         layers = [
-            LayerTrace(
-                lay.name,
-                sizes[k],
-                _pairs(record[b, :, offsets[k] : offsets[k + 1]]),
-            )
-            for k, lay in enumerate(artifact.layers)
+            LayerTrace(names[k], sizes[k], pairs[cuts[b * n_k + k] : cuts[b * n_k + k + 1]])
+            for k in range(n_k)
         ]
         q = np.ascontiguousarray(q_ticks[b], dtype=np.float32)
-        traces.append(SpikeTrace(ticks, _pairs(raster[b, :ticks]), layers, q))
+        traces.append(SpikeTrace(ticks, in_pairs[in_cuts[b] : in_cuts[b + 1]], layers, q))
     return traces
