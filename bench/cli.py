@@ -125,50 +125,33 @@ def fleet(
 
 @bench_app.command("recipes")
 def recipes(
-    quick: bool = typer.Option(False, "--quick", help="tiny training budgets (a smoke test)"),
+    results: Path = typer.Option(
+        Path("runs/sweep/results.parquet"),
+        "--results",
+        help="results.parquet of an `s2loop sweep` (its trials' models are measured)",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="fewer extra-metric episodes (a test)"),
     out: Path = typer.Option(
         Path(__file__).resolve().parent,
         "--out",
         help="folder for RECIPES.md, recipes.json and recipes.png [default: bench/]",
     ),
-    runs_dir: Path = typer.Option(
-        Path("runs/recipes"), help="run folders (kept: a second call resumes)"
-    ),
-    envs: str = typer.Option("CartPole-v1,Acrobot-v1", help="comma-separated environments"),
-    seeds: str | None = typer.Option(
-        None, help="comma-separated training seeds [default: 0,1,2; --quick: 0]"
-    ),
-    variants: str = typer.Option("all", help="comma-separated setting keys (see RECIPES.md)"),
-    jobs: int = typer.Option(2, help="runs at a time (one torch thread each)"),
     tick_sweep: bool = typer.Option(True, help="also sweep input ticks of the shipped models"),
-    train: bool = typer.Option(
-        True, help="train what is missing (--no-train: write the page from the runs there are)"
-    ),
 ) -> None:
-    """Train and fine-tune every recipe setting over several seeds and write the
-    reproduction page OUT/RECIPES.md with a plot (hours; resumes from RUNS_DIR)."""
+    """The reproduction page OUT/RECIPES.md with a plot, from the models of a sweep
+    (`s2loop sweep --out DIR`, then `s2loop bench recipes --results DIR/results.parquet`)."""
     import shlex
     import sys
 
-    from bench.recipes import VARIANTS, RecipesConfig, run_recipes, write_recipes
+    if not results.is_file():
+        raise typer.BadParameter(
+            f"{results} does not exist: run `s2loop sweep --out DIR` first", param_hint="--results"
+        )
+    from bench.recipes import RecipesConfig, run_recipes, write_recipes
 
-    known = {v.key: v for v in VARIANTS}
-    chosen = tuple(known) if variants == "all" else tuple(x.strip() for x in variants.split(","))
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        raise typer.BadParameter(f"unknown settings {unknown}; choose from {', '.join(known)}")
-    chosen_seeds = {} if seeds is None else {"seeds": tuple(int(s) for s in seeds.split(","))}
-    cfg = RecipesConfig.make(
-        quick=quick,
-        envs=tuple(e.strip() for e in envs.split(",") if e.strip()),
-        variants=tuple(known[k] for k in chosen),
-        **chosen_seeds,
-        runs_dir=runs_dir,
-        jobs=jobs,
-        tick_sweep=tick_sweep,
-    )
+    cfg = RecipesConfig.make(quick=quick, results=results, tick_sweep=tick_sweep)
     command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_recipes(cfg, command=command, log=typer.echo, train=train, out=out)
+    report = run_recipes(cfg, command=command, log=typer.echo)
     for path in write_recipes(report, out):
         typer.echo(f"wrote {path}")
 

@@ -1,16 +1,14 @@
-"""``s2loop bench recipes``: the reproduction page, ``bench/RECIPES.md`` and a plot.
+"""``s2loop bench recipes``: the reproduction page, ``bench/RECIPES.md`` and a plot, from
+the ``results.parquet`` of an ``s2loop sweep`` (:mod:`agent.sweep`: the recipe grid,
+recipe x encoder x neuron x input ticks, one factor at a time from the paper's setting,
+plus our distill recipe, several training seeds each, trained on Ray Tune).
 
-For each environment, training variants around the paper's recipe (recipe x encoder x
-neuron x input ticks, one factor at a time from the paper's setting, plus our distill
-recipe), several training seeds each. Every run is ``s2loop train`` then ``s2loop
-finetune`` with a named preset and a few overrides, in its own process (``jobs`` at a
-time); a run folder that already holds its model is reused, so an interrupted page
-resumes where it stopped. Then, per model, on the 8-bit emulator: greedy return over
-unseen episodes (from the finetune's evaluation), float-vs-8-bit agreement, spikes and
-synaptic events per inference, ticks, the mapping's chip time and energy estimates per
-inference and per episode (and per CartPole-v0 episode, the 200-step task the paper's
-quoted energy figure is for), training wall time. Last, a sweep of input ticks on the
-shipped models: the fewest that keep their return.
+Per model of the sweep, on the 8-bit emulator: greedy return over unseen episodes (from
+the finetune's evaluation), float-vs-8-bit agreement, spikes and synaptic events per
+inference, ticks, the mapping's chip time and energy estimates per inference and per
+episode (and per CartPole-v0 episode, the 200-step task the paper's quoted energy figure
+is for), training wall time. Last, a sweep of input ticks on the shipped models: the
+fewest that keep their return.
 """
 
 from __future__ import annotations
@@ -19,23 +17,20 @@ import json
 import math
 import os
 import platform
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.sweep import ENVS, SETTINGS, SPEC_NAME, read_results, trial_commands
 from bench.suite import PAPER
 
 MD_NAME = "RECIPES.md"
 JSON_NAME = "recipes.json"
 PLOT_NAME = "recipes.png"
-ENVS = ("CartPole-v1", "Acrobot-v1")
 SHIPPED = ("cartpole", "acrobot", "cartpole-dsqn", "acrobot-dsqn")
 #: first seed of the extra-metric episodes (far from training and from the final evaluation)
 METRIC_SEED = 3_000_000
@@ -43,73 +38,9 @@ METRIC_SEED = 3_000_000
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One training setting: a preset and the options that differ from it."""
-
-    key: str
-    recipe: str
-    encoder: str
-    neuron: str
-    input_ticks: int
-    base: str  # "paper" or "distill": the preset family
-
-    @property
-    def label(self) -> str:
-        return f"{self.recipe} · {self.encoder} · {self.neuron} · T={self.input_ticks}"
-
-    def preset(self, env_id: str) -> str:
-        return f"{self.base}-{env_id.split('-')[0].lower()}"
-
-    def options(self) -> list[str]:
-        return [
-            "--snn.encoder",
-            self.encoder,
-            "--snn.alpha-decay",
-            "0.9" if self.neuron == "LIF" else "1.0",
-            "--snn.input-ticks",
-            str(self.input_ticks),
-        ]
-
-
-PAPER_VARIANT = Variant("dsqn-poisson-lif-t20", "dsqn", "poisson", "LIF", 20, "paper")
-VARIANTS = (
-    PAPER_VARIANT,
-    replace(PAPER_VARIANT, key="dsqn-poisson-lif-t10", input_ticks=10),
-    replace(PAPER_VARIANT, key="dsqn-poisson-if-t20", neuron="IF"),
-    replace(PAPER_VARIANT, key="dsqn-deterministic-lif-t20", encoder="deterministic"),
-    Variant("distill-deterministic-if-t12", "distill", "deterministic", "IF", 12, "distill"),
-    Variant("distill-poisson-lif-t20", "distill", "poisson", "LIF", 20, "distill"),
-)
-
-#: --quick: budgets small enough for a test (the page it writes says so)
-QUICK_TRAIN = [
-    "--dsqn.total-steps", "300", "--dsqn.learning-starts", "100", "--dsqn.eval-every", "100",
-    "--dsqn.eval-episodes", "2", "--dsqn.batch-size", "16",
-    "--teacher.total-steps", "300", "--teacher.learning-starts", "100",
-    "--teacher.eval-every", "100", "--teacher.eval-episodes", "2", "--teacher.hidden", "32",
-    "--distill.rounds", "1", "--distill.steps-per-round", "5", "--distill.batch-size", "32",
-    "--distill.teacher-episodes", "2", "--distill.rollout-episodes", "2",
-    "--distill.eval-episodes", "2", "--snn.hidden", "16",
-]  # fmt: skip
-QUICK_FINETUNE = [
-    "--dsqn.total-steps", "300", "--dsqn.learning-starts", "100", "--dsqn.eval-every", "100",
-    "--dsqn.eval-episodes", "2", "--dsqn.batch-size", "16",
-    "--distill.rounds", "1", "--distill.steps-per-round", "5", "--distill.batch-size", "32",
-    "--distill.teacher-episodes", "2", "--distill.rollout-episodes", "2",
-    "--distill.eval-episodes", "2", "--qat.select-episodes", "2",
-    "--qat.percentiles", "100", "99", "--eval-episodes", "3",
-]  # fmt: skip
-
-
 @dataclass
 class RecipesConfig:
-    envs: tuple[str, ...] = ENVS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    variants: tuple[Variant, ...] = VARIANTS
-    runs_dir: Path = Path("runs/recipes")
-    jobs: int = 2
-    eval_repeats: int = 3
+    results: Path = Path("runs/sweep/results.parquet")
     metric_episodes: int = 10  # episodes whose states give spikes per inference
     v0_episodes: int = 100  # CartPole-v0 episodes per CartPole model
     tick_sweep: bool = True
@@ -119,79 +50,8 @@ class RecipesConfig:
     @classmethod
     def make(cls, quick: bool = False, **kw: Any) -> RecipesConfig:
         if quick:
-            kw = {"seeds": (0,), "metric_episodes": 2, "v0_episodes": 3, "eval_repeats": 2, **kw}
+            kw = {"metric_episodes": 2, "v0_episodes": 3, **kw}
         return cls(quick=quick, **kw)
-
-
-def run_dir(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> Path:
-    return cfg.runs_dir / env_id / variant.key / f"seed{seed}"
-
-
-def commands(cfg: RecipesConfig, env_id: str, variant: Variant, seed: int) -> list[list[str]]:
-    """The two commands that make one model (a run folder that holds its trained network
-    already only needs the second)."""
-    d = run_dir(cfg, env_id, variant, seed)
-    preset = ["--preset", variant.preset(env_id)]
-    common = ["--threads", "1", "--no-progress"]
-    train = ["s2loop", "train", *preset, "--out", str(d), "--seed", str(seed), *common]
-    train += variant.options() + (QUICK_TRAIN if cfg.quick else [])
-    finetune = ["s2loop", "finetune", *preset, "--run", str(d), "--out", str(d / "model.s2l")]
-    finetune += [*common, "--eval-repeats", str(cfg.eval_repeats), "--no-card"]
-    finetune += QUICK_FINETUNE if cfg.quick else []
-    return [train, finetune]
-
-
-def _alive(d: Path) -> bool:
-    """A run folder another process is working in (its ``run.pid`` names a live one)."""
-    try:
-        os.kill(int((d / "run.pid").read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _run_all(cfg: RecipesConfig, log: Log, on_done: Callable[[], None] | None = None) -> None:
-    """Train and fine-tune every missing model, ``cfg.jobs`` at a time; seed-major, so a
-    page written before the end has every setting with the seeds done so far."""
-    todo = [
-        (env_id, v, s)
-        for s in cfg.seeds
-        for env_id in cfg.envs
-        for v in cfg.variants
-        if not (run_dir(cfg, env_id, v, s) / "model.s2l").exists()
-        and not _alive(run_dir(cfg, env_id, v, s))
-    ]
-    running: list[tuple[subprocess.Popen, str]] = []
-    exe = [sys.executable, "-m", "s2loop.cli"]
-    every = [run_dir(cfg, e, v, s) for s in cfg.seeds for e in cfg.envs for v in cfg.variants]
-    while todo or running:
-        ours = {str(p.pid) for p, _ in running}
-        foreign = sum(  # runs an earlier invocation left going take slots too
-            1 for d in every if _alive(d) and (d / "run.pid").read_text() not in ours
-        )
-        while todo and len(running) + foreign < cfg.jobs:
-            env_id, v, s = todo.pop(0)
-            d = run_dir(cfg, env_id, v, s)
-            d.mkdir(parents=True, exist_ok=True)
-            steps = commands(cfg, env_id, v, s)
-            if (d / "student.s2l").exists() and (d / "train.json").exists():
-                steps = steps[1:]  # trained already: fine-tune again only
-            script = " && ".join(shlex.join(exe + c[1:]) for c in steps)
-            out = open(d / "log.txt", "w")  # noqa: SIM115 - closed with the process
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-            proc = subprocess.Popen(
-                script, shell=True, stdout=out, stderr=subprocess.STDOUT, env=env
-            )
-            (d / "run.pid").write_text(str(proc.pid))
-            running.append((proc, f"{env_id} {v.key} seed {s}"))
-            log(f"started {running[-1][1]}")
-        time.sleep(1.0)
-        for proc, name in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, name))
-                log(f"{'done' if proc.returncode == 0 else 'FAILED'}: {name}")
-                if on_done is not None:
-                    on_done()  # the page so far
 
 
 # ------------------------------------------------------------------ metrics of one model
@@ -375,13 +235,16 @@ def _agg(values: list[float]) -> tuple[float, float]:
     return (float(a.mean()), float(a.std())) if a.size else (math.nan, math.nan)
 
 
-def summarize(models: dict[str, dict[str, Any]], cfg: RecipesConfig) -> list[dict[str, Any]]:
+def summarize(models: dict[str, dict[str, Any]], results: list[dict[str, Any]]):
+    """One row per (env, setting) of the sweep: the models' figures over training seeds."""
     rows = []
-    for env_id in cfg.envs:
-        for v in cfg.variants:
-            per_seed = [
-                models[k] for s in cfg.seeds if (k := f"{env_id}/{v.key}/seed{s}") in models
-            ]
+    for env_id in sorted({r["env"] for r in results}, key=_env_order):
+        for v in SETTINGS:
+            keys = sorted(
+                {f"{env_id}/{v.key}/seed{r['seed']}" for r in results
+                 if r["env"] == env_id and r["setting"] == v.key}
+            )  # fmt: skip
+            per_seed = [models[k] for k in keys if k in models]
             if not per_seed:
                 continue
             row: dict[str, Any] = {"env_id": env_id, "variant": asdict(v), "label": v.label}
@@ -398,26 +261,8 @@ def summarize(models: dict[str, dict[str, Any]], cfg: RecipesConfig) -> list[dic
     return rows
 
 
-def run_recipes(
-    cfg: RecipesConfig,
-    command: str = "",
-    log: Log = print,
-    *,
-    train: bool = True,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    """Train what is missing (unless ``train`` is off), then report on every model there
-    is; with ``out``, the page is rewritten after each finished run too."""
-    start = time.time()
-    if train:
-        progress = None
-        if out is not None:
-
-            def progress() -> None:
-                write_recipes(_report(cfg, command, start, sweep=False), out)
-
-        _run_all(cfg, log, progress)
-    return _report(cfg, command, start, sweep=cfg.tick_sweep)
+def _env_order(env_id: str) -> tuple[int, str]:
+    return (ENVS.index(env_id) if env_id in ENVS else len(ENVS), env_id)
 
 
 def _metrics_cached(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
@@ -429,23 +274,29 @@ def _metrics_cached(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
     return metrics
 
 
-def _report(cfg: RecipesConfig, command: str, start: float, *, sweep: bool) -> dict[str, Any]:
+def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict[str, Any]:
+    """The page's report from the sweep's results (and the shipped models)."""
+    start = time.time()
+    results = read_results(cfg.results)
     models: dict[str, dict[str, Any]] = {}
-    failed = []
-    for env_id in cfg.envs:
-        for v in cfg.variants:
-            for s in cfg.seeds:
-                path = run_dir(cfg, env_id, v, s) / "model.s2l"
-                key = f"{env_id}/{v.key}/seed{s}"
-                if path.exists():
-                    models[key] = _metrics_cached(path, cfg)
-                else:
-                    failed.append(key)
-    sweep_rows = tick_sweep(cfg.models_dir, 10 if cfg.quick else 100) if sweep else []
+    missing = []
+    for r in results:
+        key = f"{r['env']}/{r['setting']}/seed{r['seed']}"
+        if r["status"] == "ok" and r["artifact"] and Path(r["artifact"]).exists():
+            log(f"metrics of {key}")
+            models[key] = {**_metrics_cached(Path(r["artifact"]), cfg), "node_id": r["node_id"]}
+        else:
+            missing.append(f"{key} ({r['error'] or 'no model at ' + str(r['artifact'])})")
+    spec_path = cfg.results.with_name(SPEC_NAME)
+    spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+    settings = [v for v in SETTINGS if any(r["setting"] == v.key for r in results)]
+    smoke = any(r["smoke"] for r in results)
+    sweep_rows = tick_sweep(cfg.models_dir, 10 if cfg.quick else 100) if cfg.tick_sweep else []
     from agent.pipeline import git_commit
 
     return {
         "command": command,
+        "sweep_command": spec.get("commands", {}).get("grid"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "git_commit": git_commit(),
         "machine": {
@@ -453,24 +304,30 @@ def _report(cfg: RecipesConfig, command: str, start: float, *, sweep: bool) -> d
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
         },
-        "quick": cfg.quick,
+        "quick": smoke,
         "config": {
-            "envs": list(cfg.envs),
-            "seeds": list(cfg.seeds),
-            "jobs": cfg.jobs,
-            "eval_repeats": cfg.eval_repeats,
+            "results": str(cfg.results),
+            "envs": sorted({r["env"] for r in results}, key=_env_order),
+            "seeds": sorted({int(r["seed"]) for r in results}),
+            "cpus_per_trial": sorted({r["cpus"] for r in results}),
+            "nodes": len({r["node_id"] for r in results if r["node_id"]}),
+            "eval_repeats": sorted({r["eval_repeats"] for r in results if r["eval_repeats"]}),
             "commands": {
-                v.key: [shlex.join(c) for c in commands(cfg, "<env>", v, 0)] for v in cfg.variants
+                v.key: trial_commands("<env>", v, 0, "<run>", smoke=smoke) for v in settings
             },
         },
         "models": models,
-        "missing": failed,
-        "rows": summarize(models, cfg),
+        "missing": missing,
+        "rows": summarize(models, results),
         "tick_sweep": sweep_rows,
         "shipped": shipped_models(cfg.models_dir),
         "paper": PAPER,
         "seconds": time.time() - start,
     }
+
+
+def _cpus(values: list[float]) -> str:
+    return "/".join(f"{c:g}" for c in values) + " CPU"
 
 
 def _f(v: Any, digits: int = 1) -> str:
@@ -499,14 +356,16 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Written by `{report['command']}` on {report['date']}, commit "
         f"`{report['git_commit'][:12]}`, {m['processor']}, {m['cpu_count']} CPUs "
-        f"({cfg['jobs']} runs at a time, one torch thread each). Every figure below is "
-        "**ours**, measured by that command, except where a line says it is the paper's.",
+        f"from the trials of `{report['sweep_command'] or 's2loop sweep'}` (Ray Tune, "
+        f"{_cpus(cfg['cpus_per_trial'])} per trial, {cfg['nodes']} node(s); "
+        f"`{cfg['results']}`). Every figure below is **ours**, measured by those commands, "
+        "except where a line says it is the paper's.",
         "",
     ]
     if report["quick"]:
         lines += [
-            "**Quick mode**: tiny training budgets for a smoke test; these figures say nothing "
-            "about the recipes.",
+            "**Smoke sweep**: tiny training budgets for a test or a cluster check; these "
+            "figures say nothing about the recipes.",
             "",
         ]
     lines += [
@@ -514,13 +373,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{len(cfg['seeds'])} training seeds ({', '.join(map(str, cfg['seeds']))}). Return: "
         "8-bit emulator, greedy, mean over the unseen evaluation episodes per seed, then mean "
         "± std over seeds (a Poisson model's episodes ran "
-        f"{cfg['eval_repeats']} times with fresh input spikes). Agreement: share of visited "
+        f"{'/'.join(map(str, cfg['eval_repeats'])) or 'n/a'} times with fresh input spikes). "
+        "Agreement: share of visited "
         "states where the float network and the 8-bit network pick the same action on the "
         "same spikes. Spikes and synaptic events per inference: hidden-layer spikes and "
         "spikes x fan-out, on states the model visits. Chip time and energy: **estimates** of "
         "the mapping model (`hw.mapping`, secondary power figures), per inference alone on "
         "the chip and per episode (x the mean episode length). Train time: train + finetune "
-        "wall time, one torch thread.",
+        "wall time, one torch thread per CPU of the trial.",
         "",
     ]
     for env_id in dict.fromkeys(r["env_id"] for r in report["rows"]):
@@ -578,8 +438,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Targets", "", *_table(["what", "target", "measured", ""], rows), ""]
     if report["missing"]:
         lines += [
-            "Settings and seeds without a model yet (still training when this page was "
-            "written, or failed: see their `log.txt`): " + ", ".join(report["missing"]),
+            "Trials of the sweep without a model (failed twice: Tune's error file in the "
+            "trial's folder under the sweep's `grid/` says why): " + ", ".join(report["missing"]),
             "",
         ]
     claims = {c["what"]: c for c in report["paper"]["claims"]}
@@ -624,10 +484,14 @@ def markdown(report: dict[str, Any]) -> str:
             *_table(["model", "input ticks", "ticks", "return", "min", "keeps"], body),
             "",
         ]
-    lines += ["## Commands", "", "Per setting (`<env>` and the seed vary):", ""]
+    lines += ["## Commands", "", "Per setting, what one trial runs (`<env>`, `<run>` and "
+              "the seed vary):", ""]  # fmt: skip
     for key, cmds in cfg["commands"].items():
         lines += [f"- `{key}`:", "", "  ```", *(f"  {c}" for c in cmds), "  ```", ""]
-    lines += [f"Whole page: {report['seconds'] / 3600:.1f} h of wall time.", ""]
+    if report["sweep_command"]:
+        lines += ["All of them, on Ray Tune (resumes with the same `--out`):", "",
+                  f"```\n{report['sweep_command']}\n```", ""]  # fmt: skip
+    lines += [f"This page: {report['seconds'] / 60:.1f} min of wall time.", ""]
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "hw.cli",
     "agent.cli",
     "agent.nir_cli",
+    "agent.sweep_cli",
     "service.cli",
     "clients.cli",
     "bench.cli",

@@ -227,48 +227,6 @@ def test_misses_are_attributed_only_when_there_are_enough(service, floor, expect
     assert expected in line
 
 
-def test_quick_recipes_page_trains_both_recipes_and_writes_the_page(tmp_path):
-    """s2loop bench recipes --quick: real (tiny) train + finetune runs in subprocesses,
-    the metrics of each model, the page, its JSON and plot; a second call reuses the runs."""
-    from bench.recipes import JSON_NAME as RJSON
-    from bench.recipes import MD_NAME as RMD
-    from bench.recipes import PLOT_NAME
-    from s2loop.cli import app
-
-    args = [
-        "bench", "recipes", "--quick", "--out", str(tmp_path), "--runs-dir",
-        str(tmp_path / "runs"), "--envs", "CartPole-v1", "--no-tick-sweep",
-        "--variants", "dsqn-poisson-lif-t20,distill-deterministic-if-t12",
-    ]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / RJSON).read_text())
-    assert report["quick"] and not report["missing"]
-    assert {r["variant"]["key"] for r in report["rows"]} == {
-        "dsqn-poisson-lif-t20",
-        "distill-deterministic-if-t12",
-    }
-    for key, m in report["models"].items():
-        assert m["episodes"] == 3 and 0.0 <= m["agreement"] <= 1.0, key
-        assert m["synaptic_events_per_inference"] > 0 and m["ticks"] >= 14
-        assert m["v0_episode_length"] <= 200  # CartPole-v0's cap
-        assert m["episode_energy_j"] == pytest.approx(m["energy_j"] * m["episode_length"])
-    dsqn = report["models"]["CartPole-v1/dsqn-poisson-lif-t20/seed0"]
-    assert dsqn["alpha_decay"] == [pytest.approx(0.9)] and dsqn["ticks"] == 20 + 2
-    page = (tmp_path / RMD).read_text()
-    assert "Quick mode" in page and "dsqn · poisson · LIF · T=20" in page
-    assert "quoted, not measured here" in page
-    shipped = {m["model"]: m for m in report["shipped"]}  # the real models/ folder
-    assert shipped["cartpole"]["recipe"] == "distill" and shipped["cartpole"]["episodes"] == 100
-    assert "## Targets" in page and "shipped cartpole: 500 on every episode" in page
-    assert (tmp_path / PLOT_NAME).stat().st_size > 5_000
-    # resumes: the models are there, nothing is trained again
-    before = tmp_path / "runs" / "CartPole-v1" / "dsqn-poisson-lif-t20" / "seed0" / "model.s2l"
-    mtime = before.stat().st_mtime
-    assert CliRunner().invoke(app, args).exit_code == 0
-    assert before.stat().st_mtime == mtime
-
-
 def test_recipe_targets_say_met_only_when_the_figure_reaches_the_target():
     from bench.recipes import targets
 

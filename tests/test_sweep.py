@@ -1,0 +1,196 @@
+"""``s2loop sweep`` on Ray Tune: options checked before Ray starts, the search ranges,
+and a smoke sweep on a real Ray cluster (``ray start --head`` as its own process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.sweep import SETTINGS_BY_KEY, SweepConfig, SweepError, check
+from clients.demo import free_port
+from s2loop.cli import app
+
+SMOKE_SETTINGS = ("dsqn-poisson-lif-t20", "distill-deterministic-if-t12")
+
+
+def test_unknown_setting_or_env_is_refused_before_ray_starts(tmp_path):
+    for args, words in (
+        (["--settings", "dsqn-poisson-lif-t20,nope"], "unknown settings ['nope']"),
+        (["--env", "MountainCar-v0"], "no presets for ['MountainCar-v0']"),
+        (["--seeds", "0,x"], "invalid literal"),
+        (["--search", "optuna"], "one setting on one environment"),
+    ):
+        result = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "s"), *args])
+        assert result.exit_code == 2, result.output
+        assert words in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "s").exists()  # nothing written, no Ray started
+
+
+def test_a_sweep_folder_resumes_only_the_sweep_it_holds(tmp_path):
+    first = SweepConfig(out=tmp_path, envs=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(0,))
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": first.spec()}))
+    check(first)  # the same options: resumable
+    other = SweepConfig(out=tmp_path, envs=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(1,))
+    with pytest.raises(SweepError, match="holds a different grid"):
+        check(other)
+
+
+def test_search_ranges_name_train_options_and_hold_the_presets_values(tmp_path):
+    from agent.options import PRESETS, SEARCH_SPACE, TrainConfig, preset_defaults
+    from agent.sweep import parse_trial, trial_args
+
+    for name in PRESETS:
+        cfg = preset_defaults(name, TrainConfig, {"out": tmp_path})
+        for option, r in SEARCH_SPACE[cfg.recipe].items():
+            group, field = option.split(".")
+            value = getattr(getattr(cfg, group), field)
+            assert r.low <= value <= r.high, (name, option, value)
+            assert isinstance(value, int) == r.integer, (name, option)
+    # a drawn point reaches the typed config through the command's own parser
+    setting = SETTINGS_BY_KEY["distill-deterministic-if-t12"]
+    params = {"teacher.lr": 1.5e-3, "teacher.target_every": 321, "distill.margin": 3.0}
+    args = trial_args("Acrobot-v1", setting, 4, tmp_path / "run", smoke=True, params=params)
+    train, finetune = parse_trial(*args)
+    assert (train.teacher.lr, train.teacher.target_every, train.distill.margin) == (
+        1.5e-3,
+        321,
+        3.0,
+    )
+    assert train.env == "Acrobot-v1" and train.seed == 4 and train.snn.input_ticks == 12
+    assert finetune.out == tmp_path / "run" / "model.s2l" and not finetune.card
+
+
+# ------------------------------------------------------------------ a real Ray cluster
+
+RAY_START_TIMEOUT_S = 90
+SWEEP_TIMEOUT_S = 300
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster: ``ray start --head --block`` in its own session, token
+    authentication on, its own temp dir; stopped by SIGTERM to that process (``--block``
+    then stops what it started), never by ``ray stop`` (which would stop every Ray on
+    the machine)."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 's2loop[train]')")
+    ray_exe = Path(sys.executable).with_name("ray")
+    assert ray_exe.exists(), f"ray is importable but its command is not next to {sys.executable}"
+    port = free_port("127.0.0.1")
+    temp = Path(tempfile.mkdtemp(prefix="s2l-ray-", dir="/tmp"))  # short: socket paths
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env |= {"RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(temp / "ray-start.log", "w")  # noqa: SIM115 - closed below
+    head = subprocess.Popen(
+        [str(ray_exe), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false",
+         "--disable-usage-stats", "--block"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RAY_START_TIMEOUT_S
+        while "Ray runtime started" not in (temp / "ray-start.log").read_text():
+            assert head.poll() is None, (temp / "ray-start.log").read_text()
+            assert time.monotonic() < deadline, "ray start did not come up in time"
+            time.sleep(0.3)
+        raylet = next(temp.glob("session_*/logs/raylet.out")).read_text()
+        node_id = re.search(r"Setting node ID node_id=([0-9a-f]+)", raylet).group(1)
+        yield {"address": f"127.0.0.1:{port}", "node_id": node_id, "env": env}
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # our own session only
+            head.wait(timeout=10)
+        log.close()
+        try:  # what ray start started is gone with it
+            os.killpg(head.pid, 0)
+            pytest.fail("processes of the test's Ray cluster outlived it")
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _sweep(cluster: dict, out: Path, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "s2loop.cli", "sweep", "--smoke", "--env", "CartPole-v1",
+           "--settings", ",".join(SMOKE_SETTINGS), "--seeds", "0", "--out", str(out),
+           "--address", cluster["address"]]  # fmt: skip
+    return subprocess.run(
+        cmd, env=cluster["env"], cwd=cwd, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S
+    )
+
+
+def _tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_smoke_sweep_runs_on_a_ray_cluster_resumes_and_feeds_the_recipes_page(
+    ray_cluster, tmp_path
+):
+    from agent.sweep import read_results
+    from bench.recipes import JSON_NAME, MD_NAME
+    from hw.artifact import load_artifact
+
+    out = tmp_path / "sweep"
+    done = _sweep(ray_cluster, out, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = read_results(out / "results.parquet")
+    assert {(r["setting"], r["seed"]) for r in rows} == {(s, 0) for s in SMOKE_SETTINGS}
+    for r in rows:
+        assert r["status"] == "ok" and r["error"] is None, r
+        assert r["node_id"] == ray_cluster["node_id"]  # ran on the cluster's node
+        assert r["smoke"] and r["cpus"] == 1.0 and r["wall_s"] > 0
+        run_dir = out / "runs" / "CartPole-v1" / r["setting"] / "seed0"
+        assert Path(r["run_dir"]) == run_dir and Path(r["artifact"]) == run_dir / "model.s2l"
+        prov = load_artifact(r["artifact"]).provenance
+        assert prov["evaluation"]["episodes"] == r["episodes"] == 3
+        assert prov["evaluation"]["emulator"]["mean"] == pytest.approx(r["return_8bit"])
+        assert 0.0 <= r["agreement"] <= 1.0
+        # training curves in the run folder itself, under CleanRL's and SB3's names
+        assert {"charts/episodic_return", "losses/td_loss"} <= _tags(run_dir), r["setting"]
+
+    # the same command again: Tune restores the finished sweep, nothing is trained again
+    model = Path(rows[0]["artifact"])
+    mtime = model.stat().st_mtime_ns
+    again = _sweep(ray_cluster, out, tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming" in again.stdout and model.stat().st_mtime_ns == mtime
+    assert len(read_results(out / "results.parquet")) == 2
+
+    # s2loop bench recipes renders the page from the sweep's results
+    page = tmp_path / "page"
+    args = ["bench", "recipes", "--results", str(out / "results.parquet"), "--out", str(page),
+            "--quick", "--no-tick-sweep"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((page / JSON_NAME).read_text())
+    assert report["quick"] and not report["missing"] and report["config"]["nodes"] == 1
+    assert {r["variant"]["key"] for r in report["rows"]} == set(SMOKE_SETTINGS)
+    dsqn = report["models"]["CartPole-v1/dsqn-poisson-lif-t20/seed0"]
+    assert dsqn["alpha_decay"] == [pytest.approx(0.9)] and dsqn["ticks"] == 20 + 2
+    for key, m in report["models"].items():
+        assert m["synaptic_events_per_inference"] > 0 and m["v0_episode_length"] <= 200, key
+    text = (page / MD_NAME).read_text()
+    assert "Smoke sweep" in text and "dsqn · poisson · LIF · T=20" in text
+    assert "--address " + ray_cluster["address"] in text  # the sweep's own command
+    assert "## Targets" in text and "quoted, not measured here" in text
