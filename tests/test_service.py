@@ -67,6 +67,23 @@ class SlowBackend(Backend):
         return _result(art, observations, self.name, self.delay * 1e6)
 
 
+class GatedBackend(SlowBackend):
+    """A board-like backend whose calls wait until the test opens ``gate`` (open by
+    default, so warm-up passes). "Answered while the backend was still busy" is then
+    shown by order of events, never by a clock."""
+
+    name = "gated"
+    gate = threading.Event()
+    entered = threading.Event()  # set by every call that reached the backend
+
+    def infer(self, model, observations, seeds=None):
+        art = self._get(model)
+        type(self).entered.set()
+        if not type(self).gate.wait(timeout=30):
+            raise BackendError("the test never opened the gate")
+        return _result(art, observations, self.name)
+
+
 class FailingBackend(SlowBackend):
     """Loads fine, fails every inference (a board that went away)."""
 
@@ -293,41 +310,43 @@ def test_a_corrupt_file_at_start_is_reported_and_the_rest_served(tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+V = "validation_error"
 BAD_ACT = [
     # (raw body, status, error kind, words the message must contain)
-    (b'{"model": "cartpole", "observation": [1, 2, 3]}', 422, "validation_error", "expects 4"),
-    (b'{"model": "cartpole", "observation": []}', 422, "validation_error", "observation"),
-    (b'{"model": "cartpole", "observation": [NaN, 0, 0, 0]}', 422, "validation_error", "finite"),
-    (b'{"model": "cartpole", "observation": [0, Infinity, 0, 0]}', 422, "", "finite"),
-    (b'{"model": "cartpole", "observation": [0, 0, -Infinity, 0]}', 422, "", "finite"),
-    (b'{"model": "cartpole", "observation": [0, 0, 0, 1e999]}', 422, "", "finite"),
-    (b'{"model": "cartpole", "observation": [0, 0, 0, 1e39]}', 422, "", "float32"),
-    (b'{"model": "cartpole", "observation": ["0.1", 0, 0, 0]}', 422, "", "observation[0]"),
-    (b'{"model": "cartpole", "observation": [true, 0, 0, 0]}', 422, "", "valid number"),
-    (b'{"model": "cartpole", "observation": [null, 0, 0, 0]}', 422, "", "valid number"),
-    (b'{"model": "cartpole", "observation": [[0, 0, 0, 0]]}', 422, "", "observation[0]"),
-    (b'{"model": "cartpole", "observation": "0,0,0,0"}', 422, "", "valid array"),
-    (b'{"model": "cartpole", "observation": {"x": 1}}', 422, "", "valid array"),
-    (b'{"model": "cartpole"}', 422, "validation_error", "observation: Field required"),
-    (b'{"observation": [0, 0, 0, 0]}', 422, "validation_error", "model: Field required"),
-    (b'{"model": 7, "observation": [0, 0, 0, 0]}', 422, "", "model: Input should be"),
-    (b'{"model": "../etc/passwd", "observation": [0, 0, 0, 0]}', 422, "", "model"),
+    (b'{"model": "cartpole", "observation": [1, 2, 3]}', 422, V, "expects 4"),
+    (b'{"model": "cartpole", "observation": []}', 422, V, "observation"),
+    (b'{"model": "cartpole", "observation": [NaN, 0, 0, 0]}', 422, V, "finite"),
+    (b'{"model": "cartpole", "observation": [0, Infinity, 0, 0]}', 422, V, "finite"),
+    (b'{"model": "cartpole", "observation": [0, 0, -Infinity, 0]}', 422, V, "finite"),
+    (b'{"model": "cartpole", "observation": [0, 0, 0, 1e999]}', 422, V, "finite"),
+    (b'{"model": "cartpole", "observation": [0, 0, 0, 1e39]}', 422, V, "float32"),
+    (b'{"model": "cartpole", "observation": ["0.1", 0, 0, 0]}', 422, V, "observation[0]"),
+    (b'{"model": "cartpole", "observation": [true, 0, 0, 0]}', 422, V, "valid number"),
+    (b'{"model": "cartpole", "observation": [null, 0, 0, 0]}', 422, V, "valid number"),
+    (b'{"model": "cartpole", "observation": [[0, 0, 0, 0]]}', 422, V, "observation[0]"),
+    (b'{"model": "cartpole", "observation": "0,0,0,0"}', 422, V, "valid array"),
+    (b'{"model": "cartpole", "observation": {"x": 1}}', 422, V, "valid array"),
+    (b'{"model": "cartpole"}', 422, V, "observation: Field required"),
+    (b'{"observation": [0, 0, 0, 0]}', 422, V, "model: Field required"),
+    (b'{"model": 7, "observation": [0, 0, 0, 0]}', 422, V, "model: Input should be"),
+    (b'{"model": "../etc/passwd", "observation": [0, 0, 0, 0]}', 422, V, "model"),
     (b'{"model": "nope", "observation": [0, 0, 0, 0]}', 404, "unknown_model", "no model named"),
     (b"", 400, "malformed_json", "empty"),
     (b'{"model": "cartpole", "observation": [0, 0', 400, "malformed_json", "not valid JSON"),
     (b"\xff\xfe\x00garbage", 400, "malformed_json", "not valid JSON"),
-    (b"[0, 0, 0, 0]", 422, "validation_error", "object"),
-    (b"null", 422, "validation_error", "object"),
+    (b"[0, 0, 0, 0]", 422, V, "object"),
+    (b"null", 422, V, "object"),
 ]
 
 BAD_BATCH = [
-    (b'{"model": "cartpole", "observations": [[0, 0, 0, 0], [0, 0, 0]]}', 422, "observations[1]"),
-    (b'{"model": "cartpole", "observations": []}', 422, "observations"),
-    (b'{"model": "cartpole", "observations": [[0, 0, NaN, 0]]}', 422, "observations[0][2]"),
-    (b'{"model": "cartpole", "observations": [0, 0, 0, 0]}', 422, "observations[0]"),
-    (b'{"model": "cartpole", "observation": [0, 0, 0, 0]}', 422, "observations: Field required"),
-    (b'{"model": "cartpole", "observations": [[0, 0, 0, 1e300]]}', 422, "float32"),
-    (b'{"model": "acrobot", "observations": [[0, 0, 0, 0]]}', 422, "expects 6"),
+    # (raw body, status, error kind, words the message must contain)
+    (b'{"model": "cartpole", "observations": [[0, 0, 0, 0], [0, 0]]}', 422, V, "observations[1]"),
+    (b'{"model": "cartpole", "observations": []}', 422, V, "observations"),
+    (b'{"model": "cartpole", "observations": [[0, 0, NaN, 0]]}', 422, V, "observations[0][2]"),
+    (b'{"model": "cartpole", "observations": [0, 0, 0, 0]}', 422, V, "observations[0]"),
+    (b'{"model": "cartpole", "observation": [0, 0, 0, 0]}', 422, V, "observations: Field required"),
+    (b'{"model": "cartpole", "observations": [[0, 0, 0, 1e300]]}', 422, V, "float32"),
+    (b'{"model": "acrobot", "observations": [[0, 0, 0, 0]]}', 422, V, "expects 6"),
 ]
 
 
@@ -346,18 +365,22 @@ def test_bad_act_body_is_a_clear_4xx_and_never_reaches_the_backend(
     r = counting_client.post("/v1/act", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert not kind or err["kind"] == kind
+    assert err["kind"] == kind, err
     assert words in err["message"], err["message"]
+    assert CountingBackend.calls == before
     assert err["request_id"]
     assert CountingBackend.calls == before
 
 
-@pytest.mark.parametrize(("body", "status", "words"), BAD_BATCH)
-def test_bad_batch_body_is_a_clear_4xx(counting_client, body, status, words):
+@pytest.mark.parametrize(("body", "status", "kind", "words"), BAD_BATCH)
+def test_bad_batch_body_is_a_clear_4xx(counting_client, body, status, kind, words):
     before = CountingBackend.calls
     r = counting_client.post("/v1/act/batch", content=body)
     assert r.status_code == status, r.text
-    assert words in r.json()["error"]["message"], r.json()
+    err = r.json()["error"]
+    assert err["kind"] == kind, err
+    assert words in err["message"], err["message"]
+    assert CountingBackend.calls == before
     assert CountingBackend.calls == before
 
 
@@ -460,9 +483,19 @@ def test_degraded_status_can_be_503(models_dir):
 # ----------------------------------------------------------------------------- queue, deadline
 
 
-async def _concurrent_posts(app, bodies, stagger_s=0.02):
-    """Send bodies concurrently (each ``stagger_s`` after the previous) to ``app``,
-    lifespan running; returns (status, json, headers, seconds) per body."""
+@pytest.fixture
+def gated():
+    """The GatedBackend's gate, open again (and its calls finished) after the test."""
+    GatedBackend.gate.set()
+    yield GatedBackend
+    GatedBackend.gate.set()
+
+
+async def _posts_while_busy(app, bodies, early, stagger_s=0.02):
+    """Send ``bodies`` concurrently to ``app`` (a GatedBackend primary) with the gate
+    closed; wait (up to 10 s) until ``early`` of them are answered, then open the gate
+    and collect the rest. Returns ((status, json, headers) per body, the indices
+    answered while the backend was still held)."""
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -470,69 +503,83 @@ async def _concurrent_posts(app, bodies, stagger_s=0.02):
     ):
         while (await client.get("/readyz")).status_code != 200:
             await asyncio.sleep(0.02)
+        GatedBackend.gate.clear()
 
         async def one(i, body):
             await asyncio.sleep(i * stagger_s)
-            t = time.perf_counter()
             r = await client.post("/v1/act", json=body)
-            return r.status_code, r.json(), r.headers, time.perf_counter() - t
+            return r.status_code, r.json(), r.headers
 
-        return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        tasks = [asyncio.ensure_future(one(i, b)) for i, b in enumerate(bodies)]
+        try:
+            for done in asyncio.as_completed(tasks, timeout=10):
+                await done
+                if sum(t.done() for t in tasks) >= early:
+                    break
+            while_held = {i for i, t in enumerate(tasks) if t.done()}
+        finally:
+            GatedBackend.gate.set()
+        return await asyncio.gather(*tasks), while_held
 
 
-def test_full_queue_answers_429_with_retry_after_at_once(models_dir, monkeypatch):
-    monkeypatch.setattr(SlowBackend, "delay", 0.3)
+def test_full_queue_answers_429_with_retry_after_at_once(models_dir, gated):
     settings = make_settings(
-        models_dir, backend=SPEC + "SlowBackend", fallback="none", queue_size=1, deadline_ms=5000
+        models_dir, backend=SPEC + "GatedBackend", fallback="none", queue_size=1, deadline_ms=5000
     )
     bodies = [{"model": "cartpole", "observation": [float(i), 0.0, 0.0, 0.0]} for i in range(4)]
-    out = asyncio.run(_concurrent_posts(create_app(settings), bodies))
+    out, while_held = asyncio.run(_posts_while_busy(create_app(settings), bodies, early=2))
     statuses = [o[0] for o in out]
     assert statuses == [200, 200, 429, 429], statuses
-    for status, body, headers, seconds in out:
+    assert while_held == {2, 3}  # refused at once, not after the busy backend
+    for status, body, headers in out:
         if status == 429:
             assert body["error"]["kind"] == "queue_full"
             assert int(headers["retry-after"]) >= 1
-            assert seconds < 0.2  # immediate, not after the busy backend
         else:  # each answer belongs to its own request
             assert body["q_values"][0] in (0.0, 1.0)
     assert out[0][1]["q_values"][0] == 0.0 and out[1][1]["q_values"][0] == 1.0
 
 
-def test_deadline_gives_504_and_never_a_stale_answer(models_dir, monkeypatch):
-    monkeypatch.setattr(SlowBackend, "delay", 0.25)
+def test_deadline_gives_504_and_never_a_stale_answer(models_dir, gated):
     settings = make_settings(
-        models_dir, backend=SPEC + "SlowBackend", fallback="none", deadline_ms=100
+        models_dir, backend=SPEC + "GatedBackend", fallback="none", deadline_ms=100
     )
     app = create_app(settings)
-
-    async def scenario():
-        late = [{"model": "cartpole", "observation": [float(i), 0.0, 0.0, 0.0]} for i in (1, 2)]
-        first = await _concurrent_posts(app, late, stagger_s=0.0)
-        monkeypatch.setattr(SlowBackend, "delay", 0.01)
-        await asyncio.sleep(0.6)  # the timed-out calls finish in their thread meanwhile
-        body = {"model": "cartpole", "observation": [7.0, 0.0, 0.0, 0.0]}
-        return first, await _concurrent_posts(app, [body])
-
-    first, (after,) = asyncio.run(scenario())
-    for status, body, _headers, seconds in first:
+    late = [{"model": "cartpole", "observation": [float(i), 0.0, 0.0, 0.0]} for i in (1, 2)]
+    first, while_held = asyncio.run(_posts_while_busy(app, late, early=2, stagger_s=0.0))
+    assert while_held == {0, 1}  # at the deadline, while the backend still held them
+    for status, body, _headers in first:
         assert status == 504, body
         assert body["error"]["kind"] == "deadline"
-        assert seconds < 0.2
-    assert after[0] == 200 and after[1]["q_values"][0] == 7.0  # its own answer, not a stale one
+
+    async def after():  # the held calls finish now; the next answer must be its own
+        transport = httpx.ASGITransport(app=app)
+        body = {"model": "cartpole", "observation": [7.0, 0.0, 0.0, 0.0]}
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            for _ in range(100):  # a 504 while the stale calls drain is no answer at all
+                r = await client.post("/v1/act", json=body)
+                if r.status_code != 504:
+                    return r
+                await asyncio.sleep(0.02)
+            return r
+
+    r = asyncio.run(after())
+    assert r.status_code == 200 and r.json()["q_values"][0] == 7.0  # its own, not a stale one
 
 
-def test_slow_primary_times_out_to_the_fallback(models_dir, monkeypatch):
-    monkeypatch.setattr(SlowBackend, "delay", 0.5)
+def test_slow_primary_times_out_to_the_fallback(models_dir, gated):
     settings = make_settings(
-        models_dir, backend=SPEC + "SlowBackend", deadline_ms=2000, primary_timeout_ms=50
+        models_dir, backend=SPEC + "GatedBackend", deadline_ms=2000, primary_timeout_ms=50
     )
     app = create_app(settings)
     body = {"model": "cartpole", "observation": OBS}
-    out = asyncio.run(_concurrent_posts(app, [body]))
-    status, answer, _h, seconds = out[0]
+    out, while_held = asyncio.run(_posts_while_busy(app, [body], early=1))
+    status, answer, _h = out[0]
     assert status == 200 and answer["fallback"] is True and answer["backend"] == "emulator"
-    assert seconds < 0.4
+    assert while_held == {0}  # the fallback answered while the primary was still held
     assert 'reason="timeout"' in app.state.metrics.render().decode()
 
 
@@ -597,26 +644,29 @@ def test_reload_adds_a_new_model_from_the_folder(tmp_path):
 # ----------------------------------------------------------------------------- misc
 
 
-def test_inference_does_not_hold_the_event_loop_during_slow_calls(models_dir, monkeypatch):
-    """While a board-like call runs in its thread, /healthz answers at once."""
-    monkeypatch.setattr(SlowBackend, "delay", 0.3)
-    settings = make_settings(models_dir, backend=SPEC + "SlowBackend", fallback="none")
+def test_inference_does_not_hold_the_event_loop_during_slow_calls(models_dir, gated):
+    """While a board-like call is held in its thread, /healthz answers."""
+    settings = make_settings(models_dir, backend=SPEC + "GatedBackend", fallback="none")
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
+        gated.gate.clear()
+        gated.entered.clear()
         done = threading.Event()
 
-        def slow():
+        def held():
             c.post("/v1/act", json={"model": "cartpole", "observation": OBS})
             done.set()
 
-        worker = threading.Thread(target=slow)
+        worker = threading.Thread(target=held)
         worker.start()
-        time.sleep(0.05)
-        t = time.perf_counter()
-        assert c.get("/healthz").status_code == 200
-        assert time.perf_counter() - t < 0.15
-        assert not done.is_set()
-        worker.join()
+        try:
+            assert gated.entered.wait(10), "the call never reached the backend"
+            assert c.get("/healthz").status_code == 200
+            assert not done.is_set()  # answered while the inference was still held
+        finally:
+            gated.gate.set()
+            worker.join(10)
+        assert done.is_set()
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
