@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numba import njit
 
 from hw.artifact import ModelArtifact
 from hw.encoding import encode
@@ -147,6 +148,254 @@ def simulate(
         counts=counts[-1],
         spikes_per_layer=torch.stack([c.detach().sum(dim=1) for c in counts], dim=1),
         record=torch.stack(rec, dim=1) if record else None,
+        rates=[c / ticks for c in counts[:-1]],
+    )
+
+
+# ---------------------------------------------------------------- the fast forward
+#
+# Each layer's synaptic input over all ticks is one matmul; its membrane then runs
+# over the ticks in one compiled loop (numba on the CPU; a torch loop elsewhere).
+# ``cur[:, j]`` is the input a layer hears at tick ``j + 1`` (the one-tick hop), for
+# ``j + 1 < ticks``; ticks with no input add nothing, as in :func:`simulate`.
+
+
+# the compiled loops on the CPU; off, the torch loops (what other devices run) everywhere
+CPU_KERNELS = True
+
+
+@njit(cache=True, nogil=True)
+def _lif_forward_kernel(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks, u_all, s_all, v):
+    n_b, n_cur, n = cur.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for b in range(n_b):
+        vb = v[b]
+        vb[:] = v_init
+        for t in range(ticks):
+            u_t = u_all[b, t]
+            s_t = s_all[b, t]
+            has_input = 1 <= t <= n_cur
+            for i in range(n):  # contiguous: the compiler vectorizes it
+                u = alpha * vb[i]
+                if has_input:
+                    u = u + cur[b, t - 1, i]
+                u = u + ioff[i]
+                u_t[i] = u
+                fired = u > thr
+                s_t[i] = one if fired else zero
+                if sub:
+                    vb[i] = u - thr if fired else u
+                else:
+                    vb[i] = v_reset if fired else u
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _lif_backward_kernel(
+    g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, sub, slope, g_cur, g_ioff, red
+):
+    """Backprop through time; ``red``: d/d (alpha, threshold, v_reset, v_init).
+    (fastmath only here: gradients need no bit-exactness, the forward pass does.)"""
+    n_b, ticks, n = u_all.shape
+    n_cur = g_cur.shape[1]
+    thr_abs = np.float32(max(abs(thr), 1e-6))
+    inv_thr = np.float32(1.0) / thr_abs
+    one = np.float32(1.0)
+    g_alpha = np.zeros(n, np.float32)
+    g_thr = np.zeros(n, np.float32)
+    g_vr = np.zeros(n, np.float32)
+    g_vi = np.zeros(n, np.float32)
+    gv = np.empty(n, np.float32)
+    g_io = np.zeros(n, np.float32)
+    for b in range(n_b):
+        gv[:] = g_v[b]
+        for t in range(ticks - 1, -1, -1):
+            s_t = s_all[b, t]
+            u_t = u_all[b, t]
+            gs_t = g_s[b, t]
+            for i in range(n):
+                s = s_t[i]
+                if sub:
+                    g_thr[i] -= gv[i] * s
+                    gu = gv[i]
+                else:
+                    g_vr[i] += gv[i] * s
+                    gu = gv[i] * (one - s)
+                d = one + slope * abs(u_t[i] - thr) * inv_thr
+                gu += gs_t[i] * inv_thr / (d * d)
+                if t > 0:
+                    up = u_all[b, t - 1, i]
+                    if sub:
+                        vp = up - s_all[b, t - 1, i] * thr
+                    else:
+                        vp = v_reset if s_all[b, t - 1, i] > 0 else up
+                else:
+                    vp = v_init
+                g_alpha[i] += gu * vp
+                g_io[i] += gu
+                gv[i] = alpha * gu
+                if 1 <= t <= n_cur:
+                    g_cur[b, t - 1, i] = gu
+        for i in range(n):
+            g_vi[i] += gv[i]
+    g_ioff[:] = g_io
+    red[0] = g_alpha.sum()
+    red[1] = g_thr.sum()
+    red[2] = g_vr.sum()
+    red[3] = g_vi.sum()
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
+
+
+def _torch_forward(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks):
+    """The same loop as :func:`_lif_forward_kernel` in torch ops (any device)."""
+    n_b, n_cur, n = cur.shape
+    v = v_init.expand(n_b, n).clone()
+    u_all = cur.new_empty(n_b, ticks, n)
+    s_all = cur.new_empty(n_b, ticks, n)
+    for t in range(ticks):
+        u = alpha * v
+        if 1 <= t <= n_cur:
+            u = u + cur[:, t - 1]
+        u = u + ioff
+        s = (u > thr).to(u.dtype)
+        u_all[:, t] = u
+        s_all[:, t] = s
+        v = u - s * thr if sub else torch.where(s > 0, v_reset, u)
+    return u_all, s_all, v
+
+
+def _torch_backward(g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, sub, slope, n_cur):
+    """The same backward as :func:`_lif_backward_kernel` in torch ops (any device)."""
+    ticks = u_all.shape[1]
+    thr_abs = thr.abs().clamp_min(1e-6)
+    sg = g_s / ((1.0 + slope * ((u_all - thr).abs() / thr_abs)) ** 2 * thr_abs)
+    g_u = torch.empty_like(u_all)
+    gv = g_v
+    for t in range(ticks - 1, -1, -1):
+        s = s_all[:, t]
+        gu = gv if sub else gv * (1.0 - s)
+        g_u[:, t] = gu + sg[:, t]
+        gv = alpha * g_u[:, t]
+    v_after = u_all - s_all * thr if sub else torch.where(s_all > 0, v_reset, u_all)
+    v_prev = torch.cat([v_init.expand_as(u_all[:, :1]), v_after[:, :-1]], dim=1)
+    g_post = torch.cat([alpha * g_u[:, 1:], g_v[:, None]], dim=1)  # gradient reaching v_t
+    red = torch.stack(
+        [
+            (g_u * v_prev).sum(),
+            -(g_post * s_all).sum() if sub else thr.new_zeros(()),
+            thr.new_zeros(()) if sub else (g_post * s_all).sum(),
+            gv.sum(),
+        ]
+    )
+    g_cur = g_u[:, 1 : n_cur + 1]
+    return g_cur, g_u.sum(dim=(0, 1)), red
+
+
+class _LIFOverTicks(torch.autograd.Function):
+    """One population over all ticks, given the synaptic input of every tick.
+
+    Per tick ``t`` (float32, the order of :func:`simulate`, so the 8-bit path is
+    bit-identical)::
+
+        u_t = alpha * v_{t-1} + cur[:, t-1] + i_offset
+        s_t = u_t > threshold
+        v_t = u_t - s_t * threshold    or    where(s_t, v_reset, u_t)
+
+    The backward pass is what autograd does through :func:`simulate`, by hand: the
+    spike's gradient is the fast-sigmoid surrogate of ``u_t``, the reset's spike is
+    detached, the threshold gets no gradient through the spike (:class:`_SpikeFn`).
+    """
+
+    @staticmethod
+    def forward(ctx, cur, ioff, alpha, thr, v_init, v_reset, sub, slope, ticks):  # type: ignore[override]
+        ioff_n = ioff.expand(cur.shape[2])
+        if cur.device.type == "cpu" and CPU_KERNELS:
+            n_b, _, n = cur.shape
+            u_all, s_all = cur.new_empty(n_b, ticks, n), cur.new_empty(n_b, ticks, n)
+            v = cur.new_empty(n_b, n)
+            _lif_forward_kernel(
+                _np(cur), _np(ioff_n), np.float32(alpha.item()), np.float32(thr.item()),
+                np.float32(v_init.item()), np.float32(v_reset.item()), bool(sub), ticks,
+                u_all.numpy(), s_all.numpy(), v.numpy(),
+            )  # fmt: skip
+        else:
+            u_all, s_all, v = _torch_forward(cur, ioff_n, alpha, thr, v_init, v_reset, sub, ticks)
+        ctx.save_for_backward(u_all, s_all, alpha, thr, v_init, v_reset)
+        ctx.sub, ctx.slope, ctx.n_cur, ctx.ioff_shape = sub, slope, cur.shape[1], ioff.shape
+        return s_all, v
+
+    @staticmethod
+    def backward(ctx, g_s, g_v):  # type: ignore[override]
+        u_all, s_all, alpha, thr, v_init, v_reset = ctx.saved_tensors
+        g_s = torch.zeros_like(u_all) if g_s is None else g_s
+        g_v = torch.zeros_like(u_all[:, 0]) if g_v is None else g_v
+        if u_all.device.type == "cpu" and CPU_KERNELS:
+            n_b, _, n = u_all.shape
+            g_cur = u_all.new_zeros(n_b, ctx.n_cur, n)
+            g_ioff = np.zeros(n, np.float32)
+            red = np.zeros(4, np.float64)
+            _lif_backward_kernel(
+                _np(g_s), _np(g_v), _np(u_all), _np(s_all), np.float32(alpha.item()),
+                np.float32(thr.item()), np.float32(v_init.item()), np.float32(v_reset.item()),
+                bool(ctx.sub), np.float32(ctx.slope),
+                g_cur.numpy(), g_ioff, red,
+            )  # fmt: skip
+            g_ioff_t = torch.from_numpy(g_ioff.astype(np.float32))
+            red_t = torch.from_numpy(red.astype(np.float32))
+        else:
+            g_cur, g_ioff_t, red_t = _torch_backward(
+                g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, ctx.sub, ctx.slope,
+                ctx.n_cur,
+            )  # fmt: skip
+        g_ioff_t = g_ioff_t.sum() if len(ctx.ioff_shape) == 0 else g_ioff_t
+        return (
+            g_cur,
+            g_ioff_t.reshape(ctx.ioff_shape),
+            red_t[0].reshape(alpha.shape),
+            red_t[1].reshape(thr.shape),
+            red_t[3].reshape(v_init.shape),
+            red_t[2].reshape(v_reset.shape),
+            None,
+            None,
+            None,
+        )
+
+
+def simulate_fast(
+    raster: torch.Tensor,
+    layers: list[LayerParams],
+    ticks: int,
+    readout: str = "membrane",
+    *,
+    record: bool = False,
+    slope: float = 5.0,
+) -> SimOutput:
+    """:func:`simulate`, layer by layer: a layer's input over all ticks is one matmul
+    and its membrane runs over the ticks in :class:`_LIFOverTicks`. Equal to
+    :func:`simulate` bit for bit on the 8-bit path (integer weights and 0/1 spikes make
+    the matmul exact however it is blocked), to float rounding on the float path."""
+    pre = raster
+    spikes: list[torch.Tensor] = []
+    v = raster.new_zeros(0)
+    for lay in layers:
+        s, v = _LIFOverTicks.apply(
+            pre @ lay.weight.T, lay.i_offset, lay.alpha_decay, lay.threshold, lay.v_init,
+            lay.v_reset, lay.reset_by_subtraction, slope, ticks,
+        )  # fmt: skip
+        spikes.append(s)
+        pre = s[:, : ticks - 1].contiguous()  # heard by the next layer one tick later
+    counts = [s.sum(dim=1) for s in spikes]
+    out = layers[-1]
+    raw = v if readout == "membrane" else counts[-1] * out.threshold + v
+    return SimOutput(
+        q_values=raw / out.scale,
+        v_final=v,
+        counts=counts[-1],
+        spikes_per_layer=torch.stack([c.detach().sum(dim=1) for c in counts], dim=1),
+        record=torch.cat([s.detach() for s in spikes], dim=2).to(torch.uint8) if record else None,
         rates=[c / ticks for c in counts[:-1]],
     )
 

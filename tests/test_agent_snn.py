@@ -263,3 +263,47 @@ def test_reference_backend_on_cuda_runs_or_says_there_is_no_gpu(observations):
         a, b = gpu.infer("ref", observations), cpu.infer("ref", observations)
     np.testing.assert_allclose(a.q_values, b.q_values, rtol=1e-4, atol=1e-4)
     assert (a.actions == b.actions).mean() > 0.95
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["numba", "torch-loop"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"encoder": "poisson", "alpha_decay": 0.9, "learn_alpha": True, "learn_threshold": True},
+        {"reset": "reset_to_v_reset", "readout": "count_membrane", "alpha_decay": 0.8},
+        {"dueling": True, "hidden": (24, 16, 8)},
+    ],
+)
+def test_fast_forward_equals_the_reference_tick_loop(kw, kernels, monkeypatch):
+    """simulate_fast (one matmul per layer, the membrane loop compiled or in torch) is
+    simulate: bit for bit on the 8-bit path, to float rounding on the float path, and
+    its hand-written backward gives autograd's gradients through simulate."""
+    import agent.snn as snn
+
+    monkeypatch.setattr(snn, "CPU_KERNELS", kernels)
+    net = _net(3, **kw)
+    rng = np.random.default_rng(0)
+    x = net.encode(_observations(64), rng)
+    ticks = net.config.ticks
+    slope = net.config.surrogate_slope
+    for mode, exact in (("quant", True), ("float", False)):
+        grads = []
+        outs = []
+        for f in (snn.simulate, snn.simulate_fast):
+            net.zero_grad()
+            out = f(x, net.layer_params(mode), ticks, net.config.readout, record=True, slope=slope)
+            (out.q_values.pow(2).mean() + out.spikes_per_layer.sum() * 0).backward()
+            grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+            outs.append(out)
+        ref, fast = outs
+        assert fast.record.shape == ref.record.shape
+        if exact:
+            assert torch.equal(fast.q_values, ref.q_values)
+            assert torch.equal(fast.record, ref.record)
+        else:
+            torch.testing.assert_close(fast.q_values, ref.q_values, rtol=1e-5, atol=1e-5)
+            assert (fast.record != ref.record).float().mean() < 1e-3
+        assert torch.equal(fast.spikes_per_layer, ref.spikes_per_layer) or not exact
+        assert len(grads[0]) == len(grads[1]) and grads[0]
+        for g_ref, g_fast in zip(*grads, strict=True):
+            torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-4)
