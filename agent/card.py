@@ -72,6 +72,25 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
             "from the float reference on the same input spikes).",
             "",
         ]
+    margin = ev.get("decision_margin")
+    if margin and margin.get("median_margin") is not None:
+        lines += [
+            f"Decision margin: the median gap between the best and second-best Q-value is "
+            f"**{margin['median_margin']:.2f}x** the std of that gap across Poisson draws "
+            f"(gap {margin['median_gap']:.3f}, noise std {margin['median_noise_std']:.3f}; "
+            f"10th percentile {margin['p10_margin']:.2f}x; "
+            f"{100 * margin['flip_rate']:.1f}% of single draws pick another action than the "
+            f"mean Q-values), over {margin['states']} states the 8-bit policy visits, "
+            f"{margin['draws']} draws each.",
+            "",
+        ]
+    elif margin:
+        lines += [
+            f"Decision margin: deterministic input spikes, no draw noise; median gap between "
+            f"the best and second-best Q-value {margin['median_gap']:.3f} over "
+            f"{margin['states']} visited states.",
+            "",
+        ]
     teacher = ev.get("agreement_teacher_vs_8bit")
     if teacher is not None:
         lines += [

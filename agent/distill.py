@@ -27,7 +27,6 @@ network; quant mode: the exported artifact on the emulator).
 from __future__ import annotations
 
 import copy
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agent.network import Mode, SpikingQNet, env_spec
@@ -141,9 +141,8 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps, eta_min=args.lr_final)
     emulator = EmulatorBackend() if mode == "quant" else None
 
-    log_f = open(out_dir / f"{tag}.csv", "w", newline="")  # noqa: SIM115
-    log = csv.writer(log_f)
-    log.writerow(["round", "seconds", "states", "loss", "rollout_mean", "eval_mean", "eval_min"])
+    # TensorBoard: training curves beside the teacher's; fine-tuning in its own folder
+    writer = SummaryWriter(str(out_dir if mode == "float" else out_dir / tag))
     best: dict = {"eval_mean": -np.inf, "score": -np.inf}
     best_state = copy.deepcopy(student.state_dict())
     bar = tqdm(range(args.rounds), desc=f"{tag} {env_id} ({mode})", disable=not progress)
@@ -190,18 +189,10 @@ def distill(
         ev_seeds = [seed_base + 3000 + rnd * 100 + i for i in range(args.eval_episodes)]
         ev: Episodes = run_episodes(env_id, policy, ev_seeds)
         score = ev.mean + 0.1 * float(ev.returns.min()) / max(len(ev.returns), 1)
-        log.writerow(
-            [
-                rnd,
-                f"{time.perf_counter() - start:.1f}",
-                sum(len(q) for q in data.q),
-                f"{np.mean(losses):.4f}",
-                roll.mean,
-                ev.mean,
-                float(ev.returns.min()),
-            ]
-        )
-        log_f.flush()
+        writer.add_scalar("losses/distill_loss", float(np.mean(losses)), rnd)
+        writer.add_scalar("charts/labelled_states", sum(len(q) for q in data.q), rnd)
+        writer.add_scalar("charts/rollout_return", roll.mean, rnd)
+        writer.add_scalar(f"eval/return_{'float' if mode == 'float' else '8bit'}", ev.mean, rnd)
         if score >= best["score"]:
             best = {
                 "round": rnd,
@@ -213,7 +204,7 @@ def distill(
         bar.set_postfix(
             loss=f"{np.mean(losses):.3f}", eval=f"{ev.mean:.1f}", best=f"{best['eval_mean']:.1f}"
         )
-    log_f.close()
+    writer.close()
     if emulator is not None:
         emulator.close()
     student.load_state_dict(best_state)

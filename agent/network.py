@@ -1,5 +1,6 @@
 """The spiking Q-network as a policy: trainable tensors, the one forward
-(:func:`agent.snn.simulate`) and one ``predict``. Training lives in the recipes
+(:func:`agent.snn.simulate_fast`, equal to the reference :func:`agent.snn.simulate`)
+and one ``predict``. Training lives in the recipes
 (:mod:`agent.dsqn`, :mod:`agent.distill`), export in :mod:`agent.export`.
 
 Hidden layers are leaky integrate-and-fire (``alpha_decay`` < 1) or
@@ -20,7 +21,15 @@ import torch
 from torch import nn
 
 from agent.options import SNNConfig
-from agent.snn import OUTPUT_THRESHOLD, LayerParams, SimOutput, f32, fake_quant, greedy, simulate
+from agent.snn import (
+    OUTPUT_THRESHOLD,
+    LayerParams,
+    SimOutput,
+    f32,
+    fake_quant,
+    greedy,
+    simulate_fast,
+)
 from hw.artifact import Encoder
 from hw.encoding import encode
 
@@ -183,7 +192,7 @@ class SpikingQNet(nn.Module):
     def forward(
         self, raster: torch.Tensor, mode: Mode = "float", record: bool = False
     ) -> SimOutput:
-        return simulate(
+        return simulate_fast(
             raster,
             self.layer_params(mode),
             self.config.ticks,

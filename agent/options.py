@@ -78,8 +78,8 @@ class SNNConfig:
 
 
 @dataclass(frozen=True)
-class DSQNArgs:
-    """Deep spiking Q-learning: DQN on the spiking network (also drives TD-based QAT)."""
+class DQNArgs:
+    """Off-policy DQN (agent/dqn.py): the one loop of dsqn and of the float teacher."""
 
     total_steps: int = 100_000
     """environment steps"""
@@ -92,12 +92,20 @@ class DSQNArgs:
     reward_scale: float = 1.0
     """rewards are multiplied by this while learning (Q-values in smaller units); the
     output layer is rescaled afterwards, so exported Q-values are in reward units"""
+    advantage_alpha: float = 0.0
+    """advantage learning (Bellemare et al. 2016): the target subtracts alpha times the
+    target network's gap between the best action and the one taken, widening action
+    gaps about 1 / (1 - alpha)-fold; 0 is plain Double DQN"""
+    target_draws: int = 1
+    """forwards of the target network averaged per target (fresh Poisson spikes each)"""
     buffer_size: int = 100_000
     """replay capacity (transitions)"""
     batch_size: int = 128
     """transitions per gradient step"""
     learning_starts: int = 1_000
     """random-action steps before learning (they also fix the observation scale)"""
+    num_envs: int = 1
+    """environments stepped together (one batched forward acts for all of them)"""
     train_every: int = 2
     """environment steps between training phases"""
     gradient_steps: int = 1
@@ -118,53 +126,25 @@ class DSQNArgs:
     """environment steps between greedy evaluations (checkpoint selection)"""
     eval_episodes: int = 20
     """episodes per evaluation"""
+    keep_best: int = 3
+    """best checkpoints kept (dsqn re-scores them on the 8-bit emulator)"""
     stop_at: float | None = None
-    """stop early once an evaluation averages at least this"""
-    grid_weight: float = 0.0
-    """QAT only: pull of the float masters toward the 8-bit grid, ramped up over the run"""
+    """stop early once an evaluation averages at least this (confirmed on as many more)"""
 
 
 @dataclass(frozen=True)
-class TeacherArgs:
-    """The float MLP Double-DQN teacher of the distill recipe."""
+class TeacherArgs(DQNArgs):
+    """The float MLP Double-DQN teacher of the distill recipe (the DQN loop's options
+    and the width of the MLP)."""
 
-    total_steps: int = 60_000
-    """environment steps"""
     hidden: int = 128
     """width of the two hidden layers"""
-    lr: float = 5e-4
-    """Adam learning rate"""
-    gamma: float = 0.99
-    """discount"""
-    buffer_size: int = 50_000
-    """replay capacity (transitions)"""
-    batch_size: int = 128
-    """transitions per gradient step"""
-    learning_starts: int = 1_000
-    """steps before learning"""
-    train_every: int = 1
-    """env steps between training phases"""
-    gradient_steps: int = 1
-    """gradient steps per training phase"""
-    target_every: int = 500
-    """hard target-network copy every this many steps"""
-    eps_start: float = 1.0
-    """exploration: epsilon at the first step"""
-    eps_end: float = 0.02
-    """exploration: epsilon after eps_steps"""
-    eps_steps: int = 15_000
-    """steps over which epsilon decays linearly"""
-    eval_every: int = 5_000
-    """steps between greedy evaluations (checkpoint selection)"""
-    eval_episodes: int = 20
-    """episodes per evaluation"""
-    stop_at: float | None = None
-    """stop early once a greedy evaluation (over 2 x eval_episodes) averages at least this"""
 
 
 @dataclass(frozen=True)
 class DistillArgs:
-    """DAgger distillation of the teacher into the spiking network (also drives its QAT)."""
+    """DAgger distillation of a teacher into the spiking network; also the 8-bit QAT of
+    both recipes (for dsqn the teacher is the network's own float self)."""
 
     rounds: int = 12
     """DAgger rounds (train, then roll out the student and label its states)"""
@@ -203,6 +183,9 @@ class DistillArgs:
     """greedy episodes per round (checkpoint selection)"""
     max_states: int = 300_000
     """most recent labelled states kept"""
+    teacher_draws: int = 16
+    """dsqn QAT: Poisson draws over which the float network's Q-values are averaged to
+    make the target (a Q estimate without the input noise)"""
 
 
 @dataclass(frozen=True)
@@ -239,22 +222,21 @@ class TrainConfig:
     progress: bool = True
     """progress bars"""
     snn: SNNConfig = field(default_factory=SNNConfig)
-    dsqn: DSQNArgs = field(default_factory=DSQNArgs)
-    teacher: TeacherArgs = field(default_factory=TeacherArgs)
+    dsqn: DQNArgs = field(default_factory=DQNArgs)
+    teacher: TeacherArgs = field(
+        default_factory=lambda: TeacherArgs(
+            total_steps=60_000,
+            lr_final=5e-4,
+            buffer_size=50_000,
+            train_every=1,
+            target_every=500,
+            eps_steps=15_000,
+        )
+    )
     distill: DistillArgs = field(default_factory=DistillArgs)
 
 
 # fine-tuning starts from a trained network: smaller steps than training
-QAT_DSQN = DSQNArgs(
-    total_steps=10_000,
-    lr=2e-5,
-    lr_final=2e-6,
-    eps_start=0.05,
-    eps_end=0.01,
-    eps_steps=1,
-    eval_every=2_000,
-    grid_weight=30.0,
-)
 QAT_DISTILL = DistillArgs(rounds=8, lr=5e-4, lr_final=2e-5)
 
 
@@ -281,10 +263,9 @@ class FinetuneConfig:
     progress: bool = True
     """progress bars"""
     qat: QATArgs = field(default_factory=QATArgs)
-    dsqn: DSQNArgs = QAT_DSQN
-    """TD-driven QAT (dsqn runs)"""
     distill: DistillArgs = QAT_DISTILL
-    """distillation-driven QAT (distill runs)"""
+    """the QAT pipelines distil into the 8-bit network: from the MLP teacher (distill
+    runs) or from the network's own float self (dsqn runs)"""
 
 
 @dataclass(frozen=True)
@@ -349,6 +330,7 @@ PRESETS: dict[str, Preset] = {
                 "total_steps": 60_000,
                 "hidden": 256,
                 "lr": 2.3e-3,
+                "lr_final": 2.3e-3,
                 "batch_size": 64,
                 "train_every": 256,
                 "gradient_steps": 128,
@@ -369,6 +351,7 @@ PRESETS: dict[str, Preset] = {
                 "total_steps": 100_000,
                 "hidden": 256,
                 "lr": 6.3e-4,
+                "lr_final": 6.3e-4,
                 "batch_size": 128,
                 "train_every": 4,
                 "gradient_steps": 1,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from agent.evaluate import DEFAULT_EVAL_SEED, evaluate
+from agent.evaluate import DEFAULT_EVAL_SEED, decision_margin, evaluate
 from agent.export import from_artifact, to_artifact
 from agent.options import FinetuneConfig, TrainConfig
 from agent.rollout import run_episodes
@@ -136,7 +136,6 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
         recipe,
         env_id,
         cfg.qat,
-        dsqn=cfg.dsqn,
         distill=cfg.distill,
         teacher=teacher,
         out_dir=cfg.run,
@@ -169,7 +168,7 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
         }
     if "dsqn" in train:
         provenance["dsqn"] = {
-            k: train["dsqn"][k] for k in ("eval_mean", "eval_min", "step", "seconds")
+            k: train["dsqn"][k] for k in ("eval_mean", "eval_min", "step", "seconds", "selection")
         }
     artifact = to_artifact(student, name, provenance)
     if cfg.eval_episodes > 0:
@@ -207,6 +206,7 @@ def evaluation_block(
         r.pop("returns")
         result[backend] = {k: v for k, v in r.items() if k not in ("backend", "seed")}
     result["agreement_float_vs_8bit"] = result["emulator"].get("agreement")
+    result["decision_margin"] = decision_margin(artifact, episodes=min(episodes, 10), seed=seed)
     if teacher is not None:
         ev = run_episodes(artifact.env_id, teacher.act, list(range(seed, seed + episodes)))
         result["teacher_float_mlp"] = ev.summary()

@@ -28,20 +28,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from agent.export import to_artifact
 from agent.network import SpikingQNet
-from agent.options import DistillArgs, DSQNArgs, QATArgs, Recipe
+from agent.options import DistillArgs, QATArgs, Recipe
 from agent.rollout import run_episodes
 from agent.teacher import MLP, TRAIN_SEED_BASE
 from hw.emulator import EmulatorBackend
 
 
-def emulator_return(net: SpikingQNet, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
+def emulator_return(
+    net: SpikingQNet, env_id: str, episodes: int, seed: int, seed_offset: int = 400_000
+) -> tuple[float, float]:
     """(mean, min) greedy return of ``net``'s exported artifact on the emulator, over
     episodes of the training seed range (Poisson draws seeded from ``seed``)."""
     rng = np.random.default_rng(seed)
-    seeds = [TRAIN_SEED_BASE + 400_000 + 1000 * (seed % 100) + i for i in range(episodes)]
+    first = TRAIN_SEED_BASE + seed_offset + 1000 * (seed % 100)
+    seeds = [first + i for i in range(episodes)]
     with EmulatorBackend() as emu:
         emu.load(to_artifact(net, "candidate"))
 
@@ -77,23 +81,53 @@ def ptq_percentile(
     return out, {"percentile": best_p, "tried": tried}
 
 
+class SelfTeacher:
+    """A dsqn network's own float self as the teacher of its 8-bit version: its
+    Q-values averaged over ``draws`` Poisson draws (the Q estimate without the input
+    noise), the greedy action of that average."""
+
+    def __init__(self, net: SpikingQNet, draws: int, seed: int) -> None:
+        self.net = with_options(net)
+        self.draws = draws
+        self.rng = np.random.default_rng(seed + 11)
+
+    @torch.no_grad()
+    def q(self, observations: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observations, np.float32)
+        draws = self.draws if self.net.config.encoder == "poisson" else 1
+        total = np.zeros((len(obs), len(self.net.env.action_names)), np.float64)
+        for chunk in range(0, len(obs), 4096):
+            o = np.repeat(obs[chunk : chunk + 4096], draws, axis=0)
+            q = self.net(self.net.encode(o, self.rng), "float").q_values.numpy()
+            total[chunk : chunk + 4096] = q.reshape(-1, draws, q.shape[1]).mean(axis=1)
+        return total.astype(np.float32)
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        return np.argmax(self.q(observations), axis=1)
+
+
 def finetune(
     net: SpikingQNet,
     recipe: Recipe,
     env_id: str,
     qat: QATArgs,
     *,
-    dsqn: DSQNArgs,
     distill: DistillArgs,
     teacher: MLP | None,
     out_dir: Path,
     seed: int,
     progress: bool = True,
 ) -> tuple[SpikingQNet, dict[str, Any]]:
-    """Run each pipeline on ``net``; return the best 8-bit candidate and a report."""
-    from agent.distill import distill as run_distill
-    from agent.dsqn import train_dsqn
+    """Run each pipeline on ``net``; return the best 8-bit candidate and a report.
 
+    The QAT pipelines distil into the fake-quantized network: from the MLP teacher
+    (distill) or from the network's own float self (:class:`SelfTeacher`, dsqn: the
+    policy still comes from Q-learning on the spiking network)."""
+    from agent.distill import distill as run_distill
+
+    if recipe == "dsqn":
+        teacher = SelfTeacher(net, distill.teacher_draws, seed)  # type: ignore[assignment]
+    assert teacher is not None, "the distill recipe fine-tunes with its teacher"
     candidates: dict[str, SpikingQNet] = {}
     report: dict[str, Any] = {"pipelines": {}}
     for pipeline in qat.pipelines:
@@ -101,18 +135,10 @@ def finetune(
             cand, info = ptq_percentile(net, env_id, qat, seed)
         else:
             start = with_options(net, learn_threshold=pipeline == "qat-adaptive-threshold")
-            tag = f"finetune-{pipeline}"
-            if recipe == "dsqn":
-                cand, info = train_dsqn(
-                    env_id, dsqn, out_dir, seed=seed, net=start, mode="quant", tag=tag,
-                    progress=progress,
-                )  # fmt: skip
-            else:
-                assert teacher is not None, "the distill recipe fine-tunes with its teacher"
-                cand, info = run_distill(
-                    start, teacher, env_id, distill, out_dir, seed=seed, mode="quant", tag=tag,
-                    progress=progress,
-                )  # fmt: skip
+            cand, info = run_distill(
+                start, teacher, env_id, distill, out_dir, seed=seed, mode="quant",  # type: ignore[arg-type]
+                tag=f"finetune-{pipeline}", progress=progress,
+            )  # fmt: skip
             info = {k: v for k, v in info.items() if k != "score"}
         mean, low = emulator_return(cand, env_id, qat.select_episodes, seed)
         report["pipelines"][pipeline] = {**info, "select_mean": mean, "select_min": low}

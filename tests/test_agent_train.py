@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from agent.evaluate import evaluate  # noqa: E402
 from agent.options import (  # noqa: E402
     DistillArgs,
-    DSQNArgs,
+    DQNArgs,
     FinetuneConfig,
     QATArgs,
     SNNConfig,
@@ -43,7 +43,7 @@ TINY_DISTILL = DistillArgs(
     rollout_episodes=2,
     eval_episodes=2,
 )
-TINY_DSQN = DSQNArgs(
+TINY_DSQN = DQNArgs(
     total_steps=300, learning_starts=100, batch_size=16, eval_every=100, eval_episodes=2
 )
 TINY_QAT = QATArgs(
@@ -51,6 +51,15 @@ TINY_QAT = QATArgs(
     percentiles=(100.0, 99.0),
     select_episodes=2,
 )
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of a run folder: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def _tiny_train(run: Path, recipe: str = "distill", seed: int = 3, **snn) -> dict:
@@ -82,7 +91,6 @@ def _tiny_finetune(run: Path, out: Path) -> dict:
         threads=1,
         progress=False,
         qat=TINY_QAT,
-        dsqn=dataclasses.replace(TINY_DSQN, grid_weight=10.0),
         distill=TINY_DISTILL,
     )
     return finetune_run(cfg, command="smoke-finetune")
@@ -93,8 +101,11 @@ def test_distill_recipe_train_and_finetune_smoke(tmp_path):
 
     run = tmp_path / "run"
     summary = _tiny_train(run)
-    for f in ("teacher.pt", "student.s2l", "teacher.csv", "distill.csv", "train.json"):
+    for f in ("teacher.pt", "student.s2l", "train.json"):
         assert (run / f).exists(), f
+    tags = _scalars(run)
+    assert {"charts/episodic_return", "losses/td_loss", "eval/return"} <= set(tags)
+    assert {"losses/distill_loss", "eval/return_float"} <= set(tags)
     assert summary["teacher"]["steps_run"] == 400 and summary["recipe"] == "distill"
     assert json.loads((run / "train.json").read_text())["seed"] == 3
 
@@ -126,7 +137,12 @@ def test_dsqn_recipe_poisson_lif_train_and_finetune_smoke(tmp_path):
     run = tmp_path / "run"
     summary = _tiny_train(run, recipe="dsqn", encoder="poisson", alpha_decay=0.9)
     assert summary["recipe"] == "dsqn" and "teacher" not in summary
-    assert not (run / "teacher.pt").exists() and (run / "dsqn.csv").exists()
+    assert not (run / "teacher.pt").exists()
+    tags = _scalars(run)
+    for tag in ("charts/episodic_return", "losses/td_loss", "charts/epsilon"):
+        assert tag in tags, tag
+    assert {"charts/learning_rate", "charts/action_gap", "eval/return"} <= set(tags)
+    assert summary["dsqn"]["selection"]["chosen"] in summary["dsqn"]["selection"]["candidates"]
     out = tmp_path / "dsqn.s2l"
     _tiny_finetune(run, out)
     art = load_artifact(out)
@@ -134,8 +150,8 @@ def test_dsqn_recipe_poisson_lif_train_and_finetune_smoke(tmp_path):
     assert art.layers[0].alpha_decay == pytest.approx(0.9) and art.layers[0].neuron == "LIF"
     ev = art.provenance["evaluation"]["emulator"]
     assert ev["repeats"] == 2 and len(ev["repeat_means"]) == 2
-    # the TD-driven QAT logs its own CSV
-    assert (run / "finetune-qat.csv").exists()
+    # each QAT pipeline logs its own curves (self-distillation into the 8-bit network)
+    assert "eval/return_8bit" in _scalars(run / "finetune-qat")
     summary = art.summary()
     assert summary["recipe"] == "dsqn"
     assert summary["layers"][0]["alpha_decay"] == pytest.approx(0.9)
@@ -152,12 +168,10 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
         b = load_artifact(tmp_path / f"b-{recipe}" / "student.s2l")
         for la, lb in zip(a.layers, b.layers, strict=True):
             np.testing.assert_array_equal(la.float_weight, lb.float_weight)
-        log = "dsqn.csv" if recipe == "dsqn" else "teacher.csv"
-        rows_a = (tmp_path / f"a-{recipe}" / log).read_text().splitlines()
-        rows_b = (tmp_path / f"b-{recipe}" / log).read_text().splitlines()
-        # same episodes, same losses (the seconds column differs)
-        strip = [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_a]
-        assert strip == [[c for i, c in enumerate(r.split(",")) if i != 1] for r in rows_b]
+        # same episodes, same losses
+        a_curves, b_curves = _scalars(tmp_path / f"a-{recipe}"), _scalars(tmp_path / f"b-{recipe}")
+        for tag in ("charts/episodic_return", "losses/td_loss"):
+            assert a_curves[tag] and a_curves[tag] == b_curves[tag], tag
 
 
 class SignBandit(gym.Env):
@@ -181,7 +195,7 @@ def test_dsqn_learns_a_task_through_the_spikes(tmp_path):
     from agent.dsqn import train_dsqn
 
     gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
-    args = DSQNArgs(
+    args = DQNArgs(
         total_steps=1500,
         learning_starts=200,
         train_every=1,
