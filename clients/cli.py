@@ -49,6 +49,22 @@ def register(app: typer.Typer) -> None:
         ),
         wait: float = typer.Option(10.0, min=0.0, help="seconds to wait for /readyz at start"),
         progress: bool = typer.Option(True, help="show a progress bar"),
+        view: str | None = typer.Option(
+            None,
+            "--view",
+            flag_value="desktop",
+            is_flag=False,
+            metavar="[web|FILE.rrd]",
+            help="log every step to Rerun: --view spawns the desktop viewer, --view web serves "
+            "the web viewer (--view-port), --view FILE.rrd saves a recording "
+            "(pip install 's2loop\\[view]')",
+        ),
+        view_port: int = typer.Option(
+            9090, min=1, max=65535, help="port of the web viewer (--view web)"
+        ),
+        trace: bool = typer.Option(
+            False, help="ask for each step's spike trace (logged by --view as /spikes/...)"
+        ),
     ) -> None:
         """Drive seeded episodes through the service; write steps.csv, summary.json, PNGs."""
         from rich.console import Console
@@ -56,6 +72,7 @@ def register(app: typer.Typer) -> None:
         from clients.loop import LoopConfig, RetryPolicy
         from clients.report import summary_table
         from clients.session import PreflightError, run_and_report
+        from clients.view import ViewUnavailable
 
         console = Console()
         try:
@@ -73,6 +90,9 @@ def register(app: typer.Typer) -> None:
                 timeout_s=timeout,
                 retry=RetryPolicy(retries=retries),
                 max_steps=max_steps,
+                view=view,
+                view_port=view_port,
+                trace=trace,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -80,8 +100,10 @@ def register(app: typer.Typer) -> None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{stamp}-{cfg.model}-{transport}"
         try:
-            _, summary = run_and_report(cfg, out, console=console, progress=progress, wait_s=wait)
-        except PreflightError as exc:
+            _, summary = run_and_report(
+                cfg, out, console=console, progress=progress, wait_s=wait, hold_view=True
+            )
+        except (PreflightError, ViewUnavailable) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
         console.print(summary_table([summary]))

@@ -128,6 +128,13 @@ class LoopConfig:
     max_steps: int | None = None  # cut episodes shorter than the env's own limit
     #: names this run's episodes for the server's flight recorder (``RUN-EPISODE``)
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
+    #: log every step to Rerun: ``desktop`` (spawn the viewer), ``web`` (serve the web
+    #: viewer on ``view_port``) or ``FILE.rrd`` (save a recording); needs the ``view`` extra
+    view: str | None = None
+    #: port of the web viewer (``view="web"``)
+    view_port: int = 9090
+    #: ask the server for each step's spike trace (logged to the view as /spikes/...)
+    trace: bool = False
     #: tests: make the loop's PolicyClient (e.g. on a MockTransport)
     policy_factory: Callable[[], PolicyClient] | None = None
 
@@ -140,6 +147,10 @@ class LoopConfig:
             raise ValueError("episodes and clients must be at least 1")
         if self.rate_hz is not None and self.rate_hz < 0:
             raise ValueError("rate_hz must be positive (or 0 for no pacing)")
+        if self.view is not None:
+            from clients.view import parse_target
+
+            parse_target(self.view, self.view_port)  # ValueError naming what it takes
 
 
 @dataclass
@@ -161,6 +172,7 @@ class LoopResult:
     episodes: list[Episode] = field(default_factory=list)
     wall_s: float = 0.0
     aborted: list[str] = field(default_factory=list)  # one message per aborted client
+    view: str | None = None  # where the Rerun view went (file, URL), when on
 
     def column(self, name: str) -> list[Any]:
         i = STEP_FIELDS.index(name)
@@ -184,14 +196,22 @@ def _timing(t: Any) -> tuple[float, ...]:
 
 
 def _act(
-    policy: PolicyClient, observation: Any, retry: RetryPolicy, episode_id: str, step: int
+    policy: PolicyClient,
+    observation: Any,
+    retry: RetryPolicy,
+    episode_id: str,
+    step: int,
+    trace: bool = False,
 ) -> tuple[Any, int, int]:
     """(answer, round trip ns of the attempt that answered, retries before it)."""
     attempt = 0
     while True:
         t0 = time.perf_counter_ns()
         try:
-            answer = policy.act(observation, episode_id=episode_id, step=step)
+            if trace:
+                answer = policy.act(observation, episode_id=episode_id, step=step, trace=True)
+            else:
+                answer = policy.act(observation, episode_id=episode_id, step=step)
             return answer, time.perf_counter_ns() - t0, attempt
         except (Overloaded, Unavailable) as exc:
             if attempt >= retry.retries:
@@ -230,12 +250,16 @@ def run_client(
     client: int,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    view: Any = None,
 ) -> tuple[list[tuple], list[Episode], str | None]:
-    """Run one control loop; returns (rows, episodes, abort message or None)."""
+    """Run one control loop; returns (rows, episodes, abort message or None). ``view``:
+    a :class:`clients.view.LoopView` that logs each step (with the env's render)."""
     import gymnasium as gym
 
-    env = gym.make(cfg.env_id, max_episode_steps=cfg.max_steps)
+    render_mode = "rgb_array" if view is not None else None
+    env = gym.make(cfg.env_id, max_episode_steps=cfg.max_steps, render_mode=render_mode)
     policy = make_policy(cfg)
+    client_step = 0  # the view's step timeline: this client's steps across episodes
     period_ns = round(1e9 / cfg.rate_hz) if cfg.rate_hz else 0
     rows: list[tuple] = []
     episodes: list[Episode] = []
@@ -263,8 +287,11 @@ def run_client(
                 else:
                     period_start = time.perf_counter_ns()
                 sent = observation
+                answer = None
                 try:
-                    answer, rtt_ns, retries = _act(policy, sent, cfg.retry, episode_id, step)
+                    answer, rtt_ns, retries = _act(
+                        policy, sent, cfg.retry, episode_id, step, cfg.trace
+                    )
                 except ActError as exc:
                     arrived = time.perf_counter_ns()
                     consecutive_errors += 1
@@ -293,6 +320,10 @@ def run_client(
                     backend, fallback = answer.backend, answer.fallback
                     q_values = answer.q_values
                 late = bool(period_ns) and arrived - period_start > period_ns
+                if view is not None:  # the state the policy saw, before the step
+                    view.step(client=client, step=client_step, episode=episode, observation=sent,
+                              frame=env.render(), answer=answer, rtt_us=rtt_us)  # fmt: skip
+                client_step += 1
                 observation, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 rows.append(
@@ -337,12 +368,52 @@ def run_client(
     return rows, episodes, None
 
 
+def open_view(cfg: LoopConfig, model_info: dict[str, Any] | None = None) -> Any:
+    """The Rerun view ``cfg.view`` asks for (:class:`clients.view.LoopView`), or None."""
+    if cfg.view is None:
+        return None
+    from clients.view import LoopView, parse_target
+
+    info = model_info or {}
+    return LoopView(
+        parse_target(cfg.view, cfg.view_port),
+        env_id=cfg.env_id,
+        run_id=cfg.run_id,
+        clients=cfg.clients,
+        observation_size=info.get("observation_size"),
+        input_size=info.get("input_size"),
+    )
+
+
 def run_loops(
     cfg: LoopConfig,
     progress: Callable[[int, int], None] | None = None,
+    view: Any = None,
 ) -> LoopResult:
-    """Run ``cfg.clients`` loops at once and gather their steps (ordered by client)."""
+    """Run ``cfg.clients`` loops at once and gather their steps (ordered by client).
+
+    ``view``: an open :class:`clients.view.LoopView` (else one is opened when
+    ``cfg.view`` asks for it); a view opened here is closed here."""
     result = LoopResult(config=cfg)
+    own_view = view is None and cfg.view is not None
+    if own_view:
+        view = open_view(cfg)
+    if view is not None:
+        result.view = view.where
+    try:
+        _run_loops(cfg, result, progress, view)
+    finally:
+        if own_view:
+            view.close()
+    return result
+
+
+def _run_loops(
+    cfg: LoopConfig,
+    result: LoopResult,
+    progress: Callable[[int, int], None] | None,
+    view: Any,
+) -> None:
     stop = threading.Event()
     # Imports and set-up objects live for the whole run: freeze them so a full cyclic
     # GC (tens of ms with gymnasium, numpy and friends loaded) never stalls a step.
@@ -350,10 +421,12 @@ def run_loops(
     gc.freeze()
     t0 = time.perf_counter()
     if cfg.clients == 1:
-        outcomes = [run_client(cfg, 0, progress, stop)]
+        outcomes = [run_client(cfg, 0, progress, stop, view)]
     else:
         with ThreadPoolExecutor(max_workers=cfg.clients, thread_name_prefix="s2loop-client") as ex:
-            futures = [ex.submit(run_client, cfg, k, progress, stop) for k in range(cfg.clients)]
+            futures = [
+                ex.submit(run_client, cfg, k, progress, stop, view) for k in range(cfg.clients)
+            ]
             try:
                 outcomes = [f.result() for f in futures]
             except BaseException:
@@ -365,4 +438,3 @@ def run_loops(
         result.episodes.extend(episodes)
         if aborted:
             result.aborted.append(f"client {k}: {aborted}")
-    return result

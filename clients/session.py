@@ -3,12 +3,13 @@ drive the loops under a progress bar, write the results."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from clients.loop import LoopConfig, LoopResult, run_loops
+from clients.loop import LoopConfig, LoopResult, open_view, run_loops
 from clients.report import summarize, write_run
 from s2loop_client.server import ServerNotReady, base_url, list_models, wait_ready
 
@@ -84,10 +85,36 @@ def run_and_report(
     progress: bool = True,
     wait_s: float = 10.0,
     label: str | None = None,
+    hold_view: bool = False,
 ) -> tuple[LoopResult, dict[str, Any]]:
     """Preflight, run with a progress bar, write CSV/JSON/PNGs to ``out_dir``.
 
+    With ``cfg.view`` each step is logged to Rerun; ``hold_view``: a web viewer keeps
+    serving after the run until Ctrl-C (else the process's end would take it away).
     Raises :class:`PreflightError` before any step if the service can't be used."""
+    model_info = preflight(cfg, wait_s)
+    label = label or f"{cfg.model} {cfg.transport}"
+    view = open_view(cfg, model_info)
+    try:
+        if view is not None and console is not None:
+            console.print(f"Rerun view: {view.where}")
+        result = _run(cfg, console, progress, label, view)
+        summary = summarize(result)
+        summary["model_info"] = model_info
+        write_run(result, summary, out_dir, label)
+        if view is not None and hold_view and view.target.kind == "web":
+            if console is not None:
+                console.print(f"results in {out_dir}/; the web viewer serves on at {view.where}")
+                console.print("Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+    finally:
+        if view is not None:
+            view.close()
+    return result, summary
+
+
+def _run(cfg: LoopConfig, console: Any, progress: bool, label: str, view: Any) -> LoopResult:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -96,8 +123,6 @@ def run_and_report(
         TimeElapsedColumn,
     )
 
-    model_info = preflight(cfg, wait_s)
-    label = label or f"{cfg.model} {cfg.transport}"
     if progress:
         bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -118,10 +143,5 @@ def run_and_report(
                 bar.update(task, advance=new_episodes, steps=steps[0])
 
         with bar:
-            result = run_loops(cfg, progress=advance)
-    else:
-        result = run_loops(cfg)
-    summary = summarize(result)
-    summary["model_info"] = model_info
-    write_run(result, summary, out_dir, label)
-    return result, summary
+            return run_loops(cfg, progress=advance, view=view)
+    return run_loops(cfg, view=view)

@@ -1,0 +1,240 @@
+"""Rerun views of closed-loop runs (``s2loop run --view``) and of flight recordings
+(``s2loop replay DIR --view``). Rerun is the optional extra ``view``
+(``pip install 's2loop[view]'``); nothing here is imported without it.
+
+Where a view goes (:func:`parse_target`): ``desktop`` spawns the desktop viewer,
+``web`` serves the web viewer on a port and prints its URL, ``FILE.rrd`` saves a
+recording to open later (``rerun FILE.rrd``).
+
+Entities of a run, one row per step (entity roots ``/client<k>`` when several
+clients run at once; each client's steps on its own timelines):
+
+- ``/env/frame``: the environment's ``rgb_array`` render of the state the policy saw
+  (JPEG-compressed);
+- ``/env/observation/<name>``: each observation value sent;
+- ``/policy/q_values`` (a bar chart), ``/policy/action``;
+- ``/latency/round_trip_us``, ``/latency/server_us``, ``/chip/time_ms`` (the
+  server's estimate);
+- with traces on: ``/spikes/input`` and ``/spikes/<layer>`` (tick x neuron rasters,
+  1 where the neuron fired) and ``/spikes/output_q`` (tick x action: Q after each tick).
+
+Timelines: ``step`` (the client's steps, counted across its episodes) and
+``episode``.
+
+Rerun's usage analytics: Rerun's viewer sends anonymous usage events unless told not
+to. Unless ``S2LOOP_VIEW_ANALYTICS=1`` (the user turns them on), s2loop turns them
+off before it starts anything of Rerun's: ``rerun analytics disable`` (Rerun's own
+switch, read by the desktop viewer and by the SDK's web viewer server), and the web
+viewer's URL carries ``notebook=1``, the mode in which Rerun's web viewer starts no
+analytics (it is the mode Rerun's notebooks embed it in).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INSTALL_HINT = "Rerun is not installed: pip install 's2loop[view]' (or rerun-sdk)"
+ANALYTICS_ENV = "S2LOOP_VIEW_ANALYTICS"
+DEFAULT_WEB_PORT = 9090
+
+#: observation names of the environments s2loop ships models for (Gymnasium's docs)
+OBSERVATION_NAMES = {
+    "CartPole": ("cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity"),
+    "Acrobot": ("cos_theta1", "sin_theta1", "cos_theta2", "sin_theta2", "theta1_dot",
+                "theta2_dot"),
+}  # fmt: skip
+
+
+class ViewUnavailable(RuntimeError):
+    """Rerun is missing, or the view cannot start."""
+
+
+def rerun() -> Any:
+    """The ``rerun`` module, or :class:`ViewUnavailable` saying how to install it."""
+    try:
+        import rerun as rr
+    except ImportError:
+        raise ViewUnavailable(INSTALL_HINT) from None
+    return rr
+
+
+@dataclass(frozen=True)
+class ViewTarget:
+    kind: str  # "desktop", "web" or "file"
+    path: Path | None = None
+    port: int = DEFAULT_WEB_PORT
+
+    def describe(self) -> str:
+        return str(self.path) if self.kind == "file" else self.kind
+
+
+def parse_target(text: str, port: int = DEFAULT_WEB_PORT) -> ViewTarget:
+    """``desktop``, ``web`` or a path ending in ``.rrd``; ValueError otherwise."""
+    if text in ("", "desktop"):
+        return ViewTarget("desktop")
+    if text == "web":
+        return ViewTarget("web", port=port)
+    if text.endswith(".rrd"):
+        return ViewTarget("file", Path(text))
+    raise ValueError(f"--view takes 'desktop', 'web' or a FILE.rrd path, got {text!r}")
+
+
+def observation_names(env_id: str, size: int) -> list[str]:
+    names = OBSERVATION_NAMES.get(env_id.split("/")[-1].split("-v")[0])
+    if names is None or len(names) != size:
+        return [f"obs_{i}" for i in range(size)]
+    return list(names)
+
+
+def analytics_off() -> bool:
+    """Turn Rerun's usage analytics off with its own switch, unless the user set
+    ``S2LOOP_VIEW_ANALYTICS=1``. Returns whether they are off by s2loop's doing."""
+    if os.environ.get(ANALYTICS_ENV) == "1":
+        return False
+    cmd = [sys.executable, "-m", "rerun_cli", "analytics", "disable"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ViewUnavailable(f"cannot turn Rerun's analytics off: {exc}") from None
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip()[-300:]
+        raise ViewUnavailable(f"'rerun analytics disable' failed: {why}")
+    return True
+
+
+def open_stream(target: ViewTarget, application_id: str, recording_id: str) -> tuple[Any, str]:
+    """A Rerun recording stream sending to ``target``; returns it and where to look
+    (the file, the web viewer's URL, or 'desktop viewer')."""
+    rr = rerun()
+    analytics_off()
+    rec = rr.RecordingStream(application_id, recording_id=recording_id)
+    if target.kind == "file":
+        assert target.path is not None
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        rec.save(target.path)
+        return rec, str(target.path)
+    if target.kind == "desktop":
+        try:
+            rec.spawn()
+        except Exception as exc:  # no display, no viewer binary, ...
+            raise ViewUnavailable(f"cannot spawn the Rerun viewer: {exc}") from None
+        return rec, "the Rerun desktop viewer"
+    uri = rec.serve_grpc()
+    rr.serve_web_viewer(web_port=target.port, open_browser=False, connect_to=uri)
+    quiet = "" if os.environ.get(ANALYTICS_ENV) == "1" else "&notebook=1"
+    return rec, f"http://127.0.0.1:{target.port}/?url={uri}{quiet}"
+
+
+def close_stream(rec: Any) -> None:
+    """Flush; a file is finalized (its footer written) and readable at once."""
+    rec.flush()
+    rec.disconnect()
+
+
+def raster(pairs: Any, ticks: int, size: int) -> np.ndarray:
+    """[tick, neuron] pairs as a dense uint8 [ticks, size] raster."""
+    out = np.zeros((ticks, size), np.uint8)
+    arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(arr):
+        out[arr[:, 0], arr[:, 1]] = 1
+    return out
+
+
+def log_trace(rec: Any, root: str, trace: Any, input_size: int | None = None) -> None:
+    """A trace (SDK :class:`~s2loop_client.contract.Trace` or its wire map) as
+    ``/spikes/...`` tensors under ``root``."""
+    rr = rerun()
+    get = trace.get if isinstance(trace, dict) else lambda k: getattr(trace, k)
+    ticks = int(get("ticks"))
+    layers = get("layers")
+    pairs_in = np.asarray(get("input"), dtype=np.int64).reshape(-1, 2)
+    n_in = input_size or (int(pairs_in[:, 1].max()) + 1 if len(pairs_in) else 1)
+    rec.log(
+        f"{root}spikes/input",
+        rr.Tensor(raster(pairs_in, ticks, n_in), dim_names=("tick", "neuron")),
+    )
+    for lay in layers:
+        name, size, spikes = (
+            (lay["name"], lay["size"], lay["spikes"])
+            if isinstance(lay, dict)
+            else (lay.name, lay.size, lay.spikes)
+        )
+        rec.log(
+            f"{root}spikes/{name}",
+            rr.Tensor(raster(spikes, ticks, int(size)), dim_names=("tick", "neuron")),
+        )
+    q = np.asarray(get("output_q"), dtype=np.float32)
+    rec.log(f"{root}spikes/output_q", rr.Tensor(q, dim_names=("tick", "action")))
+
+
+class LoopView:
+    """Logs the steps of ``s2loop run`` loops to one Rerun recording (thread-safe: each
+    client's thread sets its own time, Rerun keeps time per thread)."""
+
+    def __init__(
+        self,
+        target: ViewTarget,
+        *,
+        env_id: str,
+        run_id: str,
+        clients: int = 1,
+        observation_size: int | None = None,
+        input_size: int | None = None,
+    ) -> None:
+        self.rr = rerun()
+        self.target = target
+        self.rec, self.where = open_stream(target, "s2loop", f"run-{run_id}")
+        self.clients = clients
+        self.env_id = env_id
+        self.names = observation_names(env_id, observation_size) if observation_size else None
+        self.input_size = input_size
+        self._lock = threading.Lock()
+
+    def root(self, client: int) -> str:
+        return f"client{client}/" if self.clients > 1 else ""
+
+    def step(
+        self,
+        *,
+        client: int,
+        step: int,
+        episode: int,
+        observation: Any,
+        frame: np.ndarray | None,
+        answer: Any | None,
+        rtt_us: float,
+    ) -> None:
+        """One step: the observation sent, the frame of that state, and the answer (None:
+        the step got no action)."""
+        rr, rec, root = self.rr, self.rec, self.root(client)
+        rec.set_time("step", sequence=step)
+        rec.set_time("episode", sequence=episode)
+        if frame is not None:
+            rec.log(f"{root}env/frame", rr.Image(frame).compress(jpeg_quality=80))
+        obs = np.asarray(observation, dtype=np.float64).ravel()
+        if self.names is None or len(self.names) != len(obs):
+            with self._lock:
+                self.names = observation_names(self.env_id, len(obs))
+        for name, value in zip(self.names, obs, strict=True):
+            rec.log(f"{root}env/observation/{name}", rr.Scalars(value))
+        if answer is None:
+            return
+        rec.log(f"{root}policy/q_values", rr.BarChart(np.asarray(answer.q_values, np.float32)))
+        rec.log(f"{root}policy/action", rr.Scalars(answer.action))
+        rec.log(f"{root}latency/round_trip_us", rr.Scalars(rtt_us))
+        rec.log(f"{root}latency/server_us", rr.Scalars(answer.timing.server_us))
+        if answer.timing.chip_time_s is not None:
+            rec.log(f"{root}chip/time_ms", rr.Scalars(answer.timing.chip_time_s * 1e3))
+        if getattr(answer, "trace", None) is not None:
+            log_trace(rec, root, answer.trace, self.input_size)
+
+    def close(self) -> None:
+        close_stream(self.rec)
