@@ -491,30 +491,45 @@ _COLUMNS = ("return_8bit", "return_float", "agreement", "episodes", "eval_repeat
 
 
 def _rows(grid, cfg: SweepConfig) -> list[dict[str, Any]]:
-    rows = []
+    """One row per trial (per trial and seed in a search). ``status``: ``ok``, ``error``
+    (failed twice) or ``pending`` (not run or not finished: the sweep was stopped)."""
+    rows, seen = [], set()
     for result in grid:
+        if result.config is None:  # never started: a grid's pending trials are added below
+            continue
         t, m = result.config["trial"], result.metrics or {}
         ok = result.error is None and ("artifact" in m or OBJECTIVE in m)
+        error = None
+        if result.error is not None:
+            error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
         base = {
             "env": t["env"],
             "setting": t["setting"],
             "smoke": bool(t["smoke"]),
             "cpus": float(t["cpus"]),
-            "trial_id": m.get("trial_id"),
-            "status": "ok" if ok else "error",
-            "error": None if result.error is None else f"{type(result.error).__name__}: "
-            + str(result.error).strip().splitlines()[-1][:500],
-        }  # fmt: skip
+            "trial_id": m.get("trial_id") or Path(result.path).name,
+            "status": "ok" if ok else "error" if error else "pending",
+            "error": error and error[:500],
+        }
         if cfg.search is None:
+            seen.add((t["env"], t["setting"], int(t["seed"])))
             rows.append({**base, "seed": int(t["seed"]), **{k: m.get(k) for k in _COLUMNS}})
             continue
-        params = json.dumps({k: v for k, v in result.config["params"].items()})
+        params = json.dumps(dict(result.config["params"]))
         for seed, r in zip(t["seeds"], m.get("per_seed") or [None] * len(t["seeds"]), strict=True):
             row = {**base, "seed": int(seed), "params": params, OBJECTIVE: m.get(OBJECTIVE)}
             row |= {k: (r or {}).get(k) for k in _COLUMNS}
             row |= {k: m.get(k) for k in ("node_id", "hostname", "wall_s")}
             rows.append(row)
-    return sorted(rows, key=lambda r: (r["env"], r["setting"], r.get("trial_id") or "", r["seed"]))
+    if cfg.search is None:
+        for t in cfg.trials_of_grid():
+            if (t["env"], t["setting"], t["seed"]) not in seen:
+                rows.append(
+                    {"env": t["env"], "setting": t["setting"], "smoke": cfg.smoke,
+                     "cpus": float(t["cpus"]), "trial_id": None, "status": "pending",
+                     "error": None, "seed": t["seed"], **dict.fromkeys(_COLUMNS)}
+                )  # fmt: skip
+    return sorted(rows, key=lambda r: (r["env"], r["setting"], r["trial_id"] or "", r["seed"]))
 
 
 def _write_rows(rows: Sequence[dict[str, Any]], path: Path) -> None:

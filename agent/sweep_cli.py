@@ -74,11 +74,15 @@ def sweep(
         rows = run_sweep(cfg, command=command, log=typer.echo)
     except SweepError as exc:
         raise typer.BadParameter(str(exc)) from None
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == "error"]
+    pending = [r for r in rows if r["status"] == "pending"]
     name = "search.parquet" if search else "results.parquet"
-    typer.echo(f"{len(rows) - len(failed)} ok, {len(failed)} failed; wrote {out / name}")
+    ok = len(rows) - len(failed) - len(pending)
+    typer.echo(f"{ok} ok, {len(failed)} failed, {len(pending)} not run; wrote {out / name}")
     for r in failed:
         typer.echo(f"FAILED {r['env']} {r['setting']} seed {r['seed']}: {r['error']}", err=True)
+    if pending:
+        typer.echo("stopped before the end: the same command resumes it", err=True)
     if search and rows:
         from agent.sweep import OBJECTIVE
 
@@ -86,7 +90,7 @@ def sweep(
         if done:
             best = max(done, key=lambda r: r[OBJECTIVE])
             typer.echo(f"best mean 8-bit return {best[OBJECTIVE]:.1f}: {best['params']}")
-    if failed:
+    if failed or pending:
         raise typer.Exit(1)
 
 

@@ -286,7 +286,8 @@ def run_recipes(cfg: RecipesConfig, command: str = "", log: Log = print) -> dict
             log(f"metrics of {key}")
             models[key] = {**_metrics_cached(Path(r["artifact"]), cfg), "node_id": r["node_id"]}
         else:
-            missing.append(f"{key} ({r['error'] or 'no model at ' + str(r['artifact'])})")
+            why = r["error"] or ("not run yet" if r["status"] == "pending" else "no model")
+            missing.append(f"{key} ({why})")
     spec_path = cfg.results.with_name(SPEC_NAME)
     spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
     settings = [v for v in SETTINGS if any(r["setting"] == v.key for r in results)]
@@ -438,8 +439,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Targets", "", *_table(["what", "target", "measured", ""], rows), ""]
     if report["missing"]:
         lines += [
-            "Trials of the sweep without a model (failed twice: Tune's error file in the "
-            "trial's folder under the sweep's `grid/` says why): " + ", ".join(report["missing"]),
+            "Trials of the sweep without a model (a failed one's error file is in its folder "
+            "under the sweep's `grid/`): " + ", ".join(report["missing"]),
             "",
         ]
     claims = {c["what"]: c for c in report["paper"]["claims"]}
