@@ -301,3 +301,35 @@ def test_tick_sweep_covers_every_shipped_model_there_is_from_its_full_ticks_down
         assert ticks == sorted(ticks, reverse=True) and mine[0]["keeps"]
         hops = mine[0]["ticks"] - mine[0]["input_ticks"]
         assert all(r["ticks"] - r["input_ticks"] == hops for r in mine)
+
+
+def test_gpu_section_sets_every_figure_beside_the_chip_and_the_paper_per_inference():
+    """The page's GPU section, from a report shaped as `measure_gpu` writes it on a GPU
+    (this machine has none: the measuring runs only there), and without a GPU."""
+    from bench.results import _gpu
+
+    energy = {"energy_j_per_inference": 8.7e-5, "dynamic_energy_j_per_inference": 4.6e-7}
+    report = {
+        "available": True,
+        "device": "NVIDIA H200",
+        "torch": "2.13.0",
+        "batch": 4096,
+        "idle_power_w": 120.0,
+        "energy": {"measured": True, "how": "NVML counter"},
+        "models": {
+            "cartpole": {
+                "chip": {"chip_time_s": 0.015, "energy_j": 3.6e-3, "energy_dynamic_j": 1e-4},
+                "graph_single": {"median_us": 780.0},
+                "eager_single": {"median_us": 8100.0},
+                "graph_batched": {"per_second": 148_000.0},
+                "energy_single": energy,
+                "energy_batched": energy,
+            }
+        },
+    }
+    page = "\n".join(_gpu(report))
+    for figure in ("NVIDIA H200", "120.0 W", "780", "8,100", "148,000", "0.09", "3.60", "6 / 145"):
+        assert figure in page, figure
+    assert "per inference" in page and "energy cost per inference" in page
+    missing = "\n".join(_gpu({"available": False, "reason": "no CUDA GPU visible"}))
+    assert "Not measured: no CUDA GPU visible" in missing and "per inference" in missing
