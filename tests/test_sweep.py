@@ -23,6 +23,7 @@ from clients.demo import free_port
 from s2loop.cli import app
 
 SMOKE_SETTINGS = ("dsqn-poisson-lif-t20", "distill-deterministic-if-t12")
+K8S_VERSION = "1.30.0"  # as tests/test_fleet.py validates deploy/k8s
 
 
 def test_unknown_setting_or_env_is_refused_before_ray_starts(tmp_path):
@@ -194,3 +195,30 @@ def test_smoke_sweep_runs_on_a_ray_cluster_resumes_and_feeds_the_recipes_page(
     assert "Smoke sweep" in text and "dsqn · poisson · LIF · T=20" in text
     assert "--address " + ray_cluster["address"] in text  # the sweep's own command
     assert "## Targets" in text and "quoted, not measured here" in text
+
+
+def test_raycluster_manifest_shares_one_volume_with_every_node_and_its_pods_validate():
+    import yaml
+
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    path = Path(__file__).resolve().parent.parent / "deploy" / "ray" / "raycluster.yaml"
+    docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+    assert set(docs) == {"PersistentVolumeClaim", "RayCluster"}
+    claim, cluster = docs["PersistentVolumeClaim"], docs["RayCluster"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every node writes there
+    kubernetes_validate.validate(claim, K8S_VERSION, strict=True)
+    assert (
+        cluster["apiVersion"] == "ray.io/v1" and cluster["spec"]["authOptions"]["mode"] == "token"
+    )
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "s2loop-train:latest"
+        (mount,) = container["volumeMounts"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert mount["mountPath"] == "/sweep"  # the same path on every node: --out /sweep/...
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                    "template": group["template"]}  # fmt: skip
+        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
