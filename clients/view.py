@@ -238,3 +238,101 @@ class LoopView:
 
     def close(self) -> None:
         close_stream(self.rec)
+
+
+# ----------------------------------------------------------------------------- recordings
+
+
+def _read_table(folder: Path, kind: str) -> Any:
+    """Every ``KIND-*.parquet`` of a flight-recorder folder as one table, or None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(folder).glob(f"{kind}-*.parquet"))
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("time")
+
+
+def log_recording(
+    rec: Any,
+    folder: Path,
+    *,
+    env_ids: dict[str, str] | None = None,
+    replayed: dict[str, dict[str, Any]] | None = None,
+) -> int:
+    """Log a flight recording (``S2LOOP_RECORD_DIR``) to the Rerun stream ``rec`` (see
+    :func:`open_stream`); returns the rows logged.
+
+    One row per answered observation, in time order, on the timelines ``step`` (the
+    row's place in the recording), ``episode`` (the client's ``episode_id``, numbered
+    in order of appearance) and ``episode_step`` (its recorded ``step``). Entities as
+    a run's (``/env/observation/<name>``, ``/policy/q_values``, ``/policy/action``,
+    ``/latency/server_us``, ``/spikes/...`` for traced answers), and beside them
+    ``/shadow/q_values``, ``/shadow/action``, ``/shadow/agree`` (1 or 0) for rows a
+    shadow model answered too, with a ``/shadow/disagreements`` text line where the
+    two chose differently; ``/replay/action`` and ``/replay/agree`` when ``replayed``
+    (per model: ``request_ids``, ``actions``) holds the answers of a replay. Several
+    models: one entity root ``/<model>`` each. ``env_ids`` (per model) names the
+    observation values."""
+    import json
+
+    acts = _read_table(folder, "acts")
+    if acts is None:
+        raise FileNotFoundError(f"no acts-*.parquet files in {folder}")
+    shadow_rows: dict[str, dict[str, Any]] = {}
+    shadow = _read_table(folder, "shadow")
+    if shadow is not None:
+        for r in shadow.to_pylist():
+            shadow_rows[r["request_id"]] = r
+    trace_rows: dict[str, str] = {}
+    traces = _read_table(folder, "traces")
+    if traces is not None:
+        for rid, text in zip(
+            traces.column("request_id").to_pylist(), traces.column("trace").to_pylist(), strict=True
+        ):
+            trace_rows[rid] = text
+    replay_by_id: dict[str, int] = {}
+    for m in (replayed or {}).values():
+        replay_by_id.update(zip(m["request_ids"], (int(a) for a in m["actions"]), strict=True))
+
+    rr = rerun()
+    models = sorted(set(acts.column("model").to_pylist()))
+    episodes: dict[str, int] = {}
+    rows = acts.to_pylist()
+    for i, row in enumerate(rows):
+        model = row["model"]
+        root = f"{model}/" if len(models) > 1 else ""
+        ep = row["episode_id"] or "(none)"
+        rec.reset_time()  # a row without a recorded step gets no episode_step
+        rec.set_time("step", sequence=i)
+        rec.set_time("episode", sequence=episodes.setdefault(ep, len(episodes)))
+        if row["step"] is not None:
+            rec.set_time("episode_step", sequence=int(row["step"]))
+        obs = row["observation"]
+        names = observation_names((env_ids or {}).get(model, ""), len(obs))
+        for name, value in zip(names, obs, strict=True):
+            rec.log(f"{root}env/observation/{name}", rr.Scalars(float(value)))
+        live_action = int(row["action"])
+        rec.log(f"{root}policy/q_values", rr.BarChart(np.asarray(row["q_values"], np.float32)))
+        rec.log(f"{root}policy/action", rr.Scalars(live_action))
+        rec.log(f"{root}latency/server_us", rr.Scalars(float(row["server_us"])))
+        rid = row["request_id"]
+        other = shadow_rows.get(rid)
+        if other is not None:
+            q = np.asarray(other["shadow_q_values"], np.float32)
+            rec.log(f"{root}shadow/q_values", rr.BarChart(q))
+            rec.log(f"{root}shadow/action", rr.Scalars(int(other["shadow_action"])))
+            rec.log(f"{root}shadow/agree", rr.Scalars(int(bool(other["agree"]))))
+            if not other["agree"]:
+                text = (
+                    f"episode {ep} step {row['step']}: live action {live_action}, shadow "
+                    f"{other['shadow_action']} (max |Q gap| {other['q_gap']:.3g})"
+                )
+                rec.log(f"{root}shadow/disagreements", rr.TextLog(text, level="WARN"))
+        if rid in replay_by_id:
+            rec.log(f"{root}replay/action", rr.Scalars(replay_by_id[rid]))
+            rec.log(f"{root}replay/agree", rr.Scalars(int(replay_by_id[rid] == live_action)))
+        if rid in trace_rows:
+            log_trace(rec, root, json.loads(trace_rows[rid]))
+    return len(rows)

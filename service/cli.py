@@ -81,6 +81,48 @@ def register(app: typer.Typer) -> None:
         )
 
 
+def _view_recording(
+    record_dir: Path, view: str, port: int, models: Path | None, replayed: dict
+) -> None:
+    """``s2loop replay --view``: the recording in Rerun (clients.view); a web viewer
+    serves on until Ctrl-C."""
+    import contextlib
+    import threading
+
+    from hw.artifact import ArtifactError, load_artifact
+
+    try:
+        from clients.view import (
+            ViewUnavailable,
+            close_stream,
+            log_recording,
+            open_stream,
+            parse_target,
+        )
+
+        target = parse_target(view, port)
+    except (ValueError, ImportError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    env_ids = {}
+    for name in replayed:
+        with contextlib.suppress(ArtifactError, FileNotFoundError, ValueError):
+            env_ids[name] = load_artifact(name, models).env_id
+    try:
+        rec, where = open_stream(target, "s2loop-replay", f"record-{record_dir.resolve().name}")
+    except ViewUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        rows = log_recording(rec, record_dir, env_ids=env_ids, replayed=replayed)
+        typer.echo(f"Rerun view of {rows} rows: {where}", err=True)
+        if target.kind == "web":
+            typer.echo("the web viewer serves on; Ctrl-C to stop", err=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+    finally:
+        close_stream(rec)
+
+
 def register_replay(app: typer.Typer) -> None:
     @app.command("replay")
     def replay_command(
@@ -101,6 +143,19 @@ def register_replay(app: typer.Typer) -> None:
             None, help="PNG of agreement per episode and Q differences (default: in RECORD_DIR)"
         ),
         eth_ip: str | None = typer.Option(None, help="board address (spinnaker2)"),
+        view: str | None = typer.Option(
+            None,
+            "--view",
+            flag_value="desktop",
+            is_flag=False,
+            metavar="[web|FILE.rrd]",
+            help="log the recording to Rerun, each episode on its timeline, the live, shadow "
+            "and replayed answers side by side: --view spawns the desktop viewer, --view web "
+            "serves the web viewer (--view-port), --view FILE.rrd saves a recording",
+        ),
+        view_port: int = typer.Option(
+            9090, min=1, max=65535, help="port of the web viewer (--view web)"
+        ),
     ) -> None:
         """Run a recording's observations again and compare actions and Q-values with it."""
         import json
@@ -121,9 +176,12 @@ def register_replay(app: typer.Typer) -> None:
         except (FileNotFoundError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from None
         path = plot_report(report, plot or record_dir / "replay.png")
+        replayed = {name: m.pop("_replayed") for name, m in report["models"].items()}
         for m in report["models"].values():
             m.pop("_q_diff")
         typer.echo(json.dumps({**report, "plot": str(path)}, indent=2))
+        if view is not None:
+            _view_recording(record_dir, view, view_port, models, replayed)
         if report["agreement"] is not None and report["agreement"] < min_agreement:
             typer.echo(
                 f"agreement {report['agreement']:.4f} is below --min-agreement {min_agreement}",

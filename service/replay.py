@@ -48,7 +48,8 @@ def replay(
     models_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Replay a record folder; the report: per model and per episode agreement and Q
-    differences, rows per second."""
+    differences, rows per second (and, for plots and views, per row: ``_q_diff`` and
+    ``_replayed``, not JSON)."""
     table = read_acts(folder)
     names = sorted(set(table.column("model").to_pylist()))
     override: ModelArtifact | None = load_artifact(model) if model else None
@@ -101,6 +102,11 @@ def replay(
                     for ep, v in per_episode.items()
                 },
                 "_q_diff": diff,
+                # per row, for a view of the replay (clients.view.log_recording)
+                "_replayed": {
+                    "request_ids": rows.column("request_id").to_pylist(),
+                    "actions": actions,
+                },
             }
     finally:
         be.close()

@@ -9,6 +9,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -186,3 +187,52 @@ def test_the_web_viewer_is_served_over_http(tmp_path, monkeypatch):
         assert wasm.content[:4] == b"\0asm"
     finally:
         close_stream(rec)
+
+
+def test_replay_view_logs_live_shadow_and_replayed_answers_per_episode(tmp_path):
+    """A flight recording with a shadow model and traced answers, logged by
+    ``s2loop replay DIR --view FILE.rrd``: one row per recorded answer, the shadow's
+    answers beside the live ones, a text line for each disagreement."""
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from hw.artifact import save_artifact
+    from hw.synthetic import random_artifact
+    from s2loop.cli import app as cli
+    from service.app import create_app
+    from tests.test_service import make_settings, wait_ready
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_artifact(random_artifact(seed=1, name="cartpole"), models / "cartpole.s2l")
+    save_artifact(random_artifact(seed=9, name="cartpole"), tmp_path / "candidate.s2l")
+    rec = tmp_path / "rec"
+    shadow = f"cartpole={tmp_path / 'candidate.s2l'}"
+    server = create_app(make_settings(models, record_dir=rec, shadow=shadow))
+    with TestClient(server) as c:
+        wait_ready(c)
+        rng = np.random.default_rng(1)
+        for i in range(40):
+            obs = (rng.normal(size=4) * [1.0, 1.5, 0.15, 1.5]).tolist()
+            body = {"model": "cartpole", "observation": obs, "episode_id": f"e{i // 20}",
+                    "step": i % 20, "trace": i % 10 == 0}  # fmt: skip
+            assert c.post("/v1/act", json=body).status_code == 200
+        done = 's2loop_shadow_compared_total{model="cartpole"} 40.0'
+        deadline = time.monotonic() + 10
+        while done not in server.state.metrics.render().decode():
+            assert time.monotonic() < deadline, "the shadow did not compare every answer"
+            time.sleep(0.02)  # the shadow compares off the request path
+    # the server's graceful stop wrote every table
+    rrd = tmp_path / "replay.rrd"
+    res = CliRunner().invoke(cli, ["replay", str(rec), "--models", str(models), "--view", str(rrd)])
+    assert res.exit_code == 0, res.output
+    entities = read_rrd(rrd)
+    for name in ("/policy/action", "/policy/q_values", "/shadow/agree", "/shadow/action",
+                 "/replay/action", "/env/observation/pole_angle"):  # fmt: skip
+        assert sorted(entities[name]["step"]) == list(range(40)), name
+        assert sorted(entities[name]["episode"]) == [0] * 20 + [1] * 20, name
+    assert sorted(entities["/spikes/fc1"]["step"]) == [0, 10, 20, 30]  # the traced ones
+    shadow_rows = pq.read_table(sorted(rec.glob("shadow-*.parquet"))).to_pylist()
+    disagreements = sum(not r["agree"] for r in shadow_rows)
+    assert 0 < disagreements < 40
+    assert len(entities["/shadow/disagreements"]["step"]) == disagreements
