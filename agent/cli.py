@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -25,19 +26,12 @@ def _command_line() -> str:
     return "s2loop " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _split_preset(args: list[str]) -> tuple[str | None, list[str]]:
-    """``--preset NAME`` (or ``--preset=NAME``) out of ``args``."""
-    rest, preset, it = [], None, iter(args)
-    for a in it:
-        if a == "--preset":
-            preset = next(it, None)
-            if preset is None:
-                raise typer.BadParameter("--preset needs a name")
-        elif a.startswith("--preset="):
-            preset = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-    return preset, rest
+@dataclass(frozen=True)
+class PresetChoice:
+    """What ``--preset NAME`` (or ``--preset=NAME``) says, parsed by tyro ahead of the
+    config's own options: the preset's values become the defaults of that parse."""
+
+    preset: str | None = None
 
 
 def parse_options(config_type: type, args: list[str], prog: str, required: tuple[str, ...]):
@@ -46,9 +40,10 @@ def parse_options(config_type: type, args: list[str], prog: str, required: tuple
 
     from agent.options import PRESETS, preset_defaults
 
-    preset, rest = _split_preset(args)
+    # --help stays for the second parse, which lists every option of the config
+    chosen, rest = tyro.cli(PresetChoice, args=args, return_unknown_args=True, add_help=False)
     try:
-        default = preset_defaults(preset, config_type, dict.fromkeys(required, tyro.MISSING))
+        default = preset_defaults(chosen.preset, config_type, dict.fromkeys(required, tyro.MISSING))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
     names = "; ".join(f"{k}: {p.description}" for k, p in PRESETS.items())
