@@ -145,7 +145,7 @@ def _tags(run_dir: Path) -> set[str]:
     return tags
 
 
-def test_smoke_sweep_runs_on_a_ray_cluster_resumes_and_feeds_the_recipes_page(
+def test_smoke_sweep_on_a_ray_cluster_retries_resumes_and_feeds_the_recipes_page(
     ray_cluster, tmp_path
 ):
     from agent.sweep import read_results
@@ -153,8 +153,28 @@ def test_smoke_sweep_runs_on_a_ray_cluster_resumes_and_feeds_the_recipes_page(
     from hw.artifact import load_artifact
 
     out = tmp_path / "sweep"
-    done = _sweep(ray_cluster, out, tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # a file where the distill trial's run folder goes: that trial fails, each attempt
+    blocked = out / "runs" / "CartPole-v1" / "distill-deterministic-if-t12" / "seed0"
+    blocked.parent.mkdir(parents=True)
+    blocked.touch()
+    first = _sweep(ray_cluster, out, tmp_path)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = {r["setting"]: r for r in read_results(out / "results.parquet")}
+    assert rows["dsqn-poisson-lif-t20"]["status"] == "ok"
+    failed = rows["distill-deterministic-if-t12"]
+    assert failed["status"] == "error" and "FileExistsError" in failed["error"]
+    assert failed["artifact"] is None and "FAILED CartPole-v1 distill" in first.stderr
+    errors = next((out / "grid").glob("*distill*/error.txt")).read_text()  # Tune's own log
+    assert re.findall(r"^Failure # (\d+)", errors, re.M) == ["1", "2"]  # retried once
+
+    # the same command again: Tune restores the sweep; the failed trial runs again, the
+    # finished one is kept as it was
+    model = Path(rows["dsqn-poisson-lif-t20"]["artifact"])
+    mtime = model.stat().st_mtime_ns
+    blocked.unlink()
+    again = _sweep(ray_cluster, out, tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming" in again.stdout and model.stat().st_mtime_ns == mtime
     rows = read_results(out / "results.parquet")
     assert {(r["setting"], r["seed"]) for r in rows} == {(s, 0) for s in SMOKE_SETTINGS}
     for r in rows:
@@ -169,14 +189,6 @@ def test_smoke_sweep_runs_on_a_ray_cluster_resumes_and_feeds_the_recipes_page(
         assert 0.0 <= r["agreement"] <= 1.0
         # training curves in the run folder itself, under CleanRL's and SB3's names
         assert {"charts/episodic_return", "losses/td_loss"} <= _tags(run_dir), r["setting"]
-
-    # the same command again: Tune restores the finished sweep, nothing is trained again
-    model = Path(rows[0]["artifact"])
-    mtime = model.stat().st_mtime_ns
-    again = _sweep(ray_cluster, out, tmp_path)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming" in again.stdout and model.stat().st_mtime_ns == mtime
-    assert len(read_results(out / "results.parquet")) == 2
 
     # s2loop bench recipes renders the page from the sweep's results
     page = tmp_path / "page"
