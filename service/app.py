@@ -73,12 +73,24 @@ def _start_recording(
         pipeline.shadow = Shadow(shadows, metrics, pipeline.recorder)
 
 
-def _warn_if_open(settings: Settings) -> None:
+def _log_doors(settings: Settings) -> None:
+    """Say at start which doors need a key (and TLS); warn when beyond loopback with none."""
+    doors = ["http", "ws"] + (["tcp"] if settings.tcp_bind else [])
+    keyed = bool(settings.keys())
+    logger.info(
+        "API keys required" if keyed else "API open: no API keys",
+        extra={
+            "keys_required": doors if keyed else [],
+            "open": [] if keyed else doors,
+            "tls": doors if settings.ssl_certfile else [],
+            "reload_route": "token" if settings.reload_token else "off",
+        },
+    )
     hosts = [settings.host]
     if settings.tcp_bind:
         hosts.append(settings.tcp_bind.rpartition(":")[0].strip("[]"))
     exposed = [h for h in hosts if h not in LOOPBACK]
-    if exposed and not settings.keys():
+    if exposed and not keyed:
         logger.warning(
             "serving beyond loopback with no API keys: anyone who reaches the port can act; "
             "set S2LOOP_API_KEYS",
@@ -96,7 +108,7 @@ def create_app(
     service = Service(settings, metrics)
     pipeline = Pipeline(service, metrics, settings)
 
-    tcp = TcpDoor(pipeline, settings.tcp_bind) if settings.tcp_bind else None
+    tcp = TcpDoor(pipeline, settings) if settings.tcp_bind else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -104,7 +116,7 @@ def create_app(
         _start_recording(settings, service, pipeline, metrics)
         if tcp is not None:
             await tcp.start()
-        _warn_if_open(settings)
+        _log_doors(settings)
         if on_started is not None:
             on_started()
         try:

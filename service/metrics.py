@@ -167,7 +167,7 @@ class Metrics:
             "s2loop_tcp_closed",
             "TCP connections the server closed or refused, by reason: hello_timeout, "
             "idle_timeout, read_timeout, write_timeout, too_many_connections, frame_too_large, "
-            "unauthorized, tls_error",
+            "unauthorized, tls_handshake_failed",
             ("reason",), registry=r,
         )  # fmt: skip
         self.shadow_compared = Counter(

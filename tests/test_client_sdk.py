@@ -245,14 +245,27 @@ def test_tls_with_a_self_signed_certificate(models_dir, tmp_path):
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))
     ca.cert_pem.write_to_path(str(ca_path))
+    tcp = free_port("127.0.0.1")
     extra = ["--ssl-certfile", str(cert_path), "--ssl-keyfile", str(key_path)]
+    extra += ["--tcp-bind", f"127.0.0.1:{tcp}", "--api-keys", KEY]
     with ServerProcess(models_dir, extra_args=extra, verify=str(ca_path)) as srv:
         srv.wait_ready(READY_TIMEOUT_S)
-        for transport in ("http", "ws"):
-            with PolicyClient(srv.url, "cartpole", transport=transport, verify=str(ca_path)) as p:
+        tcps = f"tcps://127.0.0.1:{tcp}"
+        for transport in ("http", "ws", "tcp"):
+            url = tcps if transport == "tcp" else srv.url
+            with PolicyClient(
+                url, "cartpole", transport=transport, verify=str(ca_path), api_key=KEY
+            ) as p:
                 assert p.act(OBS).action in (0, 1)
-        with PolicyClient(srv.url, "cartpole") as p, pytest.raises(ConnectionFailed):
-            p.act(OBS)  # not trusted without the CA
+        for transport in ("http", "tcp"):  # not trusted without the CA
+            url = tcps if transport == "tcp" else srv.url
+            client = PolicyClient(url, "cartpole", transport=transport, api_key=KEY)
+            with client as p, pytest.raises(ConnectionFailed):
+                p.act(OBS)
+        plain = f"tcp://127.0.0.1:{tcp}"  # no plaintext on the TLS port (uvloop's TLS here)
+        client = PolicyClient(plain, "cartpole", transport="tcp", api_key=KEY)
+        with client as p, pytest.raises(ConnectionFailed):
+            p.act(OBS)
 
 
 def test_the_sdk_installs_and_imports_without_the_server_stack(tmp_path):

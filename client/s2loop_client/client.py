@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import struct
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from s2loop_client import codec as wirecodec
 from s2loop_client import contract as wire
+from s2loop_client import framing
 from s2loop_client.errors import BadAnswer, ConnectionFailed, Timeout, from_error_body
 from s2loop_client.transports import (
     HTTPTransport,
@@ -32,12 +33,12 @@ from s2loop_client.transports import (
     TCPTransport,
     Transport,
     WSTransport,
+    tcp_endpoint,
 )
 
 Answer = wire.ActAnswer
 Timing = wire.Timing
 TRANSPORTS = ("http", "ws", "tcp")
-_LEN = struct.Struct("<I")
 
 
 _NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in (Answer, Timing)}
@@ -141,7 +142,7 @@ def make_transport(
     if transport == "ws":
         return WSTransport(url, codec, api_key, timeout_s, verify)
     if transport == "tcp":
-        return TCPTransport(url, "msgpack", api_key, timeout_s)
+        return TCPTransport(url, "msgpack", api_key, timeout_s, verify)
     raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
 
 
@@ -308,11 +309,20 @@ class AsyncPolicyClient(_Requests):
     async def _tcp_call(self, payload: bytes) -> tuple[int, bytes]:
 
         if self._tcp is None:
-            parts = urlsplit(self.url)
+            host, port, context = tcp_endpoint(self.url, self.verify)
             try:
-                self._tcp = await asyncio.open_connection(parts.hostname, parts.port)
-            except OSError as exc:
+                self._tcp = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host, port, ssl=context, server_hostname=host if context else None
+                    ),
+                    self.timeout_s,
+                )
+            except ConnectionRefusedError as exc:
                 raise NotSent(str(exc)) from None
+            except TimeoutError:
+                raise Timeout("timeout", "connecting took longer than timeout_s") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectionFailed("connection", str(exc)) from None
             if self.api_key is not None:
                 status, data = await self._frame(
                     wirecodec.pack({"hello": {"api_key": self.api_key}})
@@ -327,14 +337,13 @@ class AsyncPolicyClient(_Requests):
 
         assert self._tcp is not None
         reader, writer = self._tcp
-        writer.write(_LEN.pack(len(payload)) + payload)
+        writer.write(framing.frame(payload))
         try:
-            (size,) = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), self.timeout_s))
-            data = await asyncio.wait_for(reader.readexactly(size), self.timeout_s)
+            data = await asyncio.wait_for(framing.read_frame_async(reader), self.timeout_s)
         except TimeoutError:
             await self._drop()
             raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError, framing.FrameTooLarge) as exc:
             await self._drop()
             raise ConnectionFailed("connection", f"connection lost: {exc}") from None
         return _status_of(data, "msgpack"), data

@@ -289,6 +289,7 @@ ERROR_KINDS: dict[str, tuple[int, str]] = {
     "queue_full": (429, "nothing can take the request now; retry after retry_after_ms"),
     "internal": (500, "a server bug"),
     "backend_error": (503, "no backend could answer"),
+    "too_many_connections": (503, "the TCP endpoint holds its most connections; retry later"),
     "deadline": (504, "no answer within the deadline; never a late action"),
     "http_error": (400, "another HTTP error of the framework"),
 }

@@ -20,7 +20,6 @@ import contextlib
 import http.client
 import socket
 import ssl
-import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +27,9 @@ from urllib.parse import urlsplit
 
 from s2loop_client import codec as wirecodec
 from s2loop_client import contract as wire
+from s2loop_client import framing
 from s2loop_client.errors import ConnectionFailed, Timeout
 
-_LEN = struct.Struct("<I")
 PATHS = {"act": wire.ACT_PATH, "batch": wire.BATCH_PATH}
 
 
@@ -258,25 +257,32 @@ def _handshake_error(exc: Any) -> Exception:
 
 
 class TCPTransport(Transport):
-    """Length-prefixed msgpack frames (``tcp://HOST:PORT``, see ``contract``): the
-    shortest path to the server, for 1 kHz loops."""
+    """Length-prefixed msgpack frames (:mod:`s2loop_client.framing`): the shortest path
+    to the server, for 1 kHz loops. ``tcp://HOST:PORT`` in plaintext, ``tcps://HOST:PORT``
+    over TLS (the server's TCP endpoint speaks TLS whenever it has a certificate);
+    ``verify``: True (the system's CAs), a CA file path, or False (no check)."""
 
     def __init__(
-        self, url: str, codec: str = "msgpack", api_key: str | None = None, timeout_s: float = 1.0
+        self,
+        url: str,
+        codec: str = "msgpack",
+        api_key: str | None = None,
+        timeout_s: float = 1.0,
+        verify: bool | str = True,
     ) -> None:
         super().__init__("msgpack")  # TCP frames are always msgpack
         self.info_codec = "msgpack"
-        parts = urlsplit(url)
-        if parts.scheme != "tcp" or not parts.hostname or not parts.port:
-            raise ValueError(f"a TCP endpoint looks like tcp://HOST:PORT, got {url!r}")
-        self.address = (parts.hostname, parts.port)
+        self.host, self.port, self.context = tcp_endpoint(url, verify)
+        self.address = (self.host, self.port)
         self.api_key, self.timeout_s = api_key, timeout_s
         self.sock: socket.socket | None = None
         self.buffer = bytearray()  # bytes read past the last answer (none, in lockstep)
+        self.kept = False  # the connection has answered before (the server may close it idle)
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
             self.buffer.clear()
+            self.kept = False
             try:
                 sock = socket.create_connection(self.address, timeout=self.timeout_s)
             except ConnectionRefusedError as exc:
@@ -286,6 +292,12 @@ class TCPTransport(Transport):
             except OSError as exc:
                 raise ConnectionFailed("connection", str(exc)) from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.context is not None:
+                try:
+                    sock = self.context.wrap_socket(sock, server_hostname=self.host)
+                except (ssl.SSLError, OSError) as exc:
+                    sock.close()
+                    raise ConnectionFailed("connection", f"TLS: {exc}") from None
             self.sock = sock
             if self.api_key is not None:
                 status, data = self._roundtrip(wirecodec.pack({"hello": {"api_key": self.api_key}}))
@@ -296,36 +308,28 @@ class TCPTransport(Transport):
                     raise from_error_body(wirecodec.unpack(data), status)
         return self.sock
 
-    def _read_frame(self) -> bytes:
-        """The next answer frame's payload: one ``recv`` for an answer that fits in
-        64 KiB (all single answers), more for a large batch answer."""
-        assert self.sock is not None
-        buf, end = self.buffer, None
-        while True:
-            if end is None and len(buf) >= _LEN.size:
-                end = _LEN.size + _LEN.unpack_from(buf)[0]
-            if end is not None and len(buf) >= end:
-                frame = bytes(buf[_LEN.size : end])
-                del buf[:end]
-                return frame
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError("the server closed the connection")
-            buf += chunk
-
     def _roundtrip(self, payload: bytes) -> tuple[int, bytes]:
         assert self.sock is not None
+        kept, self.kept = self.kept, True
         try:
-            self.sock.sendall(_LEN.pack(len(payload)) + payload)
+            self.sock.sendall(framing.frame(payload))
         except (BrokenPipeError, ConnectionResetError) as exc:
             self.close()
             raise NotSent(str(exc)) from None
+        except OSError as exc:
+            self.close()
+            raise ConnectionFailed("connection", str(exc)) from None
         try:
-            data = self._read_frame()
+            data = framing.read_frame(self.sock, self.buffer)
         except TimeoutError:
             self.close()
             raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
-        except OSError as exc:
+        except framing.NoAnswerBytes as exc:
+            self.close()
+            if kept:  # a kept connection the server closed (idle): send again
+                raise NotSent(f"kept connection closed before an answer: {exc}") from None
+            raise ConnectionFailed("connection", f"connection lost: {exc}") from None
+        except (OSError, framing.FrameTooLarge) as exc:
             self.close()
             raise ConnectionFailed("connection", f"connection lost: {exc}") from None
         return _status_of(data, "msgpack"), data
@@ -343,6 +347,22 @@ class TCPTransport(Transport):
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.sock = None
+
+
+def tcp_endpoint(url: str, verify: bool | str = True) -> tuple[str, int, ssl.SSLContext | None]:
+    """``(host, port, TLS context or None)`` of a ``tcp://`` or ``tcps://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "tcps") or not parts.hostname or not parts.port:
+        raise ValueError(
+            f"a TCP endpoint looks like tcp://HOST:PORT or tcps://HOST:PORT, got {url!r}"
+        )
+    context = None
+    if parts.scheme == "tcps":
+        context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        if verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    return parts.hostname, parts.port, context
 
 
 Handler = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
