@@ -103,6 +103,40 @@ def record(
         typer.echo(f"wrote {path}")
 
 
+@bench_app.command("trace")
+def trace(
+    quick: bool = typer.Option(False, "--quick", help="few requests (a smoke test)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent, "--out", help="folder for TRACE.md [default: bench/]"
+    ),
+) -> None:
+    """What a spike trace costs: /v1/act with and without "trace": true (HTTP, TCP) and
+    the emulator alone, traced and not. Writes OUT/TRACE.md."""
+    import shlex
+    import sys
+
+    from bench.trace import TraceBenchConfig, run_trace_bench, write_trace
+
+    command = shlex.join(["s2loop", *sys.argv[1:]])
+    report = run_trace_bench(TraceBenchConfig.make(quick), command=command, log=typer.echo)
+    for path in write_trace(report, out):
+        typer.echo(f"wrote {path}")
+
+
+@bench_app.command("training")
+def training(
+    quick: bool = typer.Option(False, "--quick", help="shorter runs (about a minute)"),
+    out: Path = typer.Option(
+        Path(__file__).resolve().parent, "--out", help="folder for TRAINING.md [default: bench/]"
+    ),
+) -> None:
+    """dsqn's gradient step and acting forward (reference tick loop vs fast forward) and
+    env steps/s of dsqn against the float teacher, in the same run."""
+    from bench.training import run, write
+
+    typer.echo(f"wrote {write(run(quick=quick), out)}")
+
+
 @bench_app.command("fleet")
 def fleet(
     quick: bool = typer.Option(False, "--quick", help="short runs (a smoke test)"),

@@ -647,8 +647,9 @@ class EmulatorBackend(Backend):
             raster = encode(art, obs, seeds=seeds)
         out = run_raster(net, raster, settings=self.settings, record=True)
         assert out.record is not None and out.v_record is not None
-        q = readout(art, out.v_final, out.counts)
-        traces = build_traces(art, raster, out.record, output_q(art, out.record, out.v_record))
+        q_ticks = output_q(art, out.record, out.v_record)
+        q = np.ascontiguousarray(q_ticks[:, -1])  # the last tick's readout: the answer
+        traces = build_traces(art, raster, out.record, q_ticks)
         return InferenceResult(
             q_values=q,
             actions=greedy_actions(q),

@@ -19,6 +19,7 @@ the same two dense records, so they agree in shape and order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +30,14 @@ from numba import njit
 from hw.artifact import ModelArtifact
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LayerTrace:
     name: str
     size: int
     spikes: np.ndarray  # int32 [n, 2]: (tick, neuron)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SpikeTrace:
     """One observation's trace (see the module docstring)."""
 
@@ -140,26 +141,35 @@ def _pairs_kernel(dense, starts, ticks):  # pragma: no cover - compiled
     return pairs, cuts
 
 
+@functools.cache
+def _layout(sizes: tuple[int, ...], inputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block starts of the LIF neurons and of the inputs (cached: a traced request is
+    short, numpy's small-array calls are not free)."""
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return starts, np.array([0, inputs], dtype=np.int64)
+
+
 def build_traces(
     artifact: ModelArtifact, raster: np.ndarray, record: np.ndarray, q_ticks: np.ndarray
 ) -> list[SpikeTrace]:
     """One :class:`SpikeTrace` per observation from dense records: ``raster`` uint8
     [B, input_ticks, inputs] (the encoder's), ``record`` uint8 [B, ticks, N] (every LIF
-    neuron, layers in order), ``q_ticks`` float32 [B, ticks, A] (Q after each tick)."""
+    neuron, layers in order), ``q_ticks`` float32 [B, ticks, A] (Q after each tick);
+    the arrays C-contiguous."""
     ticks = int(artifact.ticks)
-    sizes = [int(lay.size) for lay in artifact.layers]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    pairs, cuts = _pairs_kernel(np.ascontiguousarray(record, np.uint8), starts, ticks)
-    in_starts = np.array([0, raster.shape[2]], dtype=np.int64)
-    in_pairs, in_cuts = _pairs_kernel(np.ascontiguousarray(raster, np.uint8), in_starts, ticks)
-    names = [lay.name for lay in artifact.layers]
+    layers_ = artifact.layers
+    sizes = tuple(int(lay.size) for lay in layers_)
+    starts, in_starts = _layout(sizes, int(raster.shape[2]))
+    pairs, cuts = _pairs_kernel(record, starts, ticks)
+    in_pairs, in_cuts = _pairs_kernel(raster, in_starts, ticks)
+    q_ticks = q_ticks.astype(np.float32, copy=False)
     n_k = len(sizes)
     traces = []
     for b in range(record.shape[0]):
+        g = b * n_k
         layers = [
-            LayerTrace(names[k], sizes[k], pairs[cuts[b * n_k + k] : cuts[b * n_k + k + 1]])
-            for k in range(n_k)
+            LayerTrace(lay.name, sizes[k], pairs[cuts[g + k] : cuts[g + k + 1]])
+            for k, lay in enumerate(layers_)
         ]
-        q = np.ascontiguousarray(q_ticks[b], dtype=np.float32)
-        traces.append(SpikeTrace(ticks, in_pairs[in_cuts[b] : in_cuts[b + 1]], layers, q))
+        traces.append(SpikeTrace(ticks, in_pairs[in_cuts[b] : in_cuts[b + 1]], layers, q_ticks[b]))
     return traces
