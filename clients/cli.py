@@ -1,104 +1,112 @@
-"""``s2loop run`` and ``s2loop demo`` (imports stay inside the commands)."""
+"""``s2loop run`` and ``s2loop demo``. ``run``'s options are generated from the typed
+loop configuration (:class:`clients.config.LoopConfig`, standard library only), so a
+field added there is an option here with its own help, default and type; heavier imports
+stay inside the commands."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+
+def _field_type(config_type: type, f: dataclasses.Field) -> Any:
+    """An option field's annotation as a type (the config module's names resolve it)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return eval(f.type, vars(sys.modules[config_type.__module__]))
+
+
+def _nested(f: dataclasses.Field) -> type | None:
+    """The config type of a field that holds a nested config (made by its factory)."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
+def options_from(config_type: type, prefix: str = "") -> list[inspect.Parameter]:
+    """One keyword parameter (a ``typer.Option``) per field of ``config_type`` with
+    ``cli`` metadata, named ``PREFIX + field``; nested config fields contribute theirs
+    under ``FIELD_``."""
+    params = []
+    for f in dataclasses.fields(config_type):
+        meta = dict(f.metadata.get("cli", {}))
+        if not meta:
+            if nested := _nested(f):
+                params += options_from(nested, prefix=f"{prefix}{f.name}_")
+            continue
+        kind = _field_type(config_type, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        decls = [meta.pop("flag")] if "flag" in meta else []
+        option = typer.Option(default, *decls, **meta)
+        params.append(
+            inspect.Parameter(
+                prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind
+            )
+        )
+    return params
+
+
+def config_from(config_type: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """``config_type`` from the values of :func:`options_from`'s parameters (nested
+    configs built the same way; fields without options keep their defaults)."""
+    kwargs = {}
+    for f in dataclasses.fields(config_type):
+        nested = _nested(f)
+        if f.metadata.get("cli"):
+            kwargs[f.name] = values[prefix + f.name]
+        elif nested and options_from(nested, f"{prefix}{f.name}_"):
+            kwargs[f.name] = config_from(nested, values, f"{prefix}{f.name}_")
+    return config_type(**kwargs)
+
+
+def with_options(params: list[inspect.Parameter]) -> Callable[[Callable], Callable]:
+    """Give a ``**values`` command function the signature typer reads its options from."""
+
+    def wrap(fn: Callable) -> Callable:
+        fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
 
 
 def register(app: typer.Typer) -> None:
+    from clients.config import LoopConfig
+
+    command_only = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, kind, option in (
+            ("out", Path | None,
+             typer.Option(None, help="results folder (default: runs/TIME-MODEL-TRANSPORT)")),
+            ("wait", float,
+             typer.Option(10.0, min=0.0, help="seconds to wait for /readyz at start")),
+            ("progress", bool, typer.Option(True, help="show a progress bar")),
+        )
+    ]  # fmt: skip
+
     @app.command("run")
-    def run(
-        env: str = typer.Option(
-            "CartPole-v1", "--env", help="Gymnasium id: CartPole-v1, Acrobot-v1"
-        ),
-        episodes: int = typer.Option(5, min=1, help="episodes per client"),
-        seed: int = typer.Option(0, help="episode i is reset with seed SEED + i"),
-        url: str = typer.Option(
-            DEFAULT_URL, envvar="S2LOOP_SERVER_URL", help="base URL of the s2loop service"
-        ),
-        model: str | None = typer.Option(
-            None, help="model name on the server (default: from --env, CartPole-v1 -> cartpole)"
-        ),
-        transport: str = typer.Option(
-            "http", help="http (keep-alive POST /v1/act), ws, or tcp (then --url tcp://HOST:PORT)"
-        ),
-        codec: str = typer.Option("json", help="json or msgpack (tcp: always msgpack)"),
-        api_key: str | None = typer.Option(
-            None, envvar="S2LOOP_API_KEY", help="API key, when the server has keys on"
-        ),
-        rate_hz: float = typer.Option(
-            0.0, min=0.0, help="control rate: pace steps and count late actions (0: no pacing)"
-        ),
-        clients: int = typer.Option(1, min=1, help="control loops running at once (load test)"),
-        out: Path | None = typer.Option(
-            None, help="results folder (default: runs/TIME-MODEL-TRANSPORT)"
-        ),
-        timeout: float = typer.Option(2.0, min=0.001, help="seconds to wait for one action"),
-        retries: int = typer.Option(
-            3,
-            min=0,
-            help="retries of a step answered 429 or 503 (after its retry_after_ms, at most 2 s)",
-        ),
-        max_steps: int | None = typer.Option(
-            None, min=1, help="cut episodes at this many steps (default: the env's limit)"
-        ),
-        wait: float = typer.Option(10.0, min=0.0, help="seconds to wait for /readyz at start"),
-        progress: bool = typer.Option(True, help="show a progress bar"),
-        view: str | None = typer.Option(
-            None,
-            "--view",
-            flag_value="desktop",
-            is_flag=False,
-            metavar="[web|FILE.rrd]",
-            help="log every step to Rerun: --view spawns the desktop viewer, --view web serves "
-            "the web viewer (--view-port), --view FILE.rrd saves a recording "
-            "(pip install 's2loop\\[view]')",
-        ),
-        view_port: int = typer.Option(
-            9090, min=1, max=65535, help="port of the web viewer (--view web)"
-        ),
-        trace: bool = typer.Option(
-            False, help="ask for each step's spike trace (logged by --view as /spikes/...)"
-        ),
-    ) -> None:
+    @with_options(options_from(LoopConfig) + command_only)
+    def run(out: Path | None, wait: float, progress: bool, **values: Any) -> None:
         """Drive seeded episodes through the service; write steps.csv, summary.json, PNGs."""
         from rich.console import Console
 
-        from clients.loop import LoopConfig, RetryPolicy
         from clients.report import summary_table
         from clients.session import PreflightError, run_and_report
         from clients.view import ViewUnavailable
 
         console = Console()
         try:
-            cfg = LoopConfig(
-                env_id=env,
-                url=url,
-                model=model,
-                episodes=episodes,
-                seed=seed,
-                transport=transport,
-                codec=codec,
-                api_key=api_key,
-                rate_hz=rate_hz or None,
-                clients=clients,
-                timeout_s=timeout,
-                retry=RetryPolicy(retries=retries),
-                max_steps=max_steps,
-                view=view,
-                view_port=view_port,
-                trace=trace,
-            )
+            cfg = config_from(LoopConfig, values)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"{stamp}-{cfg.model}-{transport}"
+            out = Path("runs") / f"{stamp}-{cfg.model}-{cfg.transport}"
         try:
             _, summary = run_and_report(
                 cfg, out, console=console, progress=progress, wait_s=wait, hold_view=True
@@ -107,9 +115,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
         console.print(summary_table([summary]))
-        if clients > 1:
+        if cfg.clients > 1:
             console.print(
-                f"{clients} clients: {summary['steps']} steps in {summary['wall_s']:.2f}s = "
+                f"{cfg.clients} clients: {summary['steps']} steps in {summary['wall_s']:.2f}s = "
                 f"{summary['steps_per_s']:,.0f} steps/s aggregate, "
                 f"{summary['error_steps']} steps without an action"
             )

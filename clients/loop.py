@@ -33,6 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from clients.config import (  # noqa: F401  (re-exported: the loop's public names)
+    DEFAULT_URL,
+    TRANSPORTS,
+    LoopConfig,
+    RetryPolicy,
+    model_name_for,
+)
 from s2loop_client import (
     ActError,
     BadAnswer,
@@ -47,7 +54,6 @@ from s2loop_client import (
 
 # what became of a step that got no action, in the order the summary lists them
 ERROR_KINDS = ("timeout", "unavailable", "overloaded", "rejected", "server_error", "bad_answer")
-TRANSPORTS = ("http", "ws", "tcp")
 
 
 def error_kind(exc: ActError) -> str:
@@ -62,20 +68,6 @@ def error_kind(exc: ActError) -> str:
         if isinstance(exc, types):
             return kind
     return "rejected"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries of a busy or unavailable server (429, 503): attempt ``k`` waits the
-    server's ``retry_after_ms``, else ``min(backoff_max_s, backoff_s * 2**k)``."""
-
-    retries: int = 3
-    backoff_s: float = 0.1
-    backoff_max_s: float = 2.0
-
-    def delay(self, attempt: int, retry_after_ms: int | None = None) -> float:
-        wait = self.backoff_s * (2**attempt) if retry_after_ms is None else retry_after_ms / 1e3
-        return max(0.0, min(self.backoff_max_s, wait))
 
 
 # one row per step; CSV column order
@@ -101,56 +93,6 @@ STEP_FIELDS = (
     "observation",  # what was sent, space-separated (joins the server's flight recorder)
     "q_values",
 )
-
-
-def model_name_for(env_id: str) -> str:
-    """Default model name of an environment: ``CartPole-v1`` -> ``cartpole``."""
-    return env_id.split("-v")[0].split("/")[-1].lower()
-
-
-@dataclass
-class LoopConfig:
-    """What to run. ``rate_hz`` None or 0: as fast as answers come (no pacing)."""
-
-    env_id: str
-    url: str
-    model: str | None = None
-    episodes: int = 5
-    seed: int = 0
-    transport: str = "http"
-    codec: str = "json"
-    api_key: str | None = None
-    rate_hz: float | None = None
-    clients: int = 1
-    timeout_s: float = 2.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_consecutive_errors: int = 5
-    max_steps: int | None = None  # cut episodes shorter than the env's own limit
-    #: names this run's episodes for the server's flight recorder (``RUN-EPISODE``)
-    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
-    #: log every step to Rerun: ``desktop`` (spawn the viewer), ``web`` (serve the web
-    #: viewer on ``view_port``) or ``FILE.rrd`` (save a recording); needs the ``view`` extra
-    view: str | None = None
-    #: port of the web viewer (``view="web"``)
-    view_port: int = 9090
-    #: ask the server for each step's spike trace (logged to the view as /spikes/...)
-    trace: bool = False
-    #: tests: make the loop's PolicyClient (e.g. on a MockTransport)
-    policy_factory: Callable[[], PolicyClient] | None = None
-
-    def __post_init__(self) -> None:
-        if self.model is None:
-            self.model = model_name_for(self.env_id)
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
-        if self.episodes < 1 or self.clients < 1:
-            raise ValueError("episodes and clients must be at least 1")
-        if self.rate_hz is not None and self.rate_hz < 0:
-            raise ValueError("rate_hz must be positive (or 0 for no pacing)")
-        if self.view is not None:
-            from clients.view import parse_target
-
-            parse_target(self.view, self.view_port)  # ValueError naming what it takes
 
 
 @dataclass

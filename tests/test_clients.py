@@ -300,3 +300,25 @@ def test_clients_package_imports_neither_service_nor_hw():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_run_options_are_generated_from_the_loop_config():
+    """`s2loop run` declares no option of its own for a LoopConfig field: each one comes
+    from the field (help, default, type), nested RetryPolicy included."""
+    import dataclasses
+
+    from clients.cli import config_from, options_from
+    from s2loop.cli import app
+
+    params = options_from(LoopConfig)
+    built = config_from(LoopConfig, {p.name: p.default.default for p in params})
+    default = LoopConfig()
+    for f in dataclasses.fields(LoopConfig):
+        if f.name != "run_id":
+            assert getattr(built, f.name) == getattr(default, f.name), f.name
+    assert {p.name for p in params} >= {"env_id", "url", "episodes", "retry_retries", "trace"}
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--env", "--timeout", "--retries", "--view-port", "--out", "--wait"):
+        assert flag in help_text, flag
+    bad = CliRunner().invoke(app, ["run", "--transport", "pigeon", "--wait", "0"])
+    assert bad.exit_code == 2 and "transport must be one of" in bad.output
