@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import struct
 from typing import Any
 
 import orjson
@@ -31,13 +30,14 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
 
+from s2loop_client import framing
+
 #: a /v1/act answer of the shipped CartPole model (same size on the wire)
 ANSWER = (
     b'{"model":"cartpole","action":1,"q_values":[-1.0317,1.2044],"backend":"emulator",'
     b'"fallback":false,"timing":{"server_us":21.53,"compute_us":9.84,"ticks":15,'
     b'"chip_time_s":0.015,"energy_j":0.0035611486486486487}}'
 )
-_LEN = struct.Struct("<I")
 
 
 def create_floor_app() -> FastAPI:
@@ -101,13 +101,8 @@ class _ConstantFrames(asyncio.Protocol):
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        while len(buf) >= 4:
-            (size,) = _LEN.unpack_from(buf)
-            if len(buf) < 4 + size:
-                break
-            del buf[: 4 + size]
+        self.buffer += data
+        for _ in framing.split(self.buffer):
             self.transport.write(self.frame)
 
 
@@ -134,7 +129,7 @@ async def serve(host: str, port: int, raw_port: int | None, tcp_port: int | None
         loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
     if tcp_port:
         body = msgpack.packb(orjson.loads(ANSWER))
-        _ConstantFrames.frame = _LEN.pack(len(body)) + body
+        _ConstantFrames.frame = framing.frame(body)
         await loop.create_server(_ConstantFrames, host, tcp_port)
     await asyncio.gather(*(s.serve() for s in servers))
 

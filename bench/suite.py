@@ -38,7 +38,6 @@ import http.client
 import math
 import os
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -338,20 +337,14 @@ class TcpBare:
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _read(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed")
-            buf += chunk
-        return buf
+        self.buffer = bytearray()
 
     def roundtrip(self, body: bytes) -> tuple[float, bytes]:
+        from s2loop_client.framing import frame, read_frame
+
         t0 = time.perf_counter_ns()
-        self.sock.sendall(struct.pack("<I", len(body)) + body)
-        (n,) = struct.unpack("<I", self._read(4))
-        data = self._read(n)
+        self.sock.sendall(frame(body))
+        data = read_frame(self.sock, self.buffer)
         return (time.perf_counter_ns() - t0) / 1e3, data
 
     def close(self) -> None:
