@@ -1,5 +1,9 @@
-"""What the routes call: the served models, the backends (each a :class:`Lane`), the
-fallback, warm-up state and hot reload.
+"""What the routes call: the :class:`Service`, which starts the backends (each a
+:class:`Lane`) and routes each inference; its parts each do one job: the models
+(:class:`~service.registry.ModelRegistry`, warm-up states as
+:class:`~service.registry.WarmUp`), warming them up (:class:`~service.warmup.WarmUps`),
+the primary's :class:`~service.breaker.Breaker`, /readyz
+(:func:`~service.readiness.readiness`) and hot reload (:class:`~service.reload.Reloader`).
 
 Who answers a request: the primary backend; the fallback (the emulator) when the
 primary failed or timed out (and, for ``primary_retry_s`` after, without asking the
@@ -11,105 +15,65 @@ answered after the request's deadline, which runs from its arrival: 504 instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hw.artifact import SUFFIX, ArtifactError, ModelArtifact, load_artifact
+from hw.artifact import SUFFIX, ArtifactError, load_artifact
 from hw.backend import InferenceResult, create_backend
-from hw.mapping import ChipSpec, MappingError, MappingReport, map_network
+from service.breaker import Breaker
 from service.coalesce import Coalescer
 from service.errors import ApiError
 from service.lane import Lane, LaneTimeout, QueueFull
 from service.metrics import Metrics
+from service.readiness import readiness
+from service.registry import PENDING, WARM, ModelEntry, ModelRegistry, WarmState, WarmUp
+from service.reload import Reloader
 from service.settings import DEFAULT_BATCH_WINDOW_MS, Settings
+from service.warmup import WarmUps
+
+__all__ = ["ModelEntry", "Service"]
 
 logger = logging.getLogger("s2loop.service")
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-
-
-@dataclass
-class ModelEntry:
-    """A served model: the artifact and what the routes need, fixed at load time."""
-
-    name: str
-    artifact: ModelArtifact
-    path: Path
-    mapping: MappingReport | None
-    mapping_error: str | None
-    loaded_at: float
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        art = self.artifact
-        self.observation_size = art.observation_size
-        self.ticks = art.ticks
-        self.stochastic = art.encoder.kind == "poisson"
-        self.chip_time_s = self.mapping.chip_time_s if self.mapping else None
-        self.energy_j = self.mapping.energy_j if self.mapping else None
-        self.info = {
-            **art.summary(),
-            "path": str(self.path),
-            "loaded_at": self.loaded_at,
-            "mapping": self.mapping.to_dict() if self.mapping else None,
-            "mapping_error": self.mapping_error,
-            "model_card": _model_card(art.provenance),
-        }
-
-    def estimate(self, batch: int) -> tuple[float | None, float | None]:
-        """Estimated chip time and energy of ``batch`` observations (``hw.mapping``)."""
-        return self.mapping.estimate(batch) if self.mapping else (None, None)
-
-
-def _model_card(provenance: dict[str, Any]) -> dict[str, Any]:
-    """The figures a model card quotes: an explicit ``model_card`` block, else the
-    evaluation and training recipe the agent records in the provenance."""
-    card = provenance.get("model_card")
-    if isinstance(card, dict):
-        return dict(card)
-    keys = ("evaluation", "recipe", "teacher", "dsqn", "finetune")
-    return {k: provenance[k] for k in keys if k in provenance}
-
-
-def _map(artifact: ModelArtifact, settings: Settings) -> tuple[MappingReport | None, str | None]:
-    try:
-        return map_network(artifact, ChipSpec(sys_tick_s=settings.sys_tick_in_s)), None
-    except MappingError as exc:
-        return None, str(exc)
-
-
-def _warmup_observation(artifact: ModelArtifact) -> np.ndarray:
-    return np.asarray(artifact.obs_offset, dtype=np.float32).reshape(1, -1).copy()
-
 
 class Service:
-    """The served models and the backends; one per app instance."""
+    """The backends and the routing of inferences over them; one per app instance."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.entries: dict[str, ModelEntry] = {}
-        self.load_errors: dict[str, str] = {}
         self.primary: Lane | None = None
         self.coalescer: Coalescer | None = None  # batches the primary's single requests
         self.fallback: Lane | None = None
         self.primary_error: str | None = None  # why the primary could not start
-        # model -> role -> "pending" | "warm" | "failed: ..."
-        self.warm: dict[str, dict[str, str]] = {}
         self.deadline_s = settings.deadline_ms / 1e3
         self.primary_timeout_s = settings.primary_timeout_s
-        self._breaker_until = 0.0
-        self._breaker_reason: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._reload_lock = asyncio.Lock()
+        self._fresh_parts()
         self.started_at = time.time()
+
+    def _fresh_parts(self) -> None:
+        s = self.settings
+        self.registry = ModelRegistry(Path(s.models))
+        self.breaker = Breaker(s.primary_retry_s)
+        self.warmups = WarmUps(self.registry, on_primary_failure=self.breaker.open)
+        self.reloader = Reloader(
+            self.registry,
+            self.metrics,
+            s.sys_tick_in_s,
+            self.lanes,
+            lambda name: self.warmups.schedule(name, self.lanes()),
+        )
+
+    @property
+    def entries(self) -> dict[str, ModelEntry]:
+        return self.registry.entries
+
+    def entry(self, name: str) -> ModelEntry:
+        return self.registry.entry(name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,11 +84,10 @@ class Service:
         s = self.settings
         if self.lanes():  # a second lifespan on the same app: start afresh
             await self.stop()
-        self.entries, self.warm, self.load_errors = {}, {}, {}
+        self._fresh_parts()
         self.primary = self.fallback = None
         self.coalescer = None
         self.primary_error = None
-        self._breaker_until, self._breaker_reason = 0.0, None
         try:
             backend = await asyncio.to_thread(
                 create_backend, s.backend_spec(), **s.backend_kwargs()
@@ -157,106 +120,53 @@ class Service:
             logger.warning("no model artifacts found", extra={"models_dir": str(models_dir)})
         for path in paths:
             await self._load_at_start(path)
-        for name in list(self.entries):
-            self._schedule_warmup(name)
+        for name in list(self.registry.entries):
+            self.warmups.schedule(name, self.lanes())
         logger.info(
             "service started",
             extra={
                 "backend": s.backend,
                 "fallback": self.fallback.name if self.fallback else None,
-                "models": sorted(self.entries),
-                "load_errors": self.load_errors,
+                "models": sorted(self.registry.entries),
+                "load_errors": self.registry.load_errors,
             },
         )
 
     async def _load_at_start(self, path: Path) -> None:
+        errors = self.registry.load_errors
         try:
             art = await asyncio.to_thread(load_artifact, path)
         except ArtifactError as exc:
-            self.load_errors[path.name] = str(exc)
+            errors[path.name] = str(exc)
             logger.error("cannot load model artifact", extra={"path": str(path), "error": str(exc)})
             return
-        if art.name in self.entries:
+        if art.name in self.registry.entries:
             msg = f"model name {art.name!r} already loaded from {self.entries[art.name].path}"
-            self.load_errors[path.name] = msg
+            errors[path.name] = msg
             logger.error("duplicate model name", extra={"path": str(path), "error": msg})
             return
-        states: dict[str, str] = {}
+        states: dict[str, WarmState] = {}
         for lane in self.lanes():
             try:
                 await lane.call(lane.backend.load, art)
-                states[lane.role] = "pending"
+                states[lane.role] = PENDING
             except Exception as exc:
-                states[lane.role] = f"failed: load: {type(exc).__name__}: {exc}"
+                states[lane.role] = WarmState(WarmUp.FAILED, f"load: {type(exc).__name__}: {exc}")
                 logger.error(
                     "backend cannot load model",
                     extra={"model": art.name, "role": lane.role, "error": str(exc)},
                 )
-        if not any(v == "pending" for v in states.values()):
-            self.load_errors[path.name] = "; ".join(f"{k}: {v}" for k, v in states.items())
+        if PENDING not in states.values():
+            errors[path.name] = "; ".join(f"{k}: {v}" for k, v in states.items())
             return
-        mapping, mapping_error = _map(art, self.settings)
-        entry = ModelEntry(art.name, art, path, mapping, mapping_error, time.time())
-        self.entries[art.name] = entry
-        self.warm[art.name] = states
-
-    def _schedule_warmup(self, name: str) -> None:
-        for lane in self.lanes():
-            if self.warm.get(name, {}).get(lane.role) != "pending":
-                continue
-            if lane.inline_safe:
-                self._warmup_inline(name, lane)
-            else:
-                task = asyncio.get_running_loop().create_task(self._warmup(name, lane))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    def _warmup_inline(self, name: str, lane: Lane) -> None:
-        art = self.entries[name].artifact
-        try:
-            lane.backend.infer(name, _warmup_observation(art))
-            self.warm[name][lane.role] = "warm"
-        except Exception as exc:
-            self._warmup_failed(name, lane, exc)
-
-    async def _warmup(self, name: str, lane: Lane) -> None:
-        art = self.entries[name].artifact
-        try:
-            await lane.call(lane.backend.infer, name, _warmup_observation(art))
-            self.warm[name][lane.role] = "warm"
-        except Exception as exc:
-            self._warmup_failed(name, lane, exc)
-
-    def _warmup_failed(self, name: str, lane: Lane, exc: Exception) -> None:
-        msg = f"{type(exc).__name__}: {exc}"
-        self.warm[name][lane.role] = f"failed: warm-up: {msg}"
-        logger.error(
-            "warm-up inference failed", extra={"model": name, "role": lane.role, "error": msg}
-        )
-        if lane is self.primary:
-            self._open_breaker(f"warm-up of {name!r} failed: {msg}")
+        self.registry.add(ModelEntry.make(art, path, self.settings.sys_tick_in_s), states)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self.warmups.cancel()
         for lane in self.lanes():
             lane.close()
 
     # ------------------------------------------------------------------ inference
-
-    def entry(self, name: str) -> ModelEntry:
-        entry = self.entries.get(name)
-        if entry is None:
-            raise ApiError(
-                404,
-                "unknown_model",
-                f"no model named {name!r}; served models: {sorted(self.entries)}",
-            )
-        return entry
-
-    def _open_breaker(self, reason: str) -> None:
-        self._breaker_until = time.monotonic() + self.settings.primary_retry_s
-        self._breaker_reason = reason
 
     def _deadline_error(self) -> ApiError:
         msg = f"no answer within the deadline of {self.settings.deadline_ms:g} ms"
@@ -292,11 +202,7 @@ class Service:
             primary is not None
             and primary.has(entry.name)
             and (not trace or primary.backend.gives_traces)
-            and (
-                self._breaker_until == 0.0  # the usual case: no recent failure
-                or not can_fall_back  # nobody else to ask
-                or time.monotonic() >= self._breaker_until  # time to try the primary again
-            )
+            and self.breaker.lets_primary_try(can_fall_back)
         ):
             budget = min(arrived + self.primary_timeout_s, deadline) - time.perf_counter()
             try:
@@ -320,16 +226,14 @@ class Service:
                 self.metrics.observe_backend(
                     entry.name, res.backend, res.compute_us * 1e-6, len(res)
                 )
-                if self._breaker_until:
-                    self._breaker_until, self._breaker_reason = 0.0, None
-                states = self.warm[entry.name]
-                if states.get("primary") != "warm":  # a real answer counts as warm-up
-                    states["primary"] = "warm"
+                self.breaker.close()
+                if self.registry.state(entry.name, "primary") != WARM:
+                    self.registry.mark(entry.name, "primary", WARM)  # a real answer warms up
                 return res, False
         if not can_fall_back:
             if reason == "timeout":
                 raise self._deadline_error()
-            detail = self._breaker_reason or self.primary_error or "backend unavailable"
+            detail = self.breaker.reason or self.primary_error or "backend unavailable"
             raise ApiError(503, "backend_error", f"no backend could answer: {detail}")
         assert fallback is not None
         try:
@@ -361,115 +265,18 @@ class Service:
         msg = f"primary {what}" + (f": {type(exc).__name__}: {exc}" if exc else "")
         if exc is None:
             msg += f" after {self.primary_timeout_s:.3f} s"
-        self._open_breaker(msg)
+        self.breaker.open(msg)
         extra = {"request_id": request_id, "model": entry.name, "error": msg}
         logger.warning(f"primary backend {what}", extra=extra)
 
-    # ------------------------------------------------------------------ readiness
+    # ------------------------------------------------------------------ readiness, reload
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """(status code, body) for /readyz."""
-        reasons: list[str] = []
-        status = "ready"
-        if not self.entries:
-            status = "not_ready"
-            reasons.append(f"no models loaded from {self.settings.models}")
-        if self.primary_error:
-            reasons.append(f"primary backend {self.settings.backend!r}: {self.primary_error}")
-        breaker_open = self._breaker_until and time.monotonic() < self._breaker_until
-        if breaker_open:
-            reasons.append(f"primary backend degraded: {self._breaker_reason}")
-        for name, states in sorted(self.warm.items()):
-            p = states.get("primary")
-            f = states.get("fallback")
-            if p == "warm":
-                continue
-            if p is None or p.startswith("failed"):
-                if f == "warm":
-                    reasons.append(f"model {name!r}: primary {p or 'missing'}; fallback serves")
-                    continue
-                status = "not_ready"
-                reasons.append(f"model {name!r}: primary {p or 'missing'}, fallback {f}")
-            else:
-                status = "not_ready"
-                reasons.append(f"model {name!r}: warm-up on the primary is {p}")
-        if status == "ready" and reasons:
-            status = "degraded"
-        code = {"ready": 200, "degraded": self.settings.degraded_status}.get(status, 503)
-        body = {
-            "status": status,
-            "reasons": reasons,
-            "backend": self.settings.backend,
-            "fallback": self.fallback.name if self.fallback else None,
-            "models": self.warm,
-            "load_errors": self.load_errors,
-        }
-        return code, body
-
-    # ------------------------------------------------------------------ reload
+        fallback = self.fallback.name if self.fallback else None
+        return readiness(self.settings, self.registry, self.breaker, self.primary_error, fallback)
 
     async def reload(self, name: str) -> dict[str, Any]:
         """Load ``name`` again from its file and swap it in on every backend, or raise
         ApiError and leave the old model serving."""
-        async with self._reload_lock:
-            old = self.entries.get(name)
-            if old is not None:
-                path = old.path
-            else:
-                path = Path(self.settings.models) / f"{name}{SUFFIX}"
-                if not _SAFE_NAME.fullmatch(name) or not path.is_file():
-                    raise ApiError(404, "unknown_model", f"no model named {name!r} to reload")
-            try:
-                art = await asyncio.to_thread(load_artifact, path)
-            except ArtifactError as exc:
-                self.metrics.reloads.labels("bad_artifact").inc()
-                raise ApiError(
-                    422,
-                    "bad_artifact",
-                    f"{exc}; the previous model keeps serving"
-                    if old
-                    else f"{exc}; nothing was loaded",
-                ) from None
-            if art.name != name:
-                self.metrics.reloads.labels("bad_artifact").inc()
-                raise ApiError(
-                    422,
-                    "bad_artifact",
-                    f"{path} holds a model named {art.name!r}, not {name!r}",
-                )
-            done: list[Lane] = []
-            try:
-                for lane in self.lanes():
-                    await lane.call(lane.backend.load, art)
-                    done.append(lane)
-            except Exception as exc:
-                for lane in done:  # put the old one back where the new one went in
-                    with contextlib.suppress(Exception):
-                        if old is not None:
-                            await lane.call(lane.backend.load, old.artifact)
-                        else:
-                            lane.backend.unload(name)
-                self.metrics.reloads.labels("backend_error").inc()
-                raise ApiError(
-                    503,
-                    "backend_error",
-                    f"backend cannot load {path}: {type(exc).__name__}: {exc}; "
-                    + ("the previous model keeps serving" if old else "nothing was loaded"),
-                ) from None
-            mapping, mapping_error = _map(art, self.settings)
-            entry = ModelEntry(name, art, path, mapping, mapping_error, time.time())
-            self.warm[name] = {lane.role: "pending" for lane in self.lanes()}
-            self.entries[name] = entry
-            self._schedule_warmup(name)
-            self.metrics.reloads.labels("ok").inc()
-            logger.info(
-                "model reloaded",
-                extra={"model": name, "sha256": art.sha256, "path": str(path)},
-            )
-            return {
-                "model": name,
-                "reloaded": True,
-                "sha256": art.sha256,
-                "previous_sha256": old.artifact.sha256 if old else None,
-                "path": str(path),
-            }
+        return await self.reloader.reload(name)
