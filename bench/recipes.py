@@ -357,7 +357,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Written by `{report['command']}` on {report['date']}, commit "
         f"`{report['git_commit'][:12]}`, {m['processor']}, {m['cpu_count']} CPUs "
-        f"from the trials of `{report['sweep_command'] or 's2loop sweep'}` (Ray Tune, "
+        f"here; the models come from the trials of `{report['sweep_command'] or 's2loop sweep'}` "
+        "(Ray Tune, "
         f"{_cpus(cfg['cpus_per_trial'])} per trial, {cfg['nodes']} node(s); "
         f"`{cfg['results']}`). Every figure below is **ours**, measured by those commands, "
         "except where a line says it is the paper's.",
