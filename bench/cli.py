@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+
+BENCH_DIR = Path(__file__).resolve().parent
 
 bench_app = typer.Typer(
     name="bench",
@@ -83,44 +87,44 @@ def suite(
 bench_app.command("suite")(suite)
 
 
-@bench_app.command("record")
-def record(
-    quick: bool = typer.Option(False, "--quick", help="few requests (a smoke test)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent, "--out", help="folder for RECORD.md [default: bench/]"
-    ),
+def _quick(what: str) -> Any:
+    return typer.Option(False, "--quick", help=what)
+
+
+def _out(page: str) -> Any:
+    return typer.Option(BENCH_DIR, "--out", help=f"folder for {page} [default: bench/]")
+
+
+def _write_page(
+    measure: Callable[[str], dict], write: Callable[..., list[Path]], out: Path
 ) -> None:
-    """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
-    million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
+    """``measure(command)`` -> report, then ``write(report, out)``; says what it wrote."""
     import shlex
     import sys
 
+    report = measure(shlex.join(["s2loop", *sys.argv[1:]]))
+    for path in write(report, out):
+        typer.echo(f"wrote {path}")
+
+
+@bench_app.command("record")
+def record(quick: bool = _quick("few requests (a smoke test)"), out: Path = _out("RECORD.md")):
+    """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
+    million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
     from bench.record import RecordBenchConfig, run_record_bench, write_record
 
-    command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_record_bench(RecordBenchConfig.make(quick), command=command, log=typer.echo)
-    for path in write_record(report, out):
-        typer.echo(f"wrote {path}")
+    cfg = RecordBenchConfig.make(quick)
+    _write_page(lambda cmd: run_record_bench(cfg, command=cmd, log=typer.echo), write_record, out)
 
 
 @bench_app.command("trace")
-def trace(
-    quick: bool = typer.Option(False, "--quick", help="few requests (a smoke test)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent, "--out", help="folder for TRACE.md [default: bench/]"
-    ),
-) -> None:
+def trace(quick: bool = _quick("few requests (a smoke test)"), out: Path = _out("TRACE.md")):
     """What a spike trace costs: /v1/act with and without "trace": true (HTTP, TCP) and
     the emulator alone, traced and not. Writes OUT/TRACE.md."""
-    import shlex
-    import sys
-
     from bench.trace import TraceBenchConfig, run_trace_bench, write_trace
 
-    command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_trace_bench(TraceBenchConfig.make(quick), command=command, log=typer.echo)
-    for path in write_trace(report, out):
-        typer.echo(f"wrote {path}")
+    cfg = TraceBenchConfig.make(quick)
+    _write_page(lambda cmd: run_trace_bench(cfg, command=cmd, log=typer.echo), write_trace, out)
 
 
 @bench_app.command("training")
@@ -138,23 +142,13 @@ def training(
 
 
 @bench_app.command("fleet")
-def fleet(
-    quick: bool = typer.Option(False, "--quick", help="short runs (a smoke test)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent, "--out", help="folder for FLEET.md [default: bench/]"
-    ),
-) -> None:
+def fleet(quick: bool = _quick("short runs (a smoke test)"), out: Path = _out("FLEET.md")):
     """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
     one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
-    import shlex
-    import sys
-
     from bench.fleet import FleetConfig, run_fleet_bench, write_fleet
 
-    command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_fleet_bench(FleetConfig.make(quick), command=command, log=typer.echo)
-    for path in write_fleet(report, out):
-        typer.echo(f"wrote {path}")
+    cfg = FleetConfig.make(quick)
+    _write_page(lambda cmd: run_fleet_bench(cfg, command=cmd, log=typer.echo), write_fleet, out)
 
 
 @bench_app.command("recipes")
