@@ -75,9 +75,17 @@ def _jsonable(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def set_threads(n: int) -> None:
+    """Torch's threads and the fast forward's (numba's)."""
+    import numba
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def train_run(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     """Train by ``cfg.recipe``; returns (and writes) ``train.json``."""
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +131,7 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
     """Hardware-aware fine-tuning of ``cfg.run``, export to ``cfg.out``, evaluation."""
     from agent.quantize import finetune
 
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     train = json.loads((cfg.run / "train.json").read_text())
     seed = int(train["seed"]) if cfg.seed is None else cfg.seed
     seed_everything(seed)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
 from hw.artifact import ModelArtifact
 from hw.encoding import encode
@@ -164,12 +164,14 @@ def simulate(
 CPU_KERNELS = True
 
 
-@njit(cache=True, nogil=True)
+# Rows run in parallel on numba's threads (``numba.set_num_threads``; training sets it
+# to its torch threads).
+@njit(cache=True, nogil=True, parallel=True)
 def _lif_forward_kernel(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks, u_all, s_all, v):
     n_b, n_cur, n = cur.shape
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    for b in range(n_b):
+    for b in prange(n_b):
         vb = v[b]
         vb[:] = v_init
         for t in range(ticks):
@@ -190,7 +192,7 @@ def _lif_forward_kernel(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks, u_al
                     vb[i] = v_reset if fired else u
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def _lif_backward_kernel(
     g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, sub, slope, g_cur, g_ioff, red
 ):
@@ -201,14 +203,11 @@ def _lif_backward_kernel(
     thr_abs = np.float32(max(abs(thr), 1e-6))
     inv_thr = np.float32(1.0) / thr_abs
     one = np.float32(1.0)
-    g_alpha = np.zeros(n, np.float32)
-    g_thr = np.zeros(n, np.float32)
-    g_vr = np.zeros(n, np.float32)
-    g_vi = np.zeros(n, np.float32)
-    gv = np.empty(n, np.float32)
-    g_io = np.zeros(n, np.float32)
-    for b in range(n_b):
-        gv[:] = g_v[b]
+    # per row: d/d alpha, threshold, v_reset, v_init, i_offset (summed over rows below)
+    part = np.zeros((n_b, 5, n), np.float32)
+    for b in prange(n_b):
+        acc = part[b]
+        gv = g_v[b].copy()
         for t in range(ticks - 1, -1, -1):
             s_t = s_all[b, t]
             u_t = u_all[b, t]
@@ -216,10 +215,10 @@ def _lif_backward_kernel(
             for i in range(n):
                 s = s_t[i]
                 if sub:
-                    g_thr[i] -= gv[i] * s
+                    acc[1, i] -= gv[i] * s
                     gu = gv[i]
                 else:
-                    g_vr[i] += gv[i] * s
+                    acc[2, i] += gv[i] * s
                     gu = gv[i] * (one - s)
                 d = one + slope * abs(u_t[i] - thr) * inv_thr
                 gu += gs_t[i] * inv_thr / (d * d)
@@ -231,18 +230,16 @@ def _lif_backward_kernel(
                         vp = v_reset if s_all[b, t - 1, i] > 0 else up
                 else:
                     vp = v_init
-                g_alpha[i] += gu * vp
-                g_io[i] += gu
+                acc[0, i] += gu * vp
+                acc[4, i] += gu
                 gv[i] = alpha * gu
                 if 1 <= t <= n_cur:
                     g_cur[b, t - 1, i] = gu
-        for i in range(n):
-            g_vi[i] += gv[i]
-    g_ioff[:] = g_io
-    red[0] = g_alpha.sum()
-    red[1] = g_thr.sum()
-    red[2] = g_vr.sum()
-    red[3] = g_vi.sum()
+        acc[3] += gv
+    total = part.sum(axis=0)
+    g_ioff[:] = total[4]
+    for k in range(4):
+        red[k] = total[k].sum()
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

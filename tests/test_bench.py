@@ -333,3 +333,16 @@ def test_gpu_section_sets_every_figure_beside_the_chip_and_the_paper_per_inferen
     assert "per inference" in page and "energy cost per inference" in page
     missing = "\n".join(_gpu({"available": False, "reason": "no CUDA GPU visible"}))
     assert "Not measured: no CUDA GPU visible" in missing and "per inference" in missing
+
+
+def test_bench_training_measures_both_forwards_and_both_recipes(tmp_path):
+    pytest.importorskip("torch")
+    from bench.training import run, write
+
+    report = run(quick=True)
+    for k in ("reference", "fast"):
+        assert report["forward"][k]["gradient_step_ms"] > 0 and report["forward"][k]["act_ms"] > 0
+    assert report["training"]["dsqn"]["steps"] >= 1_200
+    assert report["training"]["teacher"]["env_steps_per_s"] > 0
+    text = write(report, tmp_path).read_text()
+    assert "| fast" in text and "| teacher" in text and "| dsqn" in text

@@ -1,0 +1,152 @@
+"""``s2loop bench training``: how fast the paper's recipe trains, against the float
+teacher in the same run.
+
+Two measurements, one torch thread each (the grid's setting):
+
+- one dsqn gradient step (a batch of 128 transitions: online forward of s and s',
+  target forward, backward, Adam) and one batch-1 acting forward, through the
+  reference tick loop (``agent.snn.simulate``) and the fast forward
+  (``agent.snn.simulate_fast``) on the same network and spikes;
+- environment steps per second of whole training runs with the presets'
+  settings: dsqn (``paper-cartpole``) and the float MLP teacher (``distill-cartpole``),
+  ``steps`` steps each, evaluation off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _ms(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - t) / repeats * 1e3)
+    return best
+
+
+def forward_costs(repeats: int) -> dict[str, Any]:
+    import torch
+
+    from agent.network import SpikingQNet, env_spec
+    from agent.options import TrainConfig, preset_defaults
+    from agent.snn import simulate, simulate_fast
+
+    cfg = preset_defaults("paper-cartpole", TrainConfig, {"out": Path("unused")})
+    assert isinstance(cfg, TrainConfig)
+    snn = cfg.snn
+    net = SpikingQNet(snn, env_spec(cfg.env, snn), seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(3 * 128, 4)).astype(np.float32) * 0.3
+    x, x1 = net.encode(obs, rng), net.encode(obs[:1], rng)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    out: dict[str, Any] = {"preset": "paper-cartpole", "ticks": snn.ticks, "rows": len(obs)}
+    for name, f in (("reference", simulate), ("fast", simulate_fast)):
+
+        def step(f=f) -> None:
+            q = f(x, net.layer_params("float"), snn.ticks).q_values
+            opt.zero_grad()
+            q.pow(2).mean().backward()
+            opt.step()
+
+        def act(f=f) -> None:
+            with torch.no_grad():
+                f(x1, net.layer_params("float"), snn.ticks)
+
+        out[name] = {"gradient_step_ms": _ms(step, repeats), "act_ms": _ms(act, 10 * repeats)}
+    return out
+
+
+def training_speed(steps: int) -> dict[str, Any]:
+    from agent.options import TrainConfig, preset_defaults
+
+    out: dict[str, Any] = {}
+    for preset, group in (("paper-cartpole", "dsqn"), ("distill-cartpole", "teacher")):
+        cfg = preset_defaults(preset, TrainConfig, {"out": Path("unused")})
+        args = dataclasses.replace(
+            getattr(cfg, group), total_steps=steps, eval_every=10 * steps, stop_at=None
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            if group == "dsqn":
+                from agent.dsqn import train_dsqn
+
+                _, info = train_dsqn(
+                    cfg.env, args, Path(tmp), seed=0, snn=cfg.snn, validation_episodes=1,
+                    progress=False,
+                )  # fmt: skip
+            else:
+                from agent.teacher import train_teacher
+
+                _, info = train_teacher(cfg.env, args, Path(tmp), seed=0, progress=False)
+        out[group] = {
+            "preset": preset,
+            "steps": info["steps_run"],
+            "seconds": info["seconds"],
+            "env_steps_per_s": info["env_steps_per_s"],
+        }
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from agent.pipeline import set_threads
+    from bench.common import machine_info
+
+    set_threads(1)
+    return {
+        "machine": machine_info(),
+        "forward": forward_costs(repeats=1 if quick else 20),
+        "training": training_speed(steps=1_200 if quick else 10_000),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from bench.common import fmt, table
+
+    f, t = report["forward"], report["training"]
+    m = report["machine"]
+    lines = [
+        "# Training speed: the paper's recipe (dsqn) against the float teacher",
+        "",
+        f"Written by `s2loop bench training` on {m['cpu_model']} ({m['cpus']} CPUs), one "
+        "torch thread. Figures depend on the machine and its load.",
+        "",
+        f"## One step of the spiking network ({f['preset']}, {f['ticks']} ticks)",
+        "",
+        *table(
+            ["forward", f"gradient step, {f['rows']} rows (ms)", "acting, batch 1 (ms)"],
+            [
+                [k, fmt(f[k]["gradient_step_ms"], 2), fmt(f[k]["act_ms"], 3)]
+                for k in ("reference", "fast")
+            ],
+        ),
+        "",
+        "## Whole training runs (evaluation off)",
+        "",
+        *table(
+            ["recipe", "preset", "env steps", "seconds", "env steps/s"],
+            [
+                [k, v["preset"], fmt(v["steps"]), fmt(v["seconds"], 1), fmt(v["env_steps_per_s"])]
+                for k, v in t.items()
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(report: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training.json").write_text(json.dumps(report, indent=2, default=float))
+    page = out / "TRAINING.md"
+    page.write_text(markdown(report))
+    return page
