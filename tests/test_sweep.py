@@ -73,6 +73,22 @@ def test_search_ranges_name_train_options_and_hold_the_presets_values(tmp_path):
     assert finetune.out == tmp_path / "run" / "model.s2l" and not finetune.card
 
 
+def test_search_draws_stay_inside_the_declared_ranges_with_both_bounds():
+    pytest.importorskip("ray", reason="ray is not installed (pip install 's2loop[train]')")
+    from agent.options import SEARCH_SPACE
+    from agent.sweep import search_space
+
+    for recipe, ranges in SEARCH_SPACE.items():
+        domains = search_space(recipe)
+        assert set(domains) == set(ranges)
+        for name, r in ranges.items():
+            draws = [domains[name].sample() for _ in range(300)]
+            assert all(r.low <= d <= r.high for d in draws), (recipe, name)
+            if r.integer:  # tune's integer domains exclude their upper bound
+                assert all(isinstance(d, int) for d in draws)
+                assert domains[name].upper == r.high + 1 and domains[name].lower == r.low
+
+
 # ------------------------------------------------------------------ a real Ray cluster
 
 RAY_START_TIMEOUT_S = 90
