@@ -83,6 +83,7 @@ def _config_of(artifact: ModelArtifact) -> SNNConfig:
         encoder=enc.kind,  # type: ignore[arg-type]
         channels=enc.channels,  # type: ignore[arg-type]
         bins=enc.bins,
+        copies=enc.copies,
         input_ticks=enc.input_ticks,
         phase=enc.phase,
         alpha_decay=first.alpha_decay if hidden else 1.0,

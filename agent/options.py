@@ -32,6 +32,9 @@ class SNNConfig:
     """per observation dimension: a 'tent' population of `bins` neurons, or 2 'signed' ones"""
     bins: int = 7
     """tent-coding neurons per observation dimension"""
+    copies: int = 1
+    """input neurons per channel, each drawing its own Poisson spikes from the same rate
+    (the input noise falls as 1 / sqrt(copies))"""
     input_ticks: int = 12
     """ticks T during which the encoder emits input spikes (the paper: 10 or 20)"""
     phase: float = 0.5
@@ -63,6 +66,7 @@ class SNNConfig:
             kind=self.encoder,
             channels=self.channels,
             bins=self.bins,
+            copies=self.copies,
             input_ticks=self.input_ticks,
             phase=self.phase,
         )

@@ -51,7 +51,9 @@ class Encoder:
     2. ``z`` becomes intensities ``p`` in [0, 1], one per input neuron:
        ``signed``: two neurons per dimension, ``max(z, 0)`` and ``max(-z, 0)``;
        ``tent``: ``bins`` neurons per dimension with centres evenly spaced on
-       [-1, 1], each ``max(0, 1 - |z - c| / width)`` (linear interpolation).
+       [-1, 1], each ``max(0, 1 - |z - c| / width)`` (linear interpolation);
+       each of them ``copies`` times, side by side (independent Poisson draws of
+       the same intensity: the input noise falls as ``1 / sqrt(copies)``).
     3. ``p`` becomes spikes during ticks ``0 .. input_ticks-1``:
        ``deterministic``: an accumulator starts at ``phase``, adds ``p`` each
        tick and spikes (subtracting 1) once it reaches 1, so a neuron fires
@@ -65,9 +67,10 @@ class Encoder:
     bins: int = 5
     input_ticks: int = 8
     phase: float = 0.5
+    copies: int = 1
 
     def channels_per_dim(self) -> int:
-        return 2 if self.channels == "signed" else self.bins
+        return (2 if self.channels == "signed" else self.bins) * self.copies
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class ModelArtifact:
             raise ArtifactError(f"encoder.bins must be >= 2 for tent channels, got {enc.bins}")
         if enc.input_ticks < 1:
             raise ArtifactError(f"encoder.input_ticks must be >= 1, got {enc.input_ticks}")
+        if enc.copies < 1:
+            raise ArtifactError(f"encoder.copies must be >= 1, got {enc.copies}")
         if self.readout.kind not in READOUT_KINDS:
             raise ArtifactError(f"readout.kind {self.readout.kind!r} is not one of {READOUT_KINDS}")
         if self.obs_offset.shape != self.obs_scale.shape or self.obs_offset.ndim != 1:

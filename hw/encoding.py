@@ -30,7 +30,8 @@ def normalize(artifact: ModelArtifact, observations: np.ndarray) -> np.ndarray:
 def intensities(encoder: Encoder, z: np.ndarray) -> np.ndarray:
     """Per-input-neuron firing probability in [0, 1], float32 [B, obs * channels].
 
-    Neuron order: dimension-major (all channels of dimension 0 first).
+    Neuron order: dimension-major (all channels of dimension 0 first), a channel's
+    ``copies`` next to each other.
     """
     b, d = z.shape
     if encoder.channels == "signed":
@@ -43,6 +44,8 @@ def intensities(encoder: Encoder, z: np.ndarray) -> np.ndarray:
         inv_width = np.float32((k - 1) / 2.0)
         dist = np.abs(z[:, :, None] - centres[None, None, :]) * inv_width
         p = np.maximum(np.float32(1.0) - dist, np.float32(0.0))
+    if encoder.copies > 1:  # each channel's copies side by side
+        p = np.repeat(p, encoder.copies, axis=2)
     return p.reshape(b, -1)
 
 

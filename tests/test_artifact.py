@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import zipfile
@@ -5,7 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from hw.artifact import ArtifactError, from_bytes, load_artifact, save_artifact, to_bytes
+from hw.artifact import ArtifactError, Encoder, from_bytes, load_artifact, save_artifact, to_bytes
+from hw.synthetic import random_artifact
 
 
 def _rewrite(data: bytes, name: str, new: bytes) -> bytes:
@@ -108,3 +110,35 @@ def test_inconsistent_shapes_are_rejected(small_artifact):
     )
     with pytest.raises(ArtifactError, match="fan-in 10, expected 64"):
         to_bytes(bad)
+
+
+def test_encoder_copies_draw_independent_spikes_at_the_same_rate():
+    """copies=k: every channel k times side by side, each with its own Poisson draws;
+    the artifact round-trips the setting and runs on the emulator."""
+    from hw.emulator import EmulatorBackend
+    from hw.encoding import encode, intensities
+
+    art = random_artifact(seed=2, name="cp", encoder=Encoder(kind="poisson", bins=5))
+    enc = dataclasses.replace(art.encoder, copies=3)
+    z = np.array([[0.3, -0.7, 0.0, 1.0]], np.float32)
+    p1, p3 = intensities(art.encoder, z), intensities(enc, z)
+    assert p3.shape[1] == 3 * p1.shape[1]
+    np.testing.assert_array_equal(p3.reshape(1, -1, 3), np.repeat(p1[:, :, None], 3, axis=2))
+    layers = list(art.layers)
+    w0 = np.repeat(layers[0].weight, 3, axis=1)  # the first projection hears every copy
+    layers[0] = dataclasses.replace(layers[0], weight=w0, float_weight=None)
+    copied = dataclasses.replace(art, encoder=enc, layers=tuple(layers))
+    copied.validate()
+    again = from_bytes(to_bytes(copied))
+    assert again.encoder.copies == 3 and again.input_size == 3 * art.input_size
+    obs = np.full((2000, art.observation_size), 0.05, np.float32)
+    raster = encode(again, obs, seeds=np.arange(2000))
+    per_copy = raster.reshape(2000, enc.input_ticks, -1, 3).mean(axis=(0, 1))
+    np.testing.assert_allclose(per_copy[:, 0], per_copy[:, 1], atol=0.02)
+    # independent draws: the copies of one channel do not fire together every time
+    busy = per_copy[:, 0] > 0.2
+    r = raster.reshape(2000, enc.input_ticks, -1, 3)[:, :, busy]
+    assert (r[..., 0] != r[..., 1]).mean() > 0.1
+    with EmulatorBackend() as emu:
+        emu.load(again)
+        assert emu.infer("cp", obs[:4], np.arange(4)).q_values.shape == (4, len(art.action_names))
