@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from agent.sweep import SETTINGS_BY_KEY  # the standard library only
+
 ALL_SETTINGS = "all"
 
 
@@ -25,7 +27,9 @@ def sweep(
     ),
     env: str = typer.Option("CartPole-v1,Acrobot-v1", "--env", help="comma-separated env ids"),
     settings: str = typer.Option(
-        ALL_SETTINGS, help="comma-separated setting names of bench/RECIPES.md, or 'all'"
+        ALL_SETTINGS,
+        help=f"comma-separated setting names of bench/RECIPES.md ({', '.join(SETTINGS_BY_KEY)}), "
+        "or 'all'",
     ),
     seeds: str = typer.Option("0,1,2,3,4", help="comma-separated training seeds"),
     smoke: bool = typer.Option(
@@ -46,7 +50,7 @@ def sweep(
     """Train and fine-tune every (env, setting, seed) on Ray Tune, or search one setting's
     options (--search optuna, objective the mean 8-bit return over --seeds). The same
     command with the same --out resumes: only unfinished trials run."""
-    from agent.sweep import SETTINGS_BY_KEY, SweepConfig, SweepError, check, run_sweep
+    from agent.sweep import SweepConfig, SweepError, check, run_sweep
 
     chosen = tuple(SETTINGS_BY_KEY) if settings == ALL_SETTINGS else _csv(settings)
     try:
