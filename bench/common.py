@@ -67,6 +67,16 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return text.splitlines()
 
 
+def write_page(out: Path, md_name: str, markdown: str, json_name: str, report: Any) -> list[Path]:
+    """A benchmark's page and its figures: OUT/MD_NAME and OUT/JSON_NAME (created)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / md_name).write_text(markdown)
+    (out / json_name).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return [out / md_name, out / json_name]
+
+
 # ------------------------------------------------------------------ CPU accounting
 
 

@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import fmt, machine_info, table
+from bench.common import fmt, machine_info, table, write_page
 
 MD_NAME = "FLEET.md"
 JSON_NAME = "fleet.json"
@@ -110,7 +108,7 @@ def _interleaved(urls: dict[str, str], rounds: int, block: int) -> dict[str, Any
 
 
 def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> dict[str, Any]:
-    from clients.demo import ServerProcess, free_port, shipped_models_dir
+    from clients.demo import ServerProcess, shipped_models_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="s2loop-bench-fleet-"))
     models = shipped_models_dir()
@@ -160,40 +158,20 @@ def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> di
     if haproxy is None:
         report["lb"] = {"skipped": "haproxy is not installed"}
         return report
-    from bench.lb import lb_config
+    from bench.lb import haproxy_fleet
 
     replicas = [ServerProcess(models, log_path=tmp / f"r{i}.log") for i in range(3)]
-    lb_port, stats_port = free_port(), free_port()
-    (tmp / "haproxy.cfg").write_text(lb_config([r.port for r in replicas]))
-    env = dict(os.environ, S2LOOP_LB_BIND=f"127.0.0.1:{lb_port}",
-               S2LOOP_LB_STATS_BIND=f"127.0.0.1:{stats_port}")  # fmt: skip
-    lb = None
-    try:
-        for r in replicas:
-            r.start()
-        for r in replicas:
-            r.wait_ready(180)
-        lb = subprocess.Popen(
-            [haproxy, "-db", "-f", str(tmp / "haproxy.cfg")], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    with haproxy_fleet(haproxy, replicas, tmp) as lb:
         time.sleep(2.0)  # two health checks
-        lb_url = f"http://127.0.0.1:{lb_port}"
         report["lb"] = {"latency": _interleaved(
-            {"direct": replicas[0].url, "through_haproxy": lb_url}, cfg.rounds, cfg.block
+            {"direct": replicas[0].url, "through_haproxy": lb.url}, cfg.rounds, cfg.block
         )}  # fmt: skip
         log("  load balancer latency done")
         killer = threading.Timer(cfg.load_s / 3, replicas[0].proc.kill)
         killer.start()
-        report["lb"]["failover"] = _load(lb_url, 8, cfg.load_s)
+        report["lb"]["failover"] = _load(lb.url, 8, cfg.load_s)
         killer.join()
         log(f"  failover: {report['lb']['failover']['failed']} failed")
-    finally:
-        if lb is not None:
-            lb.terminate()
-            lb.wait(10)
-        for r in replicas:
-            r.stop()
     return report
 
 
@@ -313,8 +291,5 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def write_fleet(report: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     report["capacity"] = capacity(report)
-    (out / MD_NAME).write_text(markdown(report))
-    (out / JSON_NAME).write_text(json.dumps(report, indent=1, default=float))
-    return [out / MD_NAME, out / JSON_NAME]
+    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)

@@ -9,7 +9,6 @@ a file rotation, the bytes on disk per million answers, rows lost on a graceful 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -229,7 +228,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def write_record(report: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MD_NAME).write_text(markdown(report))
-    (out / JSON_NAME).write_text(json.dumps(report, indent=1))
-    return [out / MD_NAME, out / JSON_NAME]
+    from bench.common import write_page
+
+    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)

@@ -7,7 +7,6 @@ import asyncio
 import copy
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.lb import lb_config, lb_status
+from bench.lb import haproxy_fleet, lb_status
 from hw.artifact import load_artifact
 from hw.emulator import EmulatorBackend
 from service.app import create_app
@@ -110,7 +109,7 @@ def fleet(models_dir, tmp_path_factory):
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (.ci/run installs Debian's package)")
-    from clients.demo import ServerProcess, free_port
+    from clients.demo import ServerProcess
 
     tmp = tmp_path_factory.mktemp("fleet")
     flag = tmp / "board-down"
@@ -121,32 +120,11 @@ def fleet(models_dir, tmp_path_factory):
         ServerProcess(models_dir, log_path=tmp / f"r{i}.log", extra_args=flaky if i == 3 else [])
         for i in (1, 2, 3)
     ]
-    lb_port, stats_port = free_port(), free_port()
-    (tmp / "haproxy.cfg").write_text(lb_config([r.port for r in replicas]))
-    env = dict(os.environ, S2LOOP_LB_BIND=f"127.0.0.1:{lb_port}",
-               S2LOOP_LB_STATS_BIND=f"127.0.0.1:{stats_port}")  # fmt: skip
-    lb = None
     try:
-        for r in replicas:
-            r.start()
-        for r in replicas:
-            r.wait_ready(180)
-        lb = subprocess.Popen(
-            [haproxy, "-db", "-f", str(tmp / "haproxy.cfg")],
-            env=env,
-            stdout=(tmp / "haproxy.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        stats = f"http://127.0.0.1:{stats_port}/stats"
-        wait_for(lambda: _all_up(stats, 3), 20, "every replica UP in HAProxy")
-        yield {"url": f"http://127.0.0.1:{lb_port}", "stats": stats, "replicas": replicas,
-               "flag": flag}  # fmt: skip
+        with haproxy_fleet(haproxy, replicas, tmp) as lb:
+            wait_for(lambda: _all_up(lb.stats, 3), 20, "every replica UP in HAProxy")
+            yield {"url": lb.url, "stats": lb.stats, "replicas": replicas, "flag": flag}
     finally:
-        if lb is not None:
-            lb.terminate()
-            lb.wait(10)
-        for r in replicas:
-            r.stop()
         os.environ.pop("S2LOOP_FLAKY_FLAG", None)
 
 
