@@ -25,6 +25,16 @@ MISSES_TO_COMPARE = 10
 SATURATED = 0.85
 
 
+def _cols(spec: str) -> list[str]:
+    """Column headers written as one string: ``"a | b | c"``."""
+    return [c.strip() for c in spec.split(" | ")]
+
+
+def _figure(alt: str, key: str) -> list[str]:
+    """A section's plot (written next to the page) and the blank line after it."""
+    return [f"![{alt}]({PLOTS[key]})", ""]
+
+
 def _met(flag: Any) -> str:
     return "met" if flag else "**not met**"
 
@@ -141,17 +151,10 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
         "floor. 'server p50' is the time the service itself reports (`timing.server_us`).",
         "",
         *table(
-            [
-                "transport",
-                "n",
-                "p50",
-                "p90",
-                "p99",
-                "÷ its floor (p50 / p90 / p99)",
-                "÷ FastAPI floor (p50)",
-                "server p50",
-                "",
-            ],
+            _cols(
+                "transport | n | p50 | p90 | p99 | ÷ its floor (p50 / p90 / p99) | "
+                "÷ FastAPI floor (p50) | server p50 | "
+            ),
             rows,
         ),
         "",
@@ -159,8 +162,7 @@ def _transport(t: dict[str, Any], cpus: str = "?") -> list[str]:
         f"{fmt(cpu.get('client_cores'), 2)}, whole machine {fmt(cpu.get('machine_busy_cores'), 2)}"
         f" (of {cpus} CPUs, other work included).",
         "",
-        f"![transport round trips]({PLOTS['transport']})",
-        "",
+        *_figure("transport round trips", "transport"),
     ]
 
 
@@ -209,8 +211,7 @@ def _backends(b: dict[str, Any]) -> list[str]:
         f"Same greedy action from both on {agree['value']:.1%} of {agree['states']} CartPole "
         "states (8-bit vs float weights).",
         "",
-        f"![backend throughput]({PLOTS['backends']})",
-        "",
+        *_figure("backend throughput", "backends"),
         *_gpu(b.get("gpu")),
     ]
 
@@ -277,18 +278,12 @@ def _gpu(g: dict[str, Any] | None) -> list[str]:
         f"(`hw.mapping`, section 5), per inference. {reading}",
         "",
         *table(
-            [
-                "model",
-                "GPU batch 1 p50 (µs), graph",
-                "eager",
-                f"GPU inferences/s at {g['batch']}",
-                "GPU mJ/inference, batch 1",
-                "dynamic",
-                f"GPU mJ/inference at {g['batch']}",
-                "dynamic",
-                "chip estimate: µs / mJ / dynamic mJ",
-                "paper (quoted): SpiNNaker2 / GTX 1650 mJ",
-            ],
+            _cols(
+                f"model | GPU batch 1 p50 (µs), graph | eager | "
+                f"GPU inferences/s at {g['batch']} | GPU mJ/inference, batch 1 | dynamic | "
+                f"GPU mJ/inference at {g['batch']} | dynamic | "
+                f"chip estimate: µs / mJ / dynamic mJ | paper (quoted): SpiNNaker2 / GTX 1650 mJ"
+            ),
             rows,
         ),
         "",
@@ -345,29 +340,16 @@ def _closed_loop(c: dict[str, Any]) -> list[str]:
         "machine and the client, not from the service.",
         "",
         *table(
-            [
-                "server",
-                "env",
-                "transport",
-                "pacing",
-                "steps",
-                "episodes",
-                "p50",
-                "p90",
-                "p99",
-                "max",
-                "server p50",
-                "misses",
-                "errors",
-                "mean return",
-            ],
+            _cols(
+                "server | env | transport | pacing | steps | episodes | p50 | p90 | p99 | max | "
+                "server p50 | misses | errors | mean return"
+            ),
             rows,
         ),
         "",
         f"Mean episode length (all runs above): {lengths}.",
         "",
-        f"![closed-loop round trips]({PLOTS['closed_loop']})",
-        "",
+        *_figure("closed-loop round trips", "closed_loop"),
     ]
 
 
@@ -402,24 +384,14 @@ def _scaling(s: dict[str, Any]) -> list[str]:
         "counts their own GIL contention is part of the round trip.",
         "",
         *table(
-            [
-                "workers",
-                "clients",
-                "client processes",
-                "steps/s",
-                "RTT p50",
-                "RTT p99",
-                "steps",
-                "errors",
-                "server cores",
-                "client cores",
-                "machine busy cores",
-            ],
+            _cols(
+                "workers | clients | client processes | steps/s | RTT p50 | RTT p99 | steps | "
+                "errors | server cores | client cores | machine busy cores"
+            ),
             rows,
         ),
         "",
-        f"![scaling]({PLOTS['scaling']})",
-        "",
+        *_figure("scaling", "scaling"),
     ]
 
 
@@ -461,20 +433,11 @@ def _chip(c: dict[str, Any]) -> list[str]:
         "loading and Ethernet are not included.",
         "",
         *table(
-            [
-                "model",
-                "ticks",
-                "PEs",
-                "copies/chip",
-                "chip time/inference (ms)",
-                "max control rate (Hz)",
-                "energy/inference (mJ)",
-                "dynamic (mJ)",
-                "batched (mJ)",
-                "mean episode (steps)",
-                "chip time/episode (s)",
-                "energy/episode (J)",
-            ],
+            _cols(
+                "model | ticks | PEs | copies/chip | chip time/inference (ms) | "
+                "max control rate (Hz) | energy/inference (mJ) | dynamic (mJ) | batched (mJ) | "
+                "mean episode (steps) | chip time/episode (s) | energy/episode (J)"
+            ),
             rows,
         ),
         "",
@@ -658,6 +621,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_transport(t: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
@@ -679,10 +649,7 @@ def plot_transport(t: dict[str, Any], path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_backends(b: dict[str, Any], path: Path) -> Path:
@@ -700,10 +667,7 @@ def plot_backends(b: dict[str, Any], path: Path) -> Path:
     ax.set_title("Backends on one CPU thread: emulator (8-bit) vs torch float", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_closed_loop(c: dict[str, Any], path: Path) -> Path:
@@ -726,10 +690,7 @@ def plot_closed_loop(c: dict[str, Any], path: Path) -> Path:
     ax.set_title("Closed-loop steps (box: p25-p75, whiskers: p1-p99)", fontsize=10)
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_scaling(s: dict[str, Any], path: Path) -> Path:
@@ -751,10 +712,7 @@ def plot_scaling(s: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8)
     a2.set_yscale("log")
     fig.suptitle("Scaling: CartPole closed loops, HTTP", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 PLOTTERS = {
