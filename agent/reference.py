@@ -16,6 +16,7 @@ left out, so the code around the graph is tested where no GPU is.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -148,7 +149,7 @@ class ReferenceBackend(Backend):
         batch = _bucket(raster.shape[0])
         # keyed by the prepared params too: a reloaded model gets fresh graphs
         key = (art.name, id(params), batch)
-        with self._replay_lock:
+        with self._replay_lock, self._on_device():
             fwd = self._static.get(key)
             if fwd is None:
                 x = torch.zeros((batch, *raster.shape[1:]), dtype=torch.float32, device=self.device)
@@ -159,6 +160,10 @@ class ReferenceBackend(Backend):
             else:
                 self._static.move_to_end(key)
             return fwd(raster)
+
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        """Capture and replay on this backend's GPU, whichever is current."""
+        return torch.cuda.device(self.device) if self.capture else contextlib.nullcontext()
 
     def load(self, artifact: ModelArtifact) -> None:
         super().load(artifact)
@@ -195,8 +200,10 @@ class ReferenceBackend(Backend):
         if self.static and not trace:
             q, rec, per_layer = self._run_static(art, params, spikes_host)
         else:  # eager; a traced request also runs the shorter runs below
-            spikes_in = spikes_host.to(self.device)
-            with torch.no_grad():
+            # while a graph is captured no other thread may launch work on the GPU
+            gpu_turn = self._replay_lock if self.capture else contextlib.nullcontext()
+            with torch.no_grad(), gpu_turn, self._on_device():
+                spikes_in = spikes_host.to(self.device)
                 q_t, rec_t, per_layer_t = self._forward(art, params)(spikes_in)
                 if trace:
                     # Q after tick t is, by definition, the answer of a run of t + 1
@@ -207,7 +214,7 @@ class ReferenceBackend(Backend):
                         for t in range(art.ticks - 1)
                     ]
                     q_ticks = torch.stack([*per_tick, q_t], dim=1).cpu().numpy()
-            q, rec, per_layer = (t.cpu().numpy() for t in (q_t, rec_t, per_layer_t))
+                q, rec, per_layer = (t.cpu().numpy() for t in (q_t, rec_t, per_layer_t))
         q = q.astype(np.float32)
         traces = build_traces(art, raster, rec, q_ticks) if trace else None
         elapsed = (time.perf_counter() - start) * 1e6
