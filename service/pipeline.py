@@ -255,48 +255,7 @@ class Pipeline:
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
         given = seeds(entry, None if req.seed is None else [req.seed], 1)
-        if req.trace:
-            check_trace(self.service, entry, 1)
-        res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
-        elapsed = time.perf_counter() - arrived
-        self.metrics.observe_request("act", entry.name, elapsed)
-        out = {
-            "model": entry.name,
-            "action": int(res.actions[0]),
-            "q_values": res.q_values[0],
-            "backend": res.backend,
-            "fallback": fallback,
-            "timing": {
-                "server_us": elapsed * 1e6,
-                "compute_us": res.compute_us,
-                "ticks": res.ticks,
-                "chip_time_s": entry.chip_time_s,
-                "energy_j": entry.energy_j,
-            },
-        }
-        if req.id is not None:
-            out["id"] = req.id
-        if res.seeds is not None:
-            out["seed"] = int(res.seeds[0])
-        if req.episode_id is not None:
-            out["episode_id"] = req.episode_id
-        if req.step is not None:
-            out["step"] = req.step
-        if res.traces is not None:
-            out["trace"] = res.traces[0].to_dict()
-            if self.recorder is not None:
-                trace_json = res.traces[0].to_json().decode()
-                self.recorder.trace((time.time(), request_id, entry.name, trace_json))
-        if self.recorder is not None:
-            self.recorder.act(
-                ActRow(time.time(), request_id, req.episode_id, req.step, entry.name,
-                       entry.artifact.sha256, res.backend, fallback, door, obs[0],
-                       res.q_values[0], out["action"], out.get("seed"), elapsed * 1e6,
-                       res.compute_us)
-            )  # fmt: skip
-        if self.shadow is not None and self.shadow.has(entry.name):
-            self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
-        return out
+        return await self._answer(True, req, entry, obs, given, arrived, request_id, door)
 
     async def info(self, body: Any, arrived: float, request_id: str, codec: str, door: str) -> dict:
         """``{"model_info": NAME}`` over TCP: what GET /v1/models/NAME answers."""
@@ -313,50 +272,98 @@ class Pipeline:
             if values is not None and len(values) != len(obs):
                 msg = f"{name} has {len(values)} values for {len(obs)} observations"
                 raise ApiError(422, "validation_error", msg)
+        return await self._answer(False, req, entry, obs, given, arrived, request_id, door)
+
+    async def _answer(
+        self,
+        single: bool,
+        req: Any,
+        entry: ModelEntry,
+        obs: np.ndarray,
+        given: np.ndarray | None,
+        arrived: float,
+        request_id: str,
+        door: str,
+    ) -> dict:
+        """What act and batch share: run, time, answer, record, shadow. ``single``: an
+        ``/v1/act`` answer (one row, singular names: ``action``, ``seed``, ``episode_id``,
+        ``step``, ``trace``), else a batch answer (plural names, one value a row)."""
+        rows = len(obs)
         if req.trace:
-            check_trace(self.service, entry, len(obs))
+            check_trace(self.service, entry, rows)
         res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
-        chip_time, energy = entry.estimate(len(obs))
         elapsed = time.perf_counter() - arrived
-        self.metrics.observe_request("batch", entry.name, elapsed)
-        out = {
-            "model": entry.name,
-            "actions": res.actions,
-            "q_values": res.q_values,
-            "backend": res.backend,
-            "fallback": fallback,
-            "timing": {
-                "server_us": elapsed * 1e6,
-                "compute_us": res.compute_us,
-                "ticks": res.ticks,
-                "chip_time_s": chip_time,
-                "energy_j": energy,
-                "batch_size": len(obs),
-            },
-        }
+        self.metrics.observe_request("act" if single else "batch", entry.name, elapsed)
+        if single:
+            chip_time, energy = entry.chip_time_s, entry.energy_j
+            # q_values stay float32 (JSON: float32's shortest repr, as orjson writes them)
+            out = {"model": entry.name, "action": int(res.actions[0]),
+                   "q_values": res.q_values[0]}  # fmt: skip
+            episode_ids = None if req.episode_id is None else [req.episode_id]
+            steps = None if req.step is None else [req.step]
+        else:
+            chip_time, energy = entry.estimate(rows)
+            out = {"model": entry.name, "actions": res.actions, "q_values": res.q_values}
+            episode_ids, steps = req.episode_ids, req.steps
+        timing = {"server_us": elapsed * 1e6, "compute_us": res.compute_us, "ticks": res.ticks,
+                  "chip_time_s": chip_time, "energy_j": energy}  # fmt: skip
+        if not single:
+            timing["batch_size"] = rows
+        out["backend"], out["fallback"], out["timing"] = res.backend, fallback, timing
         if req.id is not None:
             out["id"] = req.id
-        if res.seeds is not None:
-            out["seeds"] = res.seeds
-        if req.episode_ids is not None:
-            out["episode_ids"] = req.episode_ids
-        if req.steps is not None:
-            out["steps"] = req.steps
-        if res.traces is not None:
-            out["traces"] = [tr.to_dict() for tr in res.traces]
-            if self.recorder is not None:
-                for i, tr in enumerate(res.traces):  # rows as the acts table names them
-                    row_id = f"{request_id}.{i}"
-                    self.recorder.trace((time.time(), row_id, entry.name, tr.to_json().decode()))
+        traces = None if res.traces is None else [tr.to_dict() for tr in res.traces]
+        for one, many, values in (
+            ("seed", "seeds", res.seeds),
+            ("episode_id", "episode_ids", episode_ids),
+            ("step", "steps", steps),
+            ("trace", "traces", traces),
+        ):
+            if values is not None:  # echoed: a batch's per row, a single's as one value
+                if not single:
+                    out[many] = values
+                else:
+                    out[one] = values[0].item() if isinstance(values, np.ndarray) else values[0]
         if self.recorder is not None:
-            self.recorder.batch(
-                ActBatch(time.time(), request_id, req.episode_ids, req.steps, entry.name,
-                         entry.artifact.sha256, res.backend, fallback, door, obs, res.q_values,
-                         res.actions, res.seeds, elapsed * 1e6, res.compute_us)
-            )  # fmt: skip
+            self._record(single, request_id, entry, res, fallback, door, obs, episode_ids,
+                         steps, elapsed)  # fmt: skip
         if self.shadow is not None and self.shadow.has(entry.name):
             self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
         return out
+
+    def _record(
+        self,
+        single: bool,
+        request_id: str,
+        entry: ModelEntry,
+        res: Any,
+        fallback: bool,
+        door: str,
+        obs: np.ndarray,
+        episode_ids: list[str] | None,
+        steps: list[int] | None,
+        elapsed: float,
+    ) -> None:
+        """The answer's rows to the flight recorder (a single row, or a batch queued whole
+        and counted as its rows), with its traces."""
+        now, sha = time.time(), entry.artifact.sha256
+        if res.traces is not None:
+            for i, tr in enumerate(res.traces):  # rows as the acts table names them
+                row_id = request_id if single else f"{request_id}.{i}"
+                self.recorder.trace((now, row_id, entry.name, tr.to_json().decode()))
+        if single:
+            seed = None if res.seeds is None else int(res.seeds[0])
+            self.recorder.act(
+                ActRow(now, request_id, episode_ids and episode_ids[0], steps and steps[0],
+                       entry.name, sha, res.backend, fallback, door, obs[0], res.q_values[0],
+                       int(res.actions[0]), seed, elapsed * 1e6, res.compute_us)
+            )  # fmt: skip
+        else:
+            self.recorder.batch(
+                ActBatch(now, request_id, episode_ids, steps, entry.name, sha, res.backend,
+                         fallback, door, obs, res.q_values, res.actions, res.seeds,
+                         elapsed * 1e6, res.compute_us)
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------- eager start

@@ -289,3 +289,48 @@ def test_the_sdk_installs_and_imports_without_the_server_stack(tmp_path):
     listed = subprocess.run([str(pip), "list", "--format=freeze"], capture_output=True, text=True)
     names = {line.split("==")[0].lower() for line in listed.stdout.split()}
     assert not {"torch", "numba", "gymnasium", "fastapi", "uvicorn"} & names
+
+
+def test_one_mock_transport_serves_the_blocking_and_the_asyncio_client():
+    from s2loop_client import Overloaded
+
+    def handler(route, request):
+        if request.get("observation") == [9.0, 9.0, 9.0, 9.0]:
+            return 429, {"error": {"kind": "queue_full", "message": "busy", "retry_after_ms": 5}}
+        timing = {"server_us": 1.0, "compute_us": 1.0, "ticks": 15}
+        return 200, {"model": "cartpole", "action": 1, "q_values": [0.0, 1.0],
+                     "backend": "mock", "fallback": False, "timing": timing}  # fmt: skip
+
+    for codec in ("json", "msgpack"):
+        mock = MockTransport(handler, codec)
+        with PolicyClient("http://unused", "cartpole", transport_impl=mock) as policy:
+            assert policy.act(OBS).action == 1
+            with pytest.raises(Overloaded) as err:
+                policy.act([9.0] * 4)
+            assert err.value.status == 429 and err.value.retry_after_ms == 5
+
+        async def main(mock=mock):
+            async with AsyncPolicyClient("http://unused", "cartpole", transport_impl=mock) as p:
+                first = await p.act(OBS)
+                with pytest.raises(Overloaded):
+                    await p.act([9.0] * 4)
+                return first
+
+        assert asyncio.run(main()).backend == "mock"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ({"model": "m", "action": 1}, 200),
+        ({"error": {"kind": "deadline", "status": 504, "message": "late"}}, 504),
+        ({"error": {"kind": "x", "message": "no status"}}, 500),  # an error says its status
+        ({"error": {"kind": "x", "status": 200}}, 500),  # an error is never a 200
+        ({"error": "not a map"}, 500),
+        ([1, 2], 200),  # not an error map: the client then refuses it as no answer map
+    ],
+)
+def test_an_answers_status_is_the_one_it_carries_never_guessed(answer, status):
+    from s2loop_client.framing import status_of
+
+    assert status_of(answer) == status

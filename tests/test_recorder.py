@@ -75,8 +75,11 @@ def test_every_answer_on_every_door_is_one_row_and_a_graceful_stop_loses_none(mo
         assert sent == 200
         c.post("/v1/act", json={"model": "cartpole", "observation": [1, 2]})  # 422
         c.post("/v1/act", content=b"{")  # 400
-        time.sleep(0.1)
-        closed = sorted(rec.glob("acts-*.parquet"))
+        for _ in range(200):  # the writer thread closes files as they fill (at most 10 s)
+            closed = sorted(rec.glob("acts-*.parquet"))
+            if closed:
+                break
+            time.sleep(0.05)
         assert closed  # files close (37 rows each) while the server runs, readable
         assert pq.read_table(closed[0]).num_rows == 37
     table = read_acts(rec)  # after the graceful stop: everything

@@ -26,6 +26,10 @@ from s2loop_client.errors import (
     ValidationFailed,
 )
 from s2loop_client.transports import (
+    AsyncHTTPTransport,
+    AsyncTCPTransport,
+    AsyncTransport,
+    AsyncWSTransport,
     HTTPTransport,
     MockTransport,
     TCPTransport,
@@ -36,7 +40,11 @@ from s2loop_client.transports import (
 __all__ = [
     "ActError",
     "Answer",
+    "AsyncHTTPTransport",
     "AsyncPolicyClient",
+    "AsyncTCPTransport",
+    "AsyncTransport",
+    "AsyncWSTransport",
     "BadAnswer",
     "BadRequest",
     "ConnectionFailed",

@@ -13,32 +13,23 @@ decides what a missed step means).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
+import msgpack
 import numpy as np
 
 from s2loop_client import codec as wirecodec
 from s2loop_client import contract as wire
-from s2loop_client import framing
-from s2loop_client.errors import BadAnswer, ConnectionFailed, Timeout, from_error_body
-from s2loop_client.transports import (
-    HTTPTransport,
-    NotSent,
-    TCPTransport,
-    Transport,
-    WSTransport,
-    tcp_endpoint,
-)
+from s2loop_client.errors import BadAnswer, ConnectionFailed, from_error_body
+from s2loop_client.transports import KINDS, AsyncTransport, NotSent, Transport
 
 Answer = wire.ActAnswer
 Timing = wire.Timing
 TRANSPORTS = ("http", "ws", "tcp")
+SMALL = 64  # observations up to this many values travel as a msgpack list
 
 
 _NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in (Answer, Timing)}
@@ -54,15 +45,12 @@ def _timing(data: dict[str, Any]) -> Timing:
     return Timing(**_fields(Timing, data))
 
 
-def read_answer(status: int, data: bytes, codec: str) -> Any:
-    """The decoded answer of a 200; the matching ActError otherwise."""
-    try:
-        body = wirecodec.loads(data, codec)
-    except wirecodec.DecodeError as exc:
-        raise BadAnswer("bad_answer", f"unreadable answer: {exc}", status) from None
-    if status != 200 or (isinstance(body, dict) and "error" in body):
+def read_answer(status: int, body: Any) -> dict[str, Any]:
+    """The answer map of a 200; the matching ActError otherwise (the status is the one
+    the transport read: the status line, or the error map's own ``status``)."""
+    if status != 200:
         raise from_error_body(body, status)
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise BadAnswer("bad_answer", f"not an answer map: {str(body)[:200]}", status)
     return body
 
@@ -75,7 +63,10 @@ def to_trace(data: dict[str, Any]) -> wire.Trace:
 
 def to_answer(body: dict[str, Any]) -> Answer:
     try:
-        answer = Answer(**{**_fields(Answer, body), "timing": _timing(body["timing"])})
+        try:  # the server's own fields: no filtering (a newer server's extra ones: below)
+            answer = Answer(**{**body, "timing": Timing(**body["timing"])})
+        except TypeError:
+            answer = Answer(**{**_fields(Answer, body), "timing": _timing(body["timing"])})
         if answer.trace is not None:
             answer.trace = to_trace(answer.trace)  # type: ignore[arg-type]
         return answer
@@ -105,12 +96,18 @@ class _Requests:
         if codec not in wire.CODECS:
             raise ValueError(f"codec must be one of {wire.CODECS}, got {codec!r}")
         self.model, self.codec = model, codec
+        if codec == "msgpack":  # one packer per client (a client is used by one thread)
+            self._dumps = msgpack.Packer(default=wirecodec.pack_default, use_bin_type=True).pack
+        else:
+            self._dumps = lambda body: wirecodec.dumps(body, "json")
 
     def _obs(self, observation: Any, rank: int) -> Any:
         arr = np.asarray(observation, dtype=np.float32)
         if arr.ndim != rank:
             raise ValueError(f"observation{'s' if rank == 2 else ''} must be {rank}-D")
-        return arr if self.codec == "msgpack" else arr.tolist()
+        if self.codec == "msgpack" and arr.size > SMALL:
+            return arr  # raw float32 bytes (codec): cheaper than a list past a few values
+        return arr.tolist()  # the exact float32 values, as Python floats
 
     def act_body(
         self, observation: Any, seed: Any, id: Any, episode_id: Any, step: Any, trace: bool = False
@@ -121,7 +118,7 @@ class _Requests:
                 body[key] = value
         if trace:
             body["trace"] = True
-        return wirecodec.dumps(body, self.codec)
+        return self._dumps(body)
 
     def batch_body(
         self, observations: Any, seeds: Sequence[int] | None, trace: bool = False
@@ -131,19 +128,23 @@ class _Requests:
             body["seeds"] = [int(s) for s in seeds]
         if trace:
             body["trace"] = True
-        return wirecodec.dumps(body, self.codec)
+        return self._dumps(body)
 
 
 def make_transport(
-    url: str, transport: str, codec: str, api_key: str | None, timeout_s: float, verify: Any
-) -> Transport:
-    if transport == "http":
-        return HTTPTransport(url, codec, api_key, timeout_s, verify)
-    if transport == "ws":
-        return WSTransport(url, codec, api_key, timeout_s, verify)
-    if transport == "tcp":
-        return TCPTransport(url, "msgpack", api_key, timeout_s, verify)
-    raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    url: str,
+    transport: str,
+    codec: str,
+    api_key: str | None,
+    timeout_s: float,
+    verify: Any,
+    asynchronous: bool = False,
+) -> Any:
+    """The :class:`Transport` (or :class:`AsyncTransport`) of ``transport``."""
+    if transport not in KINDS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    cls = KINDS[transport][1 if asynchronous else 0]
+    return cls(url, "msgpack" if transport == "tcp" else codec, api_key, timeout_s, verify)
 
 
 class PolicyClient(_Requests):
@@ -174,10 +175,8 @@ class PolicyClient(_Requests):
         for attempt in range(self.retries + 1):
             try:
                 if payload is None:
-                    status, data = self.transport.info(self.model)
-                    return read_answer(status, data, self.transport.info_codec)
-                status, data = self.transport.request(route, payload)
-                return read_answer(status, data, self.codec)
+                    return read_answer(*self.transport.info(self.model))
+                return read_answer(*self.transport.request(route, payload))
             except NotSent as exc:
                 if attempt == self.retries:
                     raise ConnectionFailed("connection", f"server unreachable: {exc}") from None
@@ -225,7 +224,8 @@ class PolicyClient(_Requests):
 
 
 class AsyncPolicyClient(_Requests):
-    """:class:`PolicyClient` for asyncio code: the same API with ``await``."""
+    """:class:`PolicyClient` for asyncio code: the same API with ``await``, on the
+    asyncio transports (or ``transport_impl``, e.g. a :class:`MockTransport`)."""
 
     def __init__(
         self,
@@ -239,143 +239,25 @@ class AsyncPolicyClient(_Requests):
         retries: int = 2,
         backoff_s: float = 0.05,
         verify: bool | str = True,
+        transport_impl: AsyncTransport | None = None,
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        super().__init__(model, "msgpack" if transport == "tcp" else codec)
-        self.url, self.kind, self.api_key = url, transport, api_key
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.verify = verify
-        self._http: Any = None
-        self._ws: Any = None
-        self._tcp: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        impl = transport_impl or make_transport(
+            url, transport, codec, api_key, timeout_s, verify, asynchronous=True
+        )
+        super().__init__(model, impl.codec)
+        self.transport = impl
+        self.retries, self.backoff_s = retries, backoff_s
         self._lock = asyncio.Lock()  # one request at a time on a ws/tcp connection
-
-    def _headers(self) -> dict[str, str]:
-        media = wire.MSGPACK if self.codec == "msgpack" else wire.JSON
-        headers = {"Content-Type": media, "Accept": media}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    async def _http_call(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
-        import httpx
-
-        if self._http is None:
-            from s2loop_client.server import tls
-
-            self._http = httpx.AsyncClient(
-                base_url=self.url, timeout=self.timeout_s, verify=tls(self.verify)
-            )
-        try:
-            r = await self._http.request(method, path, content=payload, headers=self._headers())
-        except httpx.ConnectError as exc:
-            raise NotSent(str(exc)) from None
-        except httpx.RemoteProtocolError as exc:  # closed before an answer: see transports
-            raise NotSent(str(exc)) from None
-        except httpx.TimeoutException:
-            raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed("connection", str(exc)) from None
-        return r.status_code, r.content
-
-    async def _ws_call(self, payload: bytes) -> tuple[int, bytes]:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
-
-        from s2loop_client.transports import _status_of
-
-        if self._ws is None:
-            parts = urlsplit(self.url)
-            scheme = "wss" if parts.scheme == "https" else "ws"
-            url = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{wire.WS_PATH}"
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-            try:
-                self._ws = await connect(url, additional_headers=headers, compression=None)
-            except OSError as exc:
-                raise NotSent(str(exc)) from None
-        try:
-            await self._ws.send(payload.decode() if self.codec == "json" else payload)
-            data = await asyncio.wait_for(self._ws.recv(), self.timeout_s)
-        except TimeoutError:
-            await self._drop()
-            raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
-        except ConnectionClosed as exc:
-            await self._drop()
-            raise ConnectionFailed("connection", f"connection lost: {exc}") from None
-        data = data.encode() if isinstance(data, str) else data
-        return _status_of(data, self.codec), data
-
-    async def _tcp_call(self, payload: bytes) -> tuple[int, bytes]:
-
-        if self._tcp is None:
-            host, port, context = tcp_endpoint(self.url, self.verify)
-            try:
-                self._tcp = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        host, port, ssl=context, server_hostname=host if context else None
-                    ),
-                    self.timeout_s,
-                )
-            except ConnectionRefusedError as exc:
-                raise NotSent(str(exc)) from None
-            except TimeoutError:
-                raise Timeout("timeout", "connecting took longer than timeout_s") from None
-            except (OSError, ssl.SSLError) as exc:
-                raise ConnectionFailed("connection", str(exc)) from None
-            if self.api_key is not None:
-                status, data = await self._frame(
-                    wirecodec.pack({"hello": {"api_key": self.api_key}})
-                )
-                if status != 200:
-                    await self._drop()
-                    raise from_error_body(wirecodec.unpack(data), status)
-        return await self._frame(payload)
-
-    async def _frame(self, payload: bytes) -> tuple[int, bytes]:
-        from s2loop_client.transports import _status_of
-
-        assert self._tcp is not None
-        reader, writer = self._tcp
-        writer.write(framing.frame(payload))
-        try:
-            data = await asyncio.wait_for(framing.read_frame_async(reader), self.timeout_s)
-        except TimeoutError:
-            await self._drop()
-            raise Timeout("timeout", f"no answer within {self.timeout_s} s") from None
-        except (OSError, asyncio.IncompleteReadError, framing.FrameTooLarge) as exc:
-            await self._drop()
-            raise ConnectionFailed("connection", f"connection lost: {exc}") from None
-        return _status_of(data, "msgpack"), data
-
-    async def _drop(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-            self._ws = None
-        if self._tcp is not None:
-            self._tcp[1].close()
-            self._tcp = None
-
-    async def _once(self, route: str, payload: bytes | None) -> tuple[int, bytes]:
-        if payload is None:
-            if self.kind == "tcp":
-                return await self._tcp_call(wirecodec.pack({"model_info": self.model}))
-            return await self._http_call("GET", f"{wire.MODELS_PATH}/{self.model}", None)
-        if self.kind == "tcp":
-            return await self._tcp_call(payload)
-        if self.kind == "ws" and route == "act":
-            return await self._ws_call(payload)
-        path = wire.ACT_PATH if route == "act" else wire.BATCH_PATH
-        return await self._http_call("POST", path, payload)
 
     async def _send(self, route: str, payload: bytes | None) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 async with self._lock:
-                    status, data = await self._once(route, payload)
-                info_codec = "msgpack" if self.kind == "tcp" else "json"
-                return read_answer(status, data, self.codec if payload else info_codec)
+                    if payload is None:
+                        reply = await self.transport.ainfo(self.model)
+                    else:
+                        reply = await self.transport.arequest(route, payload)
+                return read_answer(*reply)
             except NotSent as exc:
                 if attempt == self.retries:
                     raise ConnectionFailed("connection", f"server unreachable: {exc}") from None
@@ -405,10 +287,7 @@ class AsyncPolicyClient(_Requests):
         return await self._send("info", None)
 
     async def close(self) -> None:
-        await self._drop()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self.transport.aclose()
 
     async def __aenter__(self) -> AsyncPolicyClient:
         return self

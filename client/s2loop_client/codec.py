@@ -36,6 +36,9 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot pack {type(obj).__name__}")
 
 
+pack_default = _default  # msgpack's ``default``: numpy arrays and scalars (for a Packer)
+
+
 def _hook(obj: dict[str, Any]) -> Any:
     """``obj`` as an array when it is an ndarray map, else as it is; DecodeError when
     it claims to be one and is not."""
