@@ -152,20 +152,18 @@ def test_tcp_framing_errors_get_an_error_frame_or_a_clean_close(server):
 
     import msgpack
 
+    from s2loop_client import framing
+
     host, port = server.tcp_url[len("tcp://") :].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        hello = msgpack.packb({"hello": {"api_key": KEY}})
-        s.sendall(struct.pack("<I", len(hello)) + hello)
-        (n,) = struct.unpack("<I", s.recv(4))
-        assert msgpack.unpackb(s.recv(n)) == {"hello": "ok"}
-        junk = b"\xc1\xc1\xc1"  # not msgpack: an error frame, the connection stays
-        s.sendall(struct.pack("<I", len(junk)) + junk)
-        (n,) = struct.unpack("<I", s.recv(4))
-        err = msgpack.unpackb(s.recv(n))["error"]
+        buffer = bytearray()
+        s.sendall(framing.frame(msgpack.packb({"hello": {"api_key": KEY}})))
+        assert msgpack.unpackb(framing.read_frame(s, buffer)) == {"hello": "ok"}
+        s.sendall(framing.frame(b"\xc1\xc1\xc1"))  # not msgpack: an error frame, it stays
+        err = msgpack.unpackb(framing.read_frame(s, buffer))["error"]
         assert err["status"] == 400 and err["kind"] == "malformed_json"
-        s.sendall(struct.pack("<I", 1 << 30))  # a length past any limit: 413, then closed
-        (n,) = struct.unpack("<I", s.recv(4))
-        assert msgpack.unpackb(s.recv(n))["error"]["status"] == 413
+        s.sendall(struct.pack("<I", 1 << 30))  # a header past any limit, by hand: 413, closed
+        assert msgpack.unpackb(framing.read_frame(s, buffer))["error"]["status"] == 413
         assert s.recv(4) == b""
     assert _client(server, "tcp", "msgpack").act(OBS).action in (0, 1)  # still serving
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import struct
 import time
 
 import msgpack
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from hw.artifact import Encoder, save_artifact
 from hw.synthetic import random_artifact
+from s2loop_client import framing
 from service.app import create_app
 from service.recorder import SCHEMAS, Recorder
 from service.records import ActBatch, ActRow
@@ -39,10 +39,8 @@ def models(tmp_path_factory):
 
 def _tcp(port: int, body: dict) -> dict:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        frame = msgpack.packb(body)
-        s.sendall(struct.pack("<I", len(frame)) + frame)
-        (n,) = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))
-        return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL))
+        s.sendall(framing.frame(msgpack.packb(body)))
+        return msgpack.unpackb(framing.read_frame(s, bytearray()))
 
 
 def test_every_answer_on_every_door_is_one_row_and_a_graceful_stop_loses_none(models, tmp_path):

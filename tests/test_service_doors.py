@@ -318,9 +318,10 @@ def test_pipelined_tcp_frames_keep_their_deadline_from_arrival(models_dir, monke
     """The TCP door: frames sent back to back to a slow backend are answered in order,
     the late ones with the 504 error frame; a fast backend answers without a wait."""
     import socket
-    import struct
 
     import msgpack
+
+    from s2loop_client import framing
 
     monkeypatch.setattr(SlowBackend, "delay", 0.2)
     settings = make_settings(
@@ -336,11 +337,9 @@ def test_pipelined_tcp_frames_keep_their_deadline_from_arrival(models_dir, monke
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             for i in range(6):
                 frame = msgpack.packb({"model": "cartpole", "observation": OBS, "id": i})
-                s.sendall(struct.pack("<I", len(frame)) + frame)
-            answers = []
-            for _ in range(6):
-                (n,) = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))
-                answers.append(msgpack.unpackb(s.recv(n, socket.MSG_WAITALL)))
+                s.sendall(framing.frame(frame))
+            buffer = bytearray()
+            answers = [msgpack.unpackb(framing.read_frame(s, buffer)) for _ in range(6)]
     ok = [a for a in answers if "error" not in a]
     assert len(ok) < 6, answers  # 6 calls of >= 200 ms one at a time cannot all end in 300 ms
     for a in answers:
