@@ -107,7 +107,8 @@ def run_and_report(
                 console.print(f"results in {out_dir}/; the web viewer serves on at {view.where}")
                 console.print("Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+                while True:  # sleeps, so that Ctrl-C is seen at once
+                    time.sleep(1)
     finally:
         if view is not None:
             view.close()

@@ -127,10 +127,18 @@ def open_stream(target: ViewTarget, application_id: str, recording_id: str) -> t
         except Exception as exc:  # no display, no viewer binary, ...
             raise ViewUnavailable(f"cannot spawn the Rerun viewer: {exc}") from None
         return rec, "the Rerun desktop viewer"
-    uri = rec.serve_grpc()
+    uri = rec.serve_grpc(grpc_port=_free_port())  # Rerun's default port may be taken
     rr.serve_web_viewer(web_port=target.port, open_browser=False, connect_to=uri)
     quiet = "" if os.environ.get(ANALYTICS_ENV) == "1" else "&notebook=1"
     return rec, f"http://127.0.0.1:{target.port}/?url={uri}{quiet}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def close_stream(rec: Any) -> None:
@@ -159,7 +167,7 @@ def log_trace(rec: Any, root: str, trace: Any, input_size: int | None = None) ->
     n_in = input_size or (int(pairs_in[:, 1].max()) + 1 if len(pairs_in) else 1)
     rec.log(
         f"{root}spikes/input",
-        rr.Tensor(raster(pairs_in, ticks, n_in), dim_names=("tick", "neuron")),
+        rr.Tensor(raster(pairs_in, ticks, n_in), dim_names=("tick", "neuron"), value_range=(0, 1)),
     )
     for lay in layers:
         name, size, spikes = (
@@ -169,10 +177,49 @@ def log_trace(rec: Any, root: str, trace: Any, input_size: int | None = None) ->
         )
         rec.log(
             f"{root}spikes/{name}",
-            rr.Tensor(raster(spikes, ticks, int(size)), dim_names=("tick", "neuron")),
+            rr.Tensor(
+                raster(spikes, ticks, int(size)), dim_names=("tick", "neuron"), value_range=(0, 1)
+            ),
         )
     q = np.asarray(get("output_q"), dtype=np.float32)
     rec.log(f"{root}spikes/output_q", rr.Tensor(q, dim_names=("tick", "action")))
+
+
+def run_blueprint(layers: list[str] | None = None, root: str = "") -> Any:
+    """The default layout of a run's view: the frame, the Q-values and the observation
+    on top; the spike rasters (with traces) in the middle; action, latency and chip
+    time below. ``layers``: the traced layers' names (None: no trace row)."""
+    import rerun.blueprint as rrb
+
+    top = rrb.Horizontal(
+        rrb.Spatial2DView(origin=f"/{root}env/frame", name="environment"),
+        rrb.BarChartView(origin=f"/{root}policy/q_values", name="Q-values"),
+        rrb.TimeSeriesView(origin=f"/{root}env/observation", name="observation"),
+        column_shares=[2, 1, 2],
+    )
+    bottom = rrb.Horizontal(
+        rrb.TimeSeriesView(origin=f"/{root}policy/action", name="action"),
+        rrb.TimeSeriesView(origin=f"/{root}latency", name="latency (µs)"),
+        rrb.TimeSeriesView(origin=f"/{root}chip", name="chip time (ms, estimate)"),
+    )
+    rows: list[Any] = [top]
+    if layers:
+        # rasters drawn as neuroscience draws them: time (tick) across, neurons down
+        across = rrb.TensorSliceSelection(width=0, height=1)
+        rasters = [
+            rrb.TensorView(
+                origin=f"/{root}spikes/{name}", name=f"spikes: {name}", slice_selection=across
+            )
+            for name in ["input", *layers]
+        ]
+        rasters.append(
+            rrb.TensorView(
+                origin=f"/{root}spikes/output_q", name="Q after each tick", slice_selection=across
+            )
+        )
+        rows.append(rrb.Horizontal(*rasters))
+    rows.append(bottom)
+    return rrb.Blueprint(rrb.Vertical(*rows), collapse_panels=True)
 
 
 class LoopView:
@@ -197,6 +244,7 @@ class LoopView:
         self.names = observation_names(env_id, observation_size) if observation_size else None
         self.input_size = input_size
         self._lock = threading.Lock()
+        self._blueprint_sent = False
 
     def root(self, client: int) -> str:
         return f"client{client}/" if self.clients > 1 else ""
@@ -233,8 +281,14 @@ class LoopView:
         rec.log(f"{root}latency/server_us", rr.Scalars(answer.timing.server_us))
         if answer.timing.chip_time_s is not None:
             rec.log(f"{root}chip/time_ms", rr.Scalars(answer.timing.chip_time_s * 1e3))
-        if getattr(answer, "trace", None) is not None:
-            log_trace(rec, root, answer.trace, self.input_size)
+        trace = getattr(answer, "trace", None)
+        if trace is not None:
+            log_trace(rec, root, trace, self.input_size)
+        if not self._blueprint_sent and self.clients == 1:
+            with self._lock:  # the layout, once the first answer names the layers
+                self._blueprint_sent = True
+            layers = None if trace is None else [lay.name for lay in trace.layers]
+            rec.send_blueprint(run_blueprint(layers))
 
     def close(self) -> None:
         close_stream(self.rec)

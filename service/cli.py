@@ -87,7 +87,7 @@ def _view_recording(
     """``s2loop replay --view``: the recording in Rerun (clients.view); a web viewer
     serves on until Ctrl-C."""
     import contextlib
-    import threading
+    import time
 
     from hw.artifact import ArtifactError, load_artifact
 
@@ -118,7 +118,8 @@ def _view_recording(
         if target.kind == "web":
             typer.echo("the web viewer serves on; Ctrl-C to stop", err=True)
             with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+                while True:  # sleeps, so that Ctrl-C is seen at once
+                    time.sleep(1)
     finally:
         close_stream(rec)
 
