@@ -167,9 +167,8 @@ class _Connection(asyncio.Protocol):
         arrived = _now()
         self.last = arrived
         buf = self.buffer
-        buf += data
         try:
-            frames = framing.split(buf, self.limit)
+            frames = framing.feed(buf, data, self.limit)
         except framing.FrameTooLarge as exc:
             self._refuse(self.pipeline.too_large(exc.size), "frame_too_large")
             return
@@ -207,6 +206,7 @@ class _Connection(asyncio.Protocol):
 
     def _answered(self, task: asyncio.Task[Any]) -> None:
         self.pending = None
+        self.last = _now()  # an answer after a wait: idle from now (eager ones: from arrival)
         if task.cancelled():
             return
         self._send(task.result()[1])
@@ -222,7 +222,6 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(_frame(payload))
-            self.last = _now()
 
     def pause_writing(self) -> None:
         """The client does not read its answers: stop reading its frames until it does

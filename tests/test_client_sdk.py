@@ -332,3 +332,17 @@ def test_an_answers_status_is_the_one_it_carries_never_guessed(answer, status):
     from s2loop_client.framing import status_of
 
     assert status_of(answer) == status
+
+
+def test_the_framing_gives_the_same_frames_however_the_bytes_are_cut():
+    from s2loop_client import framing
+
+    payloads = [b"", b"a", b"\x00" * 300, b"xyz"]
+    stream = b"".join(framing.frame(p) for p in payloads)
+    for cut in range(len(stream) + 1):  # every way of cutting the stream in two reads
+        buffer, got = bytearray(), []
+        got += framing.feed(buffer, stream[:cut])
+        got += framing.feed(buffer, stream[cut:])
+        assert got == payloads and not buffer, cut
+    with pytest.raises(framing.FrameTooLarge):
+        framing.feed(bytearray(), framing.frame(b"x" * 65), limit=64)

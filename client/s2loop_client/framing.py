@@ -56,6 +56,18 @@ def split(buffer: bytearray, limit: int = MAX_FRAME_BYTES) -> list[bytes]:
     return out
 
 
+def feed(buffer: bytearray, data: bytes, limit: int = MAX_FRAME_BYTES) -> list[bytes]:
+    """:func:`split` of ``buffer + data``; when nothing is buffered and ``data`` is exactly
+    one frame (a request in lockstep, the common case), without copying it through
+    ``buffer``."""
+    if not buffer and len(data) >= 4:
+        (size,) = _unpack_header(data)
+        if len(data) == 4 + size and size <= limit:
+            return [data[4:]]
+    buffer += data
+    return split(buffer, limit)
+
+
 def status_of(answer: Any) -> int:
     """The status an answer carries: its error's ``status`` (WebSocket and TCP answers
     have no status line), else 200 for an answer map."""
