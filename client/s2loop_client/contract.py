@@ -18,7 +18,8 @@ length, then that many bytes of msgpack. A request map with ``observation`` is a
 answer map or an error map), in order. With API keys on, the first frame is
 ``{"hello": {"api_key": KEY}}``, answered ``{"hello": "ok"}`` or with a 401 error
 frame and a close. A frame over ``MAX_FRAME_BYTES`` or a broken length closes the
-connection.
+connection. With a server certificate the endpoint speaks TLS only (``tcps://``). The
+framing is written once, in :mod:`s2loop_client.framing`.
 """
 
 from __future__ import annotations
