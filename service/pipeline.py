@@ -14,6 +14,8 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import msgpack
@@ -36,7 +38,8 @@ logger = logging.getLogger("s2loop.service")
 M = TypeVar("M", bound=BaseModel)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-Reply = tuple[int, bytes, dict[str, str]]
+Reply = tuple[int, bytes, Mapping[str, str]]
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # a 200 adds none (read-only: shared)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -231,8 +234,8 @@ class Pipeline:
                     route = "info"
             out = await self.routes[route](body, arrived, request_id, codec, door)
             if codec == "json":
-                return 200, orjson.dumps(out, option=_NUMPY), {}
-            return 200, self.encode(out, codec), {}
+                return 200, orjson.dumps(out, option=_NUMPY), _NO_HEADERS
+            return 200, self._packer.pack(out), _NO_HEADERS
         except ApiError as exc:
             return self.error_reply(exc, request_id, codec=codec, door=door)
         except Exception:
@@ -255,7 +258,7 @@ class Pipeline:
         req = parse_body(ActRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
-        given = seeds(entry, None if req.seed is None else [req.seed], 1)
+        given = None if req.seed is None else seeds(entry, [req.seed], 1)
         return await self._answer(True, req, entry, obs, given, arrived, request_id, codec, door)
 
     async def info(self, body: Any, arrived: float, request_id: str, codec: str, door: str) -> dict:
@@ -296,37 +299,41 @@ class Pipeline:
         res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
         elapsed = time.perf_counter() - arrived
         self.metrics.observe_request("act" if single else "batch", entry.name, elapsed)
+        timing = {"server_us": elapsed * 1e6, "compute_us": res.compute_us, "ticks": res.ticks,
+                  "chip_time_s": entry.chip_time_s, "energy_j": entry.energy_j}  # fmt: skip
         if single:
-            chip_time, energy = entry.chip_time_s, entry.energy_j
             # JSON: float32 as orjson writes it (shortest repr); msgpack: the same doubles
             # the packer's default would make, without its callback
             q = res.q_values[0].tolist() if codec == "msgpack" else res.q_values[0]
-            out = {"model": entry.name, "action": int(res.actions[0]), "q_values": q}
+            out = {"model": entry.name, "action": int(res.actions[0]), "q_values": q,
+                   "backend": res.backend, "fallback": fallback, "timing": timing}  # fmt: skip
             episode_ids = None if req.episode_id is None else [req.episode_id]
             steps = None if req.step is None else [req.step]
         else:
-            chip_time, energy = entry.estimate(rows)
-            out = {"model": entry.name, "actions": res.actions, "q_values": res.q_values}
-            episode_ids, steps = req.episode_ids, req.steps
-        timing = {"server_us": elapsed * 1e6, "compute_us": res.compute_us, "ticks": res.ticks,
-                  "chip_time_s": chip_time, "energy_j": energy}  # fmt: skip
-        if not single:
+            timing["chip_time_s"], timing["energy_j"] = entry.estimate(rows)
             timing["batch_size"] = rows
-        out["backend"], out["fallback"], out["timing"] = res.backend, fallback, timing
+            out = {"model": entry.name, "actions": res.actions, "q_values": res.q_values,
+                   "backend": res.backend, "fallback": fallback, "timing": timing}  # fmt: skip
+            episode_ids, steps = req.episode_ids, req.steps
         if req.id is not None:
             out["id"] = req.id
-        traces = None if res.traces is None else [tr.to_dict() for tr in res.traces]
-        for one, many, values in (
-            ("seed", "seeds", res.seeds),
-            ("episode_id", "episode_ids", episode_ids),
-            ("step", "steps", steps),
-            ("trace", "traces", traces),
-        ):
-            if values is not None:  # echoed: a batch's per row, a single's as one value
-                if not single:
-                    out[many] = values
-                else:
-                    out[one] = values[0].item() if isinstance(values, np.ndarray) else values[0]
+        # echoed: a single's as one value, a batch's one value a row (plural names)
+        if single:
+            if res.seeds is not None:
+                out["seed"] = int(res.seeds[0])
+            if req.episode_id is not None:
+                out["episode_id"] = req.episode_id
+            if req.step is not None:
+                out["step"] = req.step
+            if res.traces is not None:
+                out["trace"] = res.traces[0].to_dict()
+        else:
+            for name, values in (("seeds", res.seeds), ("episode_ids", episode_ids),
+                                 ("steps", steps)):  # fmt: skip
+                if values is not None:
+                    out[name] = values
+            if res.traces is not None:
+                out["traces"] = [tr.to_dict() for tr in res.traces]
         if self.recorder is not None:
             self._record(single, request_id, entry, res, fallback, door, obs, episode_ids,
                          steps, elapsed)  # fmt: skip
