@@ -91,6 +91,7 @@ def model_metrics(path: Path, cfg: RecipesConfig) -> dict[str, Any]:
         "repeat_std": emu_ev.get("repeat_std"),
         "episodes": ev["episodes"],
         "agreement": ev.get("agreement_float_vs_8bit"),
+        "margin": (ev.get("decision_margin") or {}).get("median_margin"),
         "float_return_mean": ev["float"]["mean"],
         "spikes_per_inference": float(res.spikes_per_layer[:, :-1].sum(axis=1).mean()),
         "synaptic_events_per_inference": float(res.synaptic_events.mean()),
@@ -181,6 +182,7 @@ def shipped_models(models_dir: Path | None) -> list[dict[str, Any]]:
                 "repeat_std": emu.get("repeat_std"),
                 "episodes": ev.get("episodes"),
                 "agreement": ev.get("agreement_float_vs_8bit"),
+                "margin": (ev.get("decision_margin") or {}).get("median_margin"),
             }
         )
     return rows
@@ -251,7 +253,7 @@ def summarize(models: dict[str, dict[str, Any]], results: list[dict[str, Any]]):
             row["seeds"] = len(per_seed)
             row["returns"] = [m["return_mean"] for m in per_seed]
             for key in (
-                "return_mean", "return_std", "agreement", "spikes_per_inference",
+                "return_mean", "return_std", "agreement", "margin", "spikes_per_inference",
                 "synaptic_events_per_inference", "chip_time_s", "energy_j", "episode_energy_j",
                 "v0_episode_energy_j", "v0_return_mean", "train_seconds", "finetune_seconds",
                 "ticks",
@@ -378,7 +380,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'/'.join(map(str, cfg['eval_repeats'])) or 'n/a'} times with fresh input spikes). "
         "Agreement: share of visited "
         "states where the float network and the 8-bit network pick the same action on the "
-        "same spikes. Spikes and synaptic events per inference: hidden-layer spikes and "
+        "same spikes. Margin: the median gap between the 8-bit network's best and second-best "
+        "Q-value in stds of that gap across Poisson draws (how far a decision is from "
+        "flipping; n/a for deterministic inputs). "
+        "Spikes and synaptic events per inference: hidden-layer spikes and "
         "spikes x fan-out, on states the model visits. Chip time and energy: **estimates** of "
         "the mapping model (`hw.mapping`, secondary power figures), per inference alone on "
         "the chip and per episode (x the mean episode length). Train time: train + finetune "
@@ -387,8 +392,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for env_id in dict.fromkeys(r["env_id"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["env_id"] == env_id]
-        head = ["setting", "seeds", "return (8-bit)", "per seed", "agreement", "spikes/inf",
-                "syn. events/inf", "ticks", "chip ms/inf", "mJ/inf", "J/episode"]  # fmt: skip
+        head = ["setting", "seeds", "return (8-bit)", "per seed", "agreement", "margin",
+                "spikes/inf", "syn. events/inf", "ticks", "chip ms/inf", "mJ/inf",
+                "J/episode"]  # fmt: skip
         if env_id == "CartPole-v1":
             head += ["v0 return", "J/v0 episode"]
         head += ["train min"]
@@ -400,6 +406,7 @@ def markdown(report: dict[str, Any]) -> str:
                 _pm(r["return_mean"]),
                 ", ".join(_f(x) for x in r["returns"]),
                 _pm(r["agreement"], 2, 100) + " %",
+                _pm(r["margin"], 2),
                 _pm(r["spikes_per_inference"], 0),
                 _pm(r["synaptic_events_per_inference"], 0),
                 _f(r["ticks"][0], 0),
@@ -419,7 +426,8 @@ def markdown(report: dict[str, Any]) -> str:
             [f"`{m['model']}`", m["env_id"], str(m["recipe"]),
              f"{m['encoder']} · {m['neuron']} · T={m['input_ticks']}",
              f"{_f(m['mean'])} ± {_f(m['std'])}", _f(m["min"], 0),
-             "n/a" if m["agreement"] is None else f"{m['agreement'] * 100:.2f} %"]
+             "n/a" if m["agreement"] is None else f"{m['agreement'] * 100:.2f} %",
+             "n/a" if m.get("margin") is None else f"{m['margin']:.2f}"]
             for m in report["shipped"]
         ]  # fmt: skip
         lines += [
@@ -430,7 +438,16 @@ def markdown(report: dict[str, Any]) -> str:
             "Commands in each model's card, `models/*.md`.",
             "",
             *_table(
-                ["model", "env", "recipe", "encoder · neuron · T", "return", "min", "agreement"],
+                [
+                    "model",
+                    "env",
+                    "recipe",
+                    "encoder · neuron · T",
+                    "return",
+                    "min",
+                    "agreement",
+                    "margin",
+                ],
                 body,
             ),
             "",
