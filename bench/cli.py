@@ -127,6 +127,29 @@ def trace(quick: bool = _quick("few requests (a smoke test)"), out: Path = _out(
     _write_page(lambda cmd: run_trace_bench(cfg, command=cmd, log=typer.echo), write_trace, out)
 
 
+@bench_app.command("tcp-floor")
+def tcp_floor(
+    floor: Path = typer.Option(
+        Path("/work/shared/floors/tcp_echo.py"), help="the framed echo floor to run beside"
+    ),
+    rounds: int = typer.Option(20, min=1, help="interleaved rounds (one block per client)"),
+    block: int = typer.Option(500, min=10, help="requests per client per round"),
+    out: Path | None = typer.Option(None, help="also write the report here (JSON)"),
+) -> None:
+    """The TCP door against the framed echo floor in one run: p50 of a bare socket and of
+    PolicyClient over the floor's (issue 21's targets: <= 2.5x and <= 3.0x)."""
+    import json
+
+    from bench.tcp_floor import measure
+
+    report = measure(floor, rounds, block)
+    text = json.dumps(report, indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.write_text(text + "\n")
+        typer.echo(f"wrote {out}")
+
+
 @bench_app.command("training")
 def training(
     quick: bool = typer.Option(False, "--quick", help="shorter runs (about a minute)"),

@@ -4,7 +4,8 @@ floor (``/work/shared/floors/tcp_echo.py``: a uvloop server that reads the same 
 and answers one constant act-sized msgpack map), in interleaved blocks so that a busy
 machine slows each alike. The bench suite's own clients (``TcpBare``, ``SdkTcp``).
 
-Run: ``python -m bench.tcp_floor [--floor PATH] [--rounds 20] [--block 500]``.
+Run: ``s2loop bench tcp-floor [--floor PATH] [--rounds 20] [--block 500]`` (or
+``python -m bench.tcp_floor``).
 """
 
 from __future__ import annotations

@@ -127,7 +127,10 @@ class _Connection(asyncio.Protocol):
             self.door.metrics.tcp_closed.labels(reason).inc()
         self._forget()
         if self.transport is not None:
-            self.transport.close()
+            if reason == "write_timeout":  # close() would wait for answers nobody reads
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     # ------------------------------------------------------------------ timers
 
