@@ -184,5 +184,9 @@ def register(app: typer.Typer) -> None:
             f"plots: {out}/latency.png, {out}/returns.png; per run: {out}/<model>-<transport>/; "
             f"server log: {outcome.server_log} (exit code {outcome.server_exit_code})"
         )
+        console.print(
+            "watch a run step by step (frames, Q-values, spikes): pip install "
+            "'s2loop\\[view]', then s2loop run --view --trace (see the README)"
+        )
         if any(r.summary["aborted"] for r in outcome.runs):
             raise typer.Exit(1)

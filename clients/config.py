@@ -105,7 +105,7 @@ class LoopConfig:
             "log every step to Rerun: --view spawns the desktop viewer, --view web serves the "
             "web viewer (--view-port), --view FILE.rrd saves a recording "
             "(pip install 's2loop\\[view]')",
-            flag_value="desktop", is_flag=False, metavar="[web|FILE.rrd]",
+            metavar="[desktop|web|FILE.rrd]",
         ),
     )  # fmt: skip
     #: port of the web viewer (``view="web"``)

@@ -24,9 +24,10 @@ Timelines: ``step`` (the client's steps, counted across its episodes) and
 Rerun's usage analytics: Rerun's viewer sends anonymous usage events unless told not
 to. Unless ``S2LOOP_VIEW_ANALYTICS=1`` (the user turns them on), s2loop turns them
 off before it starts anything of Rerun's: ``rerun analytics disable`` (Rerun's own
-switch, read by the desktop viewer and by the SDK's web viewer server), and the web
-viewer's URL carries ``notebook=1``, the mode in which Rerun's web viewer starts no
-analytics (it is the mode Rerun's notebooks embed it in).
+switch, read by the desktop viewer and by the SDK's web viewer server); and since
+Rerun's web viewer (the Wasm build in the browser) sends its events with no switch to
+turn them off, s2loop serves it behind a Content-Security-Policy (:data:`CSP`) that lets
+the page reach only its own files and the recording: the browser refuses the rest.
 """
 
 from __future__ import annotations
@@ -127,10 +128,66 @@ def open_stream(target: ViewTarget, application_id: str, recording_id: str) -> t
         except Exception as exc:  # no display, no viewer binary, ...
             raise ViewUnavailable(f"cannot spawn the Rerun viewer: {exc}") from None
         return rec, "the Rerun desktop viewer"
-    uri = rec.serve_grpc(grpc_port=_free_port())  # Rerun's default port may be taken
-    rr.serve_web_viewer(web_port=target.port, open_browser=False, connect_to=uri)
-    quiet = "" if os.environ.get(ANALYTICS_ENV) == "1" else "&notebook=1"
-    return rec, f"http://127.0.0.1:{target.port}/?url={uri}{quiet}"
+    grpc_port = _free_port()  # Rerun's default port may be taken
+    uri = rec.serve_grpc(grpc_port=grpc_port)
+    if os.environ.get(ANALYTICS_ENV) == "1":
+        rr.serve_web_viewer(web_port=target.port, open_browser=False, connect_to=uri)
+    else:
+        inner = _free_port()
+        rr.serve_web_viewer(web_port=inner, open_browser=False, connect_to=uri)
+        _start_quiet_proxy(target.port, inner, grpc_port)
+    return rec, f"http://127.0.0.1:{target.port}/?url={uri}"
+
+
+#: what the web viewer's page may reach: its own files and the recording's gRPC endpoint
+#: (the browser refuses the rest: the viewer's usage analytics, which Rerun's web build
+#: sends with no switch to turn them off, its update check, remote fonts and examples)
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "worker-src 'self' blob:; connect-src 'self' http://127.0.0.1:{grpc_port}"
+)
+
+
+def _start_quiet_proxy(port: int, inner: int, grpc_port: int) -> Any:
+    """Serve Rerun's web viewer (its own server on ``inner``) on ``port`` with
+    :data:`CSP`, in a daemon thread; returns the server."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    policy = CSP.format(grpc_port=grpc_port)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", inner, timeout=30)
+            try:
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in (
+                        "connection",
+                        "transfer-encoding",
+                        "content-security-policy",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Security-Policy", policy)
+                self.end_headers()
+                while chunk := resp.read(1 << 16):
+                    self.wfile.write(chunk)
+            finally:
+                conn.close()
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        raise ViewUnavailable(f"cannot serve the web viewer on port {port}: {exc}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="s2loop-viewer", daemon=True).start()
+    return server
 
 
 def _free_port() -> int:

@@ -5,6 +5,7 @@ level, so ``s2loop serve`` never pays for (or needs) torch."""
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -43,8 +44,24 @@ def _register_all() -> None:
 _register_all()
 
 
+#: options whose value may be left out (``s2loop run --view``), and what that means; typer
+#: has no optional option values, so they are filled in before it parses
+OPTIONAL_VALUES = {"--view": "desktop"}
+
+
+def fill_optional_values(argv: list[str]) -> list[str]:
+    """``argv`` with the value of a bare :data:`OPTIONAL_VALUES` option filled in (one is
+    bare when nothing or another option follows it)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main() -> None:
-    app()
+    app(args=fill_optional_values(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -147,9 +147,7 @@ def register_replay(app: typer.Typer) -> None:
         view: str | None = typer.Option(
             None,
             "--view",
-            flag_value="desktop",
-            is_flag=False,
-            metavar="[web|FILE.rrd]",
+            metavar="[desktop|web|FILE.rrd]",
             help="log the recording to Rerun, each episode on its timeline, the live, shadow "
             "and replayed answers side by side: --view spawns the desktop viewer, --view web "
             "serves the web viewer (--view-port), --view FILE.rrd saves a recording",

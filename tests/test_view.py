@@ -178,10 +178,15 @@ def test_the_web_viewer_is_served_over_http(tmp_path, monkeypatch):
     port = free_port()
     rec, url = open_stream(ViewTarget("web", port=port), "s2loop-test", "web-test")
     try:
-        assert url.startswith(f"http://127.0.0.1:{port}/?url=rerun+http://")
-        assert url.endswith("&notebook=1")  # the web viewer's mode without analytics
+        assert url.startswith(f"http://127.0.0.1:{port}/?url=rerun+http://127.0.0.1:")
+        grpc_port = int(url.split("127.0.0.1:")[2].split("/")[0])
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "re_viewer_bg.wasm" in page.text
+        # the page may reach only itself and the recording: the browser refuses the web
+        # viewer's analytics (Rerun's servers), which it has no switch for
+        policy = page.headers["content-security-policy"]
+        assert f"connect-src 'self' http://127.0.0.1:{grpc_port}" in policy
+        assert "rerun.io" not in policy
         wasm = httpx.get(f"http://127.0.0.1:{port}/re_viewer_bg.wasm", timeout=30)
         assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
         assert wasm.content[:4] == b"\0asm"
@@ -236,3 +241,14 @@ def test_replay_view_logs_live_shadow_and_replayed_answers_per_episode(tmp_path)
     disagreements = sum(not r["agree"] for r in shadow_rows)
     assert 0 < disagreements < 40
     assert len(entities["/shadow/disagreements"]["step"]) == disagreements
+
+
+def test_a_bare_view_option_means_the_desktop_viewer():
+    from s2loop.cli import fill_optional_values
+
+    assert fill_optional_values(["run", "--view"]) == ["run", "--view", "desktop"]
+    assert fill_optional_values(["run", "--view", "--trace"]) == [
+        "run", "--view", "desktop", "--trace"
+    ]  # fmt: skip
+    assert fill_optional_values(["run", "--view", "web"]) == ["run", "--view", "web"]
+    assert fill_optional_values(["replay", "rec", "--view", "x.rrd"])[-1] == "x.rrd"
