@@ -204,7 +204,7 @@ class QATArgs:
     of |W| (thresholds and i_offset scaled alike), the percentile chosen on the emulator"""
     percentiles: tuple[float, ...] = (100.0, 99.9, 99.5, 99.0, 98.0)
     """ptq-percentile: the percentiles of |W| tried"""
-    select_episodes: int = 30
+    select_episodes: int = 100
     """greedy emulator episodes (training seed range) that score each candidate"""
 
 
