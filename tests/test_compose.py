@@ -253,6 +253,7 @@ def test_image_has_no_torch_and_serves_by_default():
 FLEET = ROOT / "docker-compose.fleet.yml"
 
 
+@needs_compose
 def test_fleet_compose_puts_replicas_behind_haproxy_with_the_shared_config():
     cfg = compose_config(FLEET)
     services = cfg["services"]
