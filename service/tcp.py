@@ -38,7 +38,10 @@ from service.settings import Settings
 
 logger = logging.getLogger("s2loop.service")
 
-BACKLOG = 1024  # frames a connection may have read and not answered (then: stop reading)
+# frames (and their bytes) a connection may have read and not answered; past either the
+# server stops reading it until half of them are answered
+BACKLOG = 1024
+BACKLOG_BYTES = 8 << 20
 _now = time.perf_counter
 _frame = framing.frame
 
@@ -56,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self.limit = min(door.pipeline.limit, wire.MAX_FRAME_BYTES)
         self.buffer = bytearray()
         self.waiting: deque[tuple[float, bytes]] = deque()
+        self.waiting_bytes = 0
         self.pending: asyncio.Task[Any] | None = None  # the answer being waited for
         self.transport: Any = None
         self.authorized = not door.pipeline.keys
@@ -153,6 +157,8 @@ class _Connection(asyncio.Protocol):
             due, reason = self.opened + door.hello_s, "hello_timeout"
             if self.started is not None:
                 due = min(due, self.started + door.read_s)
+        elif self.paused:  # the server stopped reading (its backlog): not the client's delay
+            due, reason = now + door.read_s, ""
         elif self.started is not None:
             due, reason = self.started + door.read_s, "read_timeout"
         elif self.pending is not None or self.waiting:
@@ -183,9 +189,11 @@ class _Connection(asyncio.Protocol):
         for frame in frames:
             if self.pending is not None or self.waiting:
                 self.waiting.append((arrived, frame))
+                self.waiting_bytes += len(frame)
             else:
                 self._answer(arrived, frame)
-        if len(self.waiting) > BACKLOG and not self.paused and self.transport:
+        full = len(self.waiting) > BACKLOG or self.waiting_bytes > BACKLOG_BYTES
+        if full and not self.paused and self.transport:
             self.transport.pause_reading()
             self.paused = True
 
@@ -214,10 +222,14 @@ class _Connection(asyncio.Protocol):
             return
         self._send(task.result()[1])
         while self.waiting and self.pending is None:
-            self._answer(*self.waiting.popleft())
-        if self.paused and len(self.waiting) < BACKLOG // 2 and self.transport:
-            self.transport.resume_reading()
+            arrived, frame = self.waiting.popleft()
+            self.waiting_bytes -= len(frame)
+            self._answer(arrived, frame)
+        half = len(self.waiting) < BACKLOG // 2 and self.waiting_bytes < BACKLOG_BYTES // 2
+        if self.paused and half and self.transport:
             self.paused = False
+            if self.stalled is None:
+                self._resume_reading()
 
     # ------------------------------------------------------------------ writing
 
@@ -237,7 +249,14 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.stalled = None
         if self.transport is not None and not self.paused:
-            self.transport.resume_reading()
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read the client again; a frame it had started gets its read timeout anew (the
+        wait was the server's)."""
+        if self.buffer:
+            self.started = _now()
+        self.transport.resume_reading()
 
     def _error_payload(self, exc: ApiError) -> bytes:
         return self.pipeline.error_reply(exc, self.id, codec="msgpack", door="tcp")[1]
