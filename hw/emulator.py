@@ -29,7 +29,7 @@ from numba import njit
 from hw.artifact import ModelArtifact
 from hw.backend import Backend, InferenceResult, check_observations
 from hw.encoding import encode, request_seeds
-from hw.trace import build_traces, output_q
+from hw.trace import _pairs_kernel, build_traces, output_q, traces_from_pairs
 
 
 @dataclass(frozen=True)
@@ -389,6 +389,86 @@ def _run_obs_kernel(
     return q, actions, layer_spikes, syn_events, -1
 
 
+@njit(cache=True, nogil=True, boundscheck=False)
+def _run_obs_traced_kernel(
+    obs, obs_offset, obs_scale, signed, centres, inv_width, phase, t_in, ticks, w, w_row, sizes,
+    n_off, i_offset, thr, thr_cmp, alpha, reset_sub, v_reset, v_init, count_readout, q_scale,
+):  # fmt: skip
+    """:func:`_run_obs_kernel` with everything a trace needs, in one call: returns
+    ``(q_ticks [B, T, A], actions [B], layer_spikes [B, L], syn_events [B], (pairs, cuts,
+    in_pairs, in_cuts), first_bad_row)``, the spikes of the record and of the input
+    raster as :func:`hw.trace._pairs_kernel` cuts them; ``q_ticks[b, t]`` is the readout
+    after tick ``t`` (the same float32 operations), its last tick the answer."""
+    n_batch, n_obs = obs.shape
+    n_layers, width = i_offset.shape
+    last = n_layers - 1
+    n_out = sizes[last]
+    per_dim = 2 if signed else centres.shape[0]
+    n_in = n_obs * per_dim
+    n_all = 0
+    for k in range(n_layers):
+        n_all += sizes[k]
+    q_ticks = np.empty((n_batch, ticks, n_out), dtype=np.float32)
+    actions = np.empty(n_batch, dtype=np.int64)
+    layer_spikes = np.zeros((n_batch, n_layers), dtype=np.int64)
+    counts = np.zeros((n_batch, n_out), dtype=np.int32)
+    syn_events = np.empty(n_batch, dtype=np.int64)
+    raster = np.zeros((n_batch, t_in, n_in), dtype=np.uint8)
+    record = np.zeros((n_batch, ticks, n_all), dtype=np.uint8)
+    v_record = np.empty((n_batch, ticks, n_out), dtype=np.float32)
+    for b in range(n_batch):
+        for d in range(n_obs):
+            if not np.isfinite(obs[b, d]):
+                no = (np.zeros((0, 2), np.int32), np.zeros(1, np.int64))
+                return q_ticks, actions, layer_spikes, syn_events, (*no, *no), b
+    v = np.empty((n_layers, width), dtype=np.float32)
+    spk = np.zeros((n_layers, width), dtype=np.uint8)
+    spk_idx = np.zeros((n_layers, width), dtype=np.int32)
+    spk_cnt = np.zeros(n_layers, dtype=np.int64)
+    isyn = np.empty(width, dtype=np.float32)
+    p = np.empty(n_in, dtype=np.float32)
+    acc = np.empty(n_in, dtype=np.float32)
+    in_idx = np.zeros((t_in, n_in), dtype=np.int32)
+    in_cnt = np.empty(t_in, dtype=np.int32)
+    out_thr = thr[last]
+    out_off = n_off[last]
+    for b in range(n_batch):
+        _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc,
+                    in_idx, in_cnt)  # fmt: skip
+        for t in range(t_in):
+            for k in range(in_cnt[t]):
+                raster[b, t, in_idx[t, k]] = 1
+        syn_events[b] = _run_one(
+            in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
+            reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
+            layer_spikes, b, record, v_record,
+        )  # fmt: skip
+        # readout() after every tick: the output's spikes so far and its membrane then
+        for i in range(n_out):
+            fired = 0
+            for t in range(ticks):
+                fired += record[b, t, out_off + i]
+                raw = v_record[b, t, i]
+                if count_readout:
+                    raw = np.float32(fired) * out_thr + raw
+                q_ticks[b, t, i] = raw / q_scale
+        best = 0  # np.argmax of the last tick (first maximum; a NaN wins, as in numpy)
+        for i in range(1, n_out):
+            qi = q_ticks[b, ticks - 1, i]
+            qb = q_ticks[b, ticks - 1, best]
+            if (qi > qb or np.isnan(qi)) and not np.isnan(qb):
+                best = i
+        actions[b] = best
+    starts = np.empty(n_layers + 1, dtype=np.int64)
+    starts[0] = 0
+    for k in range(n_layers):
+        starts[k + 1] = starts[k] + sizes[k]
+    pairs, cuts = _pairs_kernel(record, starts, ticks)
+    in_starts = np.array([0, n_in], dtype=np.int64)
+    in_pairs, in_cuts = _pairs_kernel(raster, in_starts, ticks)
+    return q_ticks, actions, layer_spikes, syn_events, (pairs, cuts, in_pairs, in_cuts), -1
+
+
 def readout(artifact: ModelArtifact, v_final: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Output layer state -> Q-values, float32 [B, actions] (see :class:`Readout`)."""
     out = artifact.layers[-1]
@@ -541,6 +621,21 @@ def run_raster(
     return RunOutput(v_out, counts, layer_spikes, syn, rec, v_rec)
 
 
+def _as_checked_observations(art: ModelArtifact, observations: Any) -> np.ndarray:
+    """float32 C-contiguous [B, obs] (one observation becomes B = 1), shape checked;
+    finiteness is the kernels' to check."""
+    obs = observations
+    if type(obs) is not np.ndarray or obs.dtype != np.float32:
+        obs = np.asarray(obs, dtype=np.float32)
+    if obs.ndim == 1:
+        obs = obs[None, :]
+    if obs.ndim != 2 or obs.shape[1] != art.observation_size:
+        check_observations(art, observations)  # raises with the shared message
+    if not obs.flags.c_contiguous:
+        obs = np.ascontiguousarray(obs)
+    return obs
+
+
 def run_observations(
     net: CompiledNetwork,
     observations: np.ndarray,
@@ -556,15 +651,7 @@ def run_observations(
     art = net.artifact
     if art.encoder.kind != "deterministic":
         raise ValueError("run_observations needs a deterministic encoder; use run_raster")
-    obs = observations
-    if type(obs) is not np.ndarray or obs.dtype != np.float32:
-        obs = np.asarray(obs, dtype=np.float32)
-    if obs.ndim == 1:
-        obs = obs[None, :]
-    if obs.ndim != 2 or obs.shape[1] != art.observation_size:
-        check_observations(art, observations)  # raises with the shared message
-    if not obs.flags.c_contiguous:
-        obs = np.ascontiguousarray(obs)
+    obs = _as_checked_observations(art, observations)
     q, actions, spikes, syn, bad = _run_obs_kernel(
         obs,
         *net.encoder_args,
@@ -639,12 +726,11 @@ class EmulatorBackend(Backend):
     ) -> InferenceResult:
         """The raster path with the full record: the same answer, plus the traces."""
         art = net.artifact
+        if art.encoder.kind == "deterministic":  # one compiled call, as the untraced path
+            return self._traced_deterministic(net, observations, start)
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
-        if art.encoder.kind == "deterministic":
-            raster = _det_raster_kernel(obs, *net.encoder_args[:-1])
-        else:
-            raster = encode(art, obs, seeds=seeds)
+        raster = encode(art, obs, seeds=seeds)
         out = run_raster(net, raster, settings=self.settings, record=True)
         assert out.record is not None and out.v_record is not None
         q_ticks = output_q(art, out.record, out.v_record)
@@ -660,6 +746,29 @@ class EmulatorBackend(Backend):
             compute_us=(time.perf_counter() - start) * 1e6,
             seeds=seeds,
             traces=traces,
+        )
+
+    def _traced_deterministic(
+        self, net: CompiledNetwork, observations: np.ndarray, start: float
+    ) -> InferenceResult:
+        art = net.artifact
+        obs = _as_checked_observations(art, observations)
+        q_ticks, actions, spikes, syn, pairs, bad = _run_obs_traced_kernel(
+            obs, *net.encoder_args, *net.layer_args(self.settings), net.readout_count,
+            net.readout_scale,
+        )  # fmt: skip
+        if bad >= 0:
+            check_observations(art, obs)  # raises with the shared message
+            raise ValueError("observations must be finite (no NaN or inf)")
+        return InferenceResult(
+            q_values=np.ascontiguousarray(q_ticks[:, -1]),  # the last tick's readout
+            actions=actions,
+            ticks=art.ticks,
+            spikes_per_layer=spikes,
+            synaptic_events=syn,
+            backend=self.name,
+            compute_us=(time.perf_counter() - start) * 1e6,
+            traces=traces_from_pairs(art, *pairs, q_ticks),
         )
 
     def describe(self) -> dict[str, Any]:

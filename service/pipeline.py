@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from hw.trace import trace_cells
+from hw.trace import to_msgpack, trace_cells
 from s2loop_client import contract as wire
 from s2loop_client.codec import DecodeError, unpack_request
 from service.errors import INTERNAL, ApiError
@@ -40,6 +40,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Reply = tuple[int, bytes, Mapping[str, str]]
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # a 200 adds none (read-only: shared)
+_TRACE_KEY = msgpack.packb("trace")
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -233,6 +234,8 @@ class Pipeline:
                 if "model_info" in body:
                     route = "info"
             out = await self.routes[route](body, arrived, request_id, codec, door)
+            if type(out) is bytes:  # encoded by the route itself (a traced msgpack act)
+                return 200, out, _NO_HEADERS
             if codec == "json":
                 return 200, orjson.dumps(out, option=_NUMPY), _NO_HEADERS
             return 200, self._packer.pack(out), _NO_HEADERS
@@ -289,11 +292,12 @@ class Pipeline:
         request_id: str,
         codec: str,
         door: str,
-    ) -> dict:
+    ) -> dict | bytes:
         """What act and batch share: run, time, answer, record, shadow. ``single``: an
         ``/v1/act`` answer (one row, singular names: ``action``, ``seed``, ``episode_id``,
         ``step``, ``trace``), else a batch answer (plural names, one value a row)."""
         rows = len(obs)
+        tail = None
         if req.trace:
             check_trace(self.service, entry, rows)
         res, fallback = await self.service.infer(entry, obs, arrived, request_id, given, req.trace)
@@ -325,7 +329,9 @@ class Pipeline:
                 out["episode_id"] = req.episode_id
             if req.step is not None:
                 out["step"] = req.step
-            if res.traces is not None:
+            if res.traces is not None and codec == "msgpack":
+                tail = _TRACE_KEY + to_msgpack(res.traces[0])  # spliced in below
+            elif res.traces is not None:
                 out["trace"] = res.traces[0].to_dict()
         else:
             for name, values in (("seeds", res.seeds), ("episode_ids", episode_ids),
@@ -339,6 +345,19 @@ class Pipeline:
                          steps, elapsed)  # fmt: skip
         if self.shadow is not None and self.shadow.has(entry.name):
             self.shadow.offer(entry.name, request_id, obs, res.seeds, res.actions, res.q_values)
+        if tail is not None:
+            return self._with_tail(out, tail, res)
+        return out
+
+    def _with_tail(self, out: dict, tail: bytes, res: Any) -> bytes | dict:
+        """``out`` in msgpack with one more entry already encoded (``tail``: key and value)
+        appended: a trace written by compiled code (``hw.trace.to_msgpack``, byte for byte
+        what the packer would write) rather than by the packer, ~4x faster. An answer map
+        has fewer than 15 entries, so its header is one byte (a fixmap) with room for one."""
+        head = self._packer.pack(out)
+        if 0x80 <= head[0] < 0x8F:
+            return bytes((head[0] + 1,)) + head[1:] + tail
+        out["trace"] = res.traces[0].to_dict()  # not a fixmap: the packer writes it all
         return out
 
     def _record(

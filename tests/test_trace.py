@@ -133,3 +133,35 @@ def test_trace_round_trips_through_its_wire_form(observations):
     back = SpikeTrace.from_dict(json.loads(tr.to_json()))
     assert back.to_json() == tr.to_json()
     assert trace_cells(art) == art.ticks * (art.input_size + sum(x.size for x in art.layers))
+
+
+def test_compiled_msgpack_of_a_trace_is_byte_for_byte_the_packers(observations):
+    """hw.trace.to_msgpack (what a traced msgpack answer carries) against msgpack-python
+    on the plain lists; a wide layer and many ticks exercise the 1-, 2- and 3-byte ints
+    and the 16-bit array headers."""
+    import msgpack
+
+    from hw.trace import to_msgpack
+
+    arts = [*_artifacts().values(), random_artifact(seed=2, name="w", hidden=(300,), ticks=40)]
+    for art in arts:
+        with EmulatorBackend() as emu:
+            emu.load(art)
+            res = emu.infer(art.name, observations[:8], 3 + np.arange(8), trace=True)
+        for tr in res.traces:
+            want = msgpack.packb(tr.to_dict(), default=lambda a: a.tolist(), use_bin_type=True)
+            assert to_msgpack(tr) == want
+    assert max(len(lay.spikes) for lay in tr.layers) > 15  # arrays past a fixarray
+    assert int(tr.layers[0].spikes[:, 1].max()) >= 256  # neurons past one byte
+
+
+def test_a_traced_non_finite_observation_is_refused_like_an_untraced_one():
+    art = _artifacts()["membrane"]
+    with EmulatorBackend() as emu:
+        emu.load(art)
+        bad = np.array([[0.0, np.nan, 0.0, 0.0]], np.float32)
+        for trace in (False, True):
+            with pytest.raises(ValueError, match="finite"):
+                emu.infer(art.name, bad, trace=trace)
+        with pytest.raises(ValueError, match=r"shape \[batch, 4\]"):
+            emu.infer(art.name, np.zeros((1, 3), np.float32), trace=True)
