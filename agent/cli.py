@@ -13,6 +13,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -56,6 +57,28 @@ def parse_options(config_type: type, args: list[str], prog: str, required: tuple
     )
 
 
+@dataclass(frozen=True)
+class EvalArgs:
+    """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement."""
+
+    model: str
+    """model name (models/NAME.s2l) or path"""
+    episodes: int = 100
+    """greedy episodes"""
+    backend: Literal["emulator", "torch", "float"] = "emulator"
+    """the 8-bit emulator, its torch twin, or the float network"""
+    seed: int = 2_000_000
+    """first episode seed (training used others)"""
+    repeats: int = 5
+    """Poisson models: repeats with fresh input spikes (mean and std reported)"""
+    agreement: bool = True
+    """also measure float vs 8-bit agreement"""
+    device: str = "cpu"
+    """torch device of the float reference: cpu | cuda"""
+    threads: int = 2
+    """torch threads"""
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train", **_PASS_THROUGH)
     def train(ctx: typer.Context) -> None:
@@ -96,35 +119,27 @@ def register(app: typer.Typer) -> None:
             write_card(load_artifact(cfg.out), cfg.out.with_suffix(".md"))
         typer.echo(json.dumps({"artifact": str(cfg.out), "evaluation": prov.get("evaluation")}))
 
-    @app.command("eval")
-    def eval_model(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        episodes: int = typer.Option(100, help="greedy episodes"),
-        backend: str = typer.Option("emulator", help="emulator | torch | float"),
-        seed: int = typer.Option(2_000_000, help="first episode seed (training used others)"),
-        repeats: int = typer.Option(
-            5, help="Poisson models: repeats with fresh input spikes (mean and std reported)"
-        ),
-        agreement: bool = typer.Option(True, help="also measure float vs 8-bit agreement"),
-        device: str = typer.Option("cpu", help="torch device of the float reference: cpu | cuda"),
-        threads: int = typer.Option(2, help="torch threads"),
-    ) -> None:
-        """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement."""
+    @app.command("eval", **_PASS_THROUGH)
+    def eval_model(ctx: typer.Context) -> None:
+        """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement.
+        All options: s2loop eval --help."""
+        import dataclasses
+
+        import tyro
+
+        args = tyro.cli(
+            EvalArgs, args=ctx.args, prog="s2loop eval", config=(tyro.conf.PositionalRequiredArgs,)
+        )
         import torch
 
         from agent.evaluate import evaluate
         from hw.artifact import load_artifact
 
-        torch.set_num_threads(threads)
-        res = evaluate(
-            load_artifact(model),
-            episodes=episodes,
-            seed=seed,
-            backend=backend,
-            agreement=agreement,
-            repeats=repeats,
-            device=device,
-        )
+        torch.set_num_threads(args.threads)
+        options = {
+            k: v for k, v in dataclasses.asdict(args).items() if k not in ("model", "threads")
+        }
+        res = evaluate(load_artifact(args.model), **options)
         res.pop("returns")
         typer.echo(json.dumps(res))
 
