@@ -274,34 +274,58 @@ def _mp(value: Any) -> bytes:
 
 @functools.cache
 def _fragments(names: tuple[str, ...], sizes: tuple[int, ...], ticks: int) -> tuple:
-    """The fixed parts of a trace's msgpack map for one network layout."""
-    head = b"\x84" + _mp("ticks") + _mp(ticks) + _mp("input")
-    layer_heads = tuple(
-        b"\x83" + _mp("name") + _mp(name) + _mp("size") + _mp(size) + _mp("spikes")
-        for name, size in zip(names, sizes, strict=True)
-    )
-    return (
-        head,
-        _mp("layers") + _mp([None] * len(names))[: -len(names)],
-        layer_heads,
-        _mp("output_q"),
-    )
+    """The fixed parts of a trace's msgpack map for one network layout, in the order
+    they are written (pairs of each block between them), as one byte array and its cuts."""
+    parts = [b"\x84" + _mp("ticks") + _mp(ticks) + _mp("input")]
+    parts.append(_mp("layers") + _mp([0] * len(names))[: -len(names)])  # the array header
+    for name, size in zip(names, sizes, strict=True):
+        parts.append(b"\x83" + _mp("name") + _mp(name) + _mp("size") + _mp(size) + _mp("spikes"))
+    parts.append(_mp("output_q"))
+    cuts = np.fromiter(itertools.accumulate(map(len, parts), initial=0), np.int64)
+    return np.frombuffer(b"".join(parts), np.uint8), cuts
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _pack_trace(frag, frag_cuts, pairs, cuts, q):  # pragma: no cover - compiled
+    """A trace's msgpack map: fixed fragments, then the input's pairs, the layers' array
+    header, each layer's head and pairs, the output_q key and the Q-values."""
+    packed, ends = _pack_pairs(pairs, cuts)
+    floats = _pack_floats(q)
+    buf = np.empty(frag.shape[0] + packed.shape[0] + floats.shape[0], dtype=np.uint8)
+    n = 0
+    blocks = cuts.shape[0] - 1
+    for k in range(blocks + 1):
+        # fragment k, then block k (the input's pairs, then each layer's)
+        if k == 1:  # the "layers" key and array header come between input and layer 0
+            for i in range(frag_cuts[1], frag_cuts[2]):
+                buf[n] = frag[i]
+                n += 1
+        f = 0 if k == 0 else k + 1
+        if k < blocks:
+            for i in range(frag_cuts[f], frag_cuts[f + 1]):
+                buf[n] = frag[i]
+                n += 1
+            lo = 0 if k == 0 else ends[k - 1]
+            for i in range(lo, ends[k]):
+                buf[n] = packed[i]
+                n += 1
+    for i in range(frag_cuts[blocks + 1], frag_cuts[blocks + 2]):  # "output_q"
+        buf[n] = frag[i]
+        n += 1
+    for i in range(floats.shape[0]):
+        buf[n] = floats[i]
+        n += 1
+    return buf[:n]
 
 
 def to_msgpack(trace: SpikeTrace) -> bytes:
     """``msgpack.packb(trace.to_dict())`` with the arrays as lists, byte for byte, written
-    by compiled code (a trace holds hundreds of small arrays: msgpack-python takes ~30 µs
-    for them, this ~5 µs)."""
-    names = tuple(lay.name for lay in trace.layers)
-    sizes = tuple(lay.size for lay in trace.layers)
-    head, layers_head, layer_heads, q_key = _fragments(names, sizes, trace.ticks)
-    blocks = [trace.input, *(lay.spikes for lay in trace.layers)]
-    cuts = np.fromiter(itertools.accumulate((len(b) for b in blocks), initial=0), np.int64)
-    packed, ends = _pack_pairs(np.concatenate(blocks), cuts)
-    raw = packed.tobytes()
-    at = [0, *ends.tolist()]
-    parts = [head, raw[: at[1]], layers_head]
-    for k, lay_head in enumerate(layer_heads):
-        parts += [lay_head, raw[at[k + 1] : at[k + 2]]]
-    parts += [q_key, _pack_floats(trace.output_q).tobytes()]
-    return b"".join(parts)
+    by one compiled call (a trace holds hundreds of small arrays: msgpack-python takes
+    ~30 µs for them, this a few)."""
+    layers = trace.layers
+    frag, frag_cuts = _fragments(
+        tuple(lay.name for lay in layers), tuple(lay.size for lay in layers), trace.ticks
+    )
+    blocks = [trace.input, *(lay.spikes for lay in layers)]
+    cuts = np.fromiter(itertools.accumulate(map(len, blocks), initial=0), np.int64)
+    return _pack_trace(frag, frag_cuts, np.concatenate(blocks), cuts, trace.output_q).tobytes()
