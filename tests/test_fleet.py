@@ -18,19 +18,13 @@ from bench.lb import haproxy_fleet, lb_status
 from hw.artifact import load_artifact
 from hw.emulator import EmulatorBackend
 from service.app import create_app
-from tests.test_service import OBS, make_settings
+from tests.test_service import OBS, make_settings, ready_client
 
 OBS_SCALE = np.array([1.0, 1.5, 0.15, 1.5], np.float32)
 
 
 async def _burst(app, bodies, stagger_s: float = 0.0, before=None):
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client,
-    ):
-        while (await client.get("/readyz")).status_code != 200:
-            await asyncio.sleep(0.02)
+    async with ready_client(app) as client:
         import spinnaker2.hardware as hardware
 
         hardware.RUN_LOG.clear()

@@ -8,6 +8,7 @@ own backend would be.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
@@ -483,6 +484,20 @@ def test_degraded_status_can_be_503(models_dir):
 # ----------------------------------------------------------------------------- queue, deadline
 
 
+@contextlib.asynccontextmanager
+async def ready_client(app, timeout: float = 30.0):
+    """An httpx client on ``app`` in this process (its lifespan running), once /readyz
+    answers 200."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=timeout) as client,
+    ):
+        while (await client.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.02)
+        yield client
+
+
 @pytest.fixture
 def gated():
     """The GatedBackend's gate, open again (and its calls finished) after the test."""
@@ -496,13 +511,7 @@ async def _posts_while_busy(app, bodies, early, stagger_s=0.02):
     closed; wait (up to 10 s) until ``early`` of them are answered, then open the gate
     and collect the rest. Returns ((status, json, headers) per body, the indices
     answered while the backend was still held)."""
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
-    ):
-        while (await client.get("/readyz")).status_code != 200:
-            await asyncio.sleep(0.02)
+    async with ready_client(app) as client:
         GatedBackend.gate.clear()
 
         async def one(i, body):
@@ -553,12 +562,8 @@ def test_deadline_gives_504_and_never_a_stale_answer(models_dir, gated):
         assert body["error"]["kind"] == "deadline"
 
     async def after():  # the held calls finish now; the next answer must be its own
-        transport = httpx.ASGITransport(app=app)
         body = {"model": "cartpole", "observation": [7.0, 0.0, 0.0, 0.0]}
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
-        ):
+        async with ready_client(app) as client:
             for _ in range(100):  # a 504 while the stale calls drain is no answer at all
                 r = await client.post("/v1/act", json=body)
                 if r.status_code != 504:

@@ -9,7 +9,6 @@ import json
 import math
 import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -23,6 +22,7 @@ from tests.test_service import (
     SPEC,
     SlowBackend,
     make_settings,
+    ready_client,
     wait_ready,
 )
 
@@ -114,13 +114,7 @@ def test_serve_options_are_every_setting_with_its_description():
 
 
 async def _with_app(app, fn):
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=10) as client,
-    ):
-        while (await client.get("/readyz")).status_code != 200:
-            await asyncio.sleep(0.02)
+    async with ready_client(app) as client:
         return await fn(client)
 
 
