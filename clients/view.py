@@ -33,6 +33,7 @@ the page reach only its own files and the recording: the browser refuses the res
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -123,6 +124,15 @@ def open_stream(target: ViewTarget, application_id: str, recording_id: str) -> t
         rec.save(target.path)
         return rec, str(target.path)
     if target.kind == "desktop":
+        headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        if sys.platform.startswith("linux") and headless:
+            raise ViewUnavailable(
+                "no display for the desktop viewer (DISPLAY and WAYLAND_DISPLAY are unset): "
+                "use --view web or --view FILE.rrd"
+            )
+        here = Path(sys.executable).parent  # rerun-sdk installs its viewer beside python
+        if shutil.which("rerun") is None and (here / "rerun").exists():
+            os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
         try:
             rec.spawn()
         except Exception as exc:  # no display, no viewer binary, ...

@@ -252,3 +252,15 @@ def test_a_bare_view_option_means_the_desktop_viewer():
     ]  # fmt: skip
     assert fill_optional_values(["run", "--view", "web"]) == ["run", "--view", "web"]
     assert fill_optional_values(["replay", "rec", "--view", "x.rrd"])[-1] == "x.rrd"
+
+
+def test_the_desktop_viewer_without_a_display_is_a_clear_error(tmp_path, monkeypatch):
+    from clients.view import ViewUnavailable
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the display check is Linux's")
+    with pytest.raises(ViewUnavailable, match="--view web or --view FILE.rrd"):
+        open_stream(ViewTarget("desktop"), "s2loop-test", "desk")
