@@ -78,8 +78,10 @@ def test_trace_on_every_door_is_the_same_trace(served):
     with c.websocket_connect("/v1/act/ws") as ws:
         ws.send_text(json.dumps(body))
         over_ws = json.loads(ws.receive_text())
+        ws.send_bytes(msgpack.packb(body))
+        over_ws_msgpack = msgpack.unpackb(ws.receive_bytes())
     over_tcp = _tcp(app.state.tcp.port, body)
-    for answer in (http, packed, over_ws, over_tcp):
+    for answer in (http, packed, over_ws, over_ws_msgpack, over_tcp):
         _check(answer, ticks=16)
         assert _same(answer["trace"], http["trace"])
     assert sum(len(lay["spikes"]) for lay in http["trace"]["layers"]) > 0

@@ -264,3 +264,14 @@ def test_the_desktop_viewer_without_a_display_is_a_clear_error(tmp_path, monkeyp
         pytest.skip("the display check is Linux's")
     with pytest.raises(ViewUnavailable, match="--view web or --view FILE.rrd"):
         open_stream(ViewTarget("desktop"), "s2loop-test", "desk")
+
+
+def test_without_rerun_a_view_says_how_to_install_it():
+    """The serving install (``make demo``) has no Rerun: --view then says what to install."""
+    code = (
+        "import sys; sys.modules['rerun'] = None\n"
+        "from clients.view import ViewUnavailable, rerun\n"
+        "try:\n    rerun()\nexcept ViewUnavailable as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 's2loop[view]'" in out.stdout
