@@ -304,6 +304,8 @@ class LoopView:
         input_size: int | None = None,
     ) -> None:
         self.rr = rerun()
+        # frames are rgb_array renders: no window, so no display for pygame (SDL) to open
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         self.target = target
         self.rec, self.where = open_stream(target, "s2loop", f"run-{run_id}")
         self.clients = clients
