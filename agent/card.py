@@ -139,11 +139,17 @@ def card_text(artifact: ModelArtifact) -> str:
     if ft.get("chosen"):
         tried = ", ".join(
             f"{k} {v.get('select_mean', float('nan')):.1f}"
+            + (
+                f" ± {v['select_se']:.1f}, agreement {100 * v['select_agreement']:.1f}%"
+                if "select_agreement" in v
+                else ""
+            )
             for k, v in ft.get("pipelines", {}).items()
         )
         lines += [
             f"8-bit fine-tuning: pipeline **{ft['chosen']}** chosen by greedy emulator return over "
-            f"{ft.get('select_episodes')} training-range episodes (candidates: {tried}).",
+            f"{ft.get('select_episodes')} training-range episodes, the float-vs-8-bit agreement "
+            f"breaking ties within one standard error (candidates: {tried}).",
             "",
         ]
     lines += [

@@ -102,9 +102,9 @@ def select_on_emulator(
     for name, state in states.items():
         net.load_state_dict(state)
         scale_output(net, 1.0 / args.reward_scale)
-        mean, low = emulator_return(net, env_id, episodes, seed, seed_offset=600_000)
+        v = emulator_return(net, env_id, episodes, seed, seed_offset=600_000)
         scale_output(net, args.reward_scale)
-        results[name] = {"mean": mean, "min": low}
+        results[name] = {"mean": v.mean, "min": v.min, "agreement": v.agreement}
     chosen = max(results, key=lambda k: (results[k]["mean"], results[k]["min"]))
     net.load_state_dict(states[chosen])
     scale_output(net, 1.0 / args.reward_scale)

@@ -17,13 +17,18 @@ pipelines follow the two of arXiv 2504.06748, in our chip's terms:
 
 Both QAT pipelines run the fake-quantized network forward (straight-through
 rounding) with a ramped pull of the float masters toward their 8-bit grid, and
-are driven by the recipe's own loss: the TD loss for ``dsqn`` (Q-learning goes on
-through the 8-bit network), the distillation loss for ``distill``.
+distil into it: from the MLP teacher (``distill``) or from the network's own float
+self, its Q-values averaged over Poisson draws (``dsqn``; :class:`SelfTeacher`).
+
+The chosen candidate has the best return on the emulator over ``select_episodes``
+validation episodes, or, among the candidates within one standard error of that best
+(tied on the evidence), the highest float-vs-8-bit agreement on the states it visits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +39,50 @@ from agent.export import to_artifact
 from agent.network import SpikingQNet
 from agent.options import DistillArgs, QATArgs, Recipe
 from agent.rollout import run_episodes
+from agent.snn import greedy
 from agent.teacher import MLP, TRAIN_SEED_BASE
 from hw.emulator import EmulatorBackend
+from hw.encoding import encode
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A candidate's greedy episodes on the emulator (8-bit) and how often its float
+    masters pick the same action on the same input spikes."""
+
+    mean: float
+    min: float
+    se: float  # standard error of the mean
+    agreement: float
 
 
 def emulator_return(
     net: SpikingQNet, env_id: str, episodes: int, seed: int, seed_offset: int = 400_000
-) -> tuple[float, float]:
-    """(mean, min) greedy return of ``net``'s exported artifact on the emulator, over
-    episodes of the training seed range (Poisson draws seeded from ``seed``)."""
+) -> Validation:
+    """Greedy returns of ``net``'s exported artifact on the emulator, over episodes of
+    the training seed range (Poisson draws seeded from ``seed``), and the agreement of
+    its float masters on the states it visits."""
     rng = np.random.default_rng(seed)
     first = TRAIN_SEED_BASE + seed_offset + 1000 * (seed % 100)
     seeds = [first + i for i in range(episodes)]
+    art = to_artifact(net, "candidate")
+    same = total = 0
     with EmulatorBackend() as emu:
-        emu.load(to_artifact(net, "candidate"))
+        emu.load(art)
 
         def act(obs: np.ndarray) -> np.ndarray:
-            return emu.infer("candidate", obs, rng.integers(0, 2**53, len(obs))).actions
+            nonlocal same, total
+            draws = rng.integers(0, 2**53, len(obs))
+            actions = emu.infer("candidate", obs, draws).actions
+            raster = torch.from_numpy(encode(art, obs, seeds=draws).astype(np.float32))
+            with torch.no_grad():
+                same += int((greedy(net(raster, "float").q_values) == actions).sum())
+            total += len(obs)
+            return actions
 
         ev = run_episodes(env_id, act, seeds)
-    return ev.mean, float(ev.returns.min())
+    se = float(ev.returns.std() / np.sqrt(len(ev.returns)))
+    return Validation(ev.mean, float(ev.returns.min()), se, same / max(total, 1))
 
 
 def with_options(net: SpikingQNet, **changes: Any) -> SpikingQNet:
@@ -72,8 +101,9 @@ def ptq_percentile(
     for p in sorted(qat.percentiles, reverse=True):
         cand = with_options(net)
         cand.scale_percentile = float(p)
-        score = emulator_return(cand, env_id, qat.select_episodes, seed)
-        tried[str(p)] = score[0]
+        v = emulator_return(cand, env_id, qat.select_episodes, seed)
+        score = (v.mean, v.min)
+        tried[str(p)] = v.mean
         if score > best:  # ties keep the larger percentile (closest to the SDK's rule)
             best_p, best = float(p), score
     out = with_options(net)
@@ -140,16 +170,20 @@ def finetune(
                 tag=f"finetune-{pipeline}", progress=progress,
             )  # fmt: skip
             info = {k: v for k, v in info.items() if k != "score"}
-        mean, low = emulator_return(cand, env_id, qat.select_episodes, seed)
-        report["pipelines"][pipeline] = {**info, "select_mean": mean, "select_min": low}
+        v = emulator_return(cand, env_id, qat.select_episodes, seed)
+        report["pipelines"][pipeline] = {
+            **info, "select_mean": v.mean, "select_min": v.min, "select_se": v.se,
+            "select_agreement": v.agreement,
+        }  # fmt: skip
         candidates[pipeline] = cand
-    chosen = max(
-        candidates,
-        key=lambda k: (
-            report["pipelines"][k]["select_mean"],
-            report["pipelines"][k]["select_min"],
-        ),
-    )
+    # the best return, and among the candidates within one standard error of it (a tie,
+    # given the episodes) the one that decides most like its float self
+    sel = report["pipelines"]
+    top = max(sel, key=lambda k: (sel[k]["select_mean"], sel[k]["select_min"]))
+    tied = [
+        k for k in sel if sel[k]["select_mean"] >= sel[top]["select_mean"] - sel[top]["select_se"]
+    ]
+    chosen = max(tied, key=lambda k: (sel[k]["select_agreement"], sel[k]["select_mean"]))
     report["chosen"] = chosen
     report["select_episodes"] = qat.select_episodes
     return candidates[chosen], report
