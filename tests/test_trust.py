@@ -187,8 +187,9 @@ def _act_frame() -> bytes:
 
 
 def test_hostile_tcp_connections_are_closed_and_counted(models_dir):
-    """Silent, half a hello, half a frame, idle after an answer, past the connection cap: each closed by its timeout (sockets wait at most 10 s, far
-    past the 0.3-0.6 s timeouts) and counted; a new client is still served."""
+    """Silent, half a hello, half a frame, idle after an answer, past the connection cap:
+    each closed by its timeout (sockets wait at most 10 s, far past the 0.3-0.6 s
+    timeouts) and counted; a new client is still served."""
     settings = make_settings(
         models_dir, tcp_bind="127.0.0.1:0", api_keys=KEY, tcp_hello_timeout_s=0.3,
         tcp_idle_timeout_s=0.6, tcp_read_timeout_s=0.3, tcp_max_connections=5,
