@@ -149,7 +149,7 @@ def card_text(artifact: ModelArtifact) -> str:
         lines += [
             f"8-bit fine-tuning: pipeline **{ft['chosen']}** chosen by greedy emulator return over "
             f"{ft.get('select_episodes')} training-range episodes, the float-vs-8-bit agreement "
-            f"breaking ties within one standard error (candidates: {tried}).",
+            f"breaking ties within one standard error of the difference (candidates: {tried}).",
             "",
         ]
     lines += [
@@ -157,7 +157,12 @@ def card_text(artifact: ModelArtifact) -> str:
         *p.get("commands", []),
         "```",
         "",
-        f"- seed: {p.get('seed')}; git commit: `{p.get('git_commit')}`",
+        f"- seed: {p.get('seed')}; git commit: `{p.get('git_commit')}`"
+        + (
+            f" (the float network was trained at `{p['train_git_commit']}`)"
+            if p.get("train_git_commit") not in (None, p.get("git_commit"))
+            else ""
+        ),
         f"- training time on this machine: {' '.join(stages)}",
         f"- machine: {p.get('machine', {}).get('platform')}, "
         f"torch {p.get('machine', {}).get('torch')}, "

@@ -1,5 +1,5 @@
-"""The one off-policy DQN loop: the float MLP teacher, the paper's recipe (dsqn) and
-TD-driven 8-bit fine-tuning all train here.
+"""The one off-policy DQN loop: the float MLP teacher and the paper's recipe (dsqn)
+both train here.
 
 One linear loop (CleanRL's ``dqn.py`` is the model): ``num_envs`` Gymnasium
 environments stepped together (``SAME_STEP`` autoreset, so a finished episode's
@@ -132,15 +132,12 @@ def train_dqn(
     seed: int,
     writer: SummaryWriter,
     tag: str = "dqn",
-    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
-    candidate_first: bool = False,
     progress: bool = True,
 ) -> tuple[nn.Module, Checkpoints, dict]:
     """Train ``net`` (or build it from the warm-up states with ``net(states)``).
 
     Returns the network loaded with its best checkpoint, the kept checkpoints and a
-    summary. ``extra_loss(net, step)`` is added to the TD loss (QAT's grid pull);
-    ``candidate_first``: the network as it came in is evaluated and kept too."""
+    summary."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     from agent.teacher import TRAIN_SEED_BASE  # the seed ranges live with the teacher
@@ -190,11 +187,6 @@ def train_dqn(
     )
     kept = Checkpoints(args.keep_best)
     history: dict[int, tuple[float, float]] = {}  # step -> (mean, min) of its evaluation
-    if candidate_first:
-        ev = evaluate(net, 0)
-        kept.offer(score(ev), step, net)
-        history[step] = (ev.mean, float(ev.returns.min()))
-        writer.add_scalar("eval/return", ev.mean, step)
 
     td = gap = float("nan")
     evals = 0
@@ -212,8 +204,6 @@ def train_dqn(
         for _ in range(phases * args.gradient_steps):
             idx = rng.integers(0, replay.size, args.batch_size)
             loss, g = td_loss(q_fn, net, target, replay, idx, args, rng)
-            if extra_loss is not None:
-                loss = loss + extra_loss(net, step)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)

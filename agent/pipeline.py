@@ -39,8 +39,9 @@ from hw.artifact import load_artifact, save_artifact
 
 RECIPES = {
     "dsqn": "deep spiking Q-network trained directly by Double-DQN through the exact tick "
-    "semantics (surrogate gradients, no float network), then 8-bit hardware-aware fine-tuning "
-    "driven by the TD loss; checkpoint chosen on the emulator",
+    "semantics (surrogate gradients, no float network), checkpoint chosen on the 8-bit "
+    "emulator, then 8-bit hardware-aware fine-tuning that distils the network into its own "
+    "8-bit version",
     "distill": "float MLP Double-DQN teacher -> DAgger distillation into the SNN through the "
     "exact tick semantics -> 8-bit hardware-aware fine-tuning driven by distillation; "
     "checkpoint chosen on the emulator",
@@ -168,6 +169,7 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
         "finetune": {**qreport, "args": _jsonable(cfg)},
         "float_master_grid_rms_lsb": grid_rms,
         "git_commit": git_commit(),
+        "train_git_commit": train.get("git_commit"),
         "machine": machine(),
     }
     if "teacher" in train:
@@ -176,7 +178,8 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
         }
     if "dsqn" in train:
         provenance["dsqn"] = {
-            k: train["dsqn"][k] for k in ("eval_mean", "eval_min", "step", "seconds", "selection")
+            k: train["dsqn"].get(k)
+            for k in ("eval_mean", "eval_min", "step", "seconds", "selection")
         }
     artifact = to_artifact(student, name, provenance)
     if cfg.eval_episodes > 0:

@@ -21,8 +21,9 @@ distil into it: from the MLP teacher (``distill``) or from the network's own flo
 self, its Q-values averaged over Poisson draws (``dsqn``; :class:`SelfTeacher`).
 
 The chosen candidate has the best return on the emulator over ``select_episodes``
-validation episodes, or, among the candidates within one standard error of that best
-(tied on the evidence), the highest float-vs-8-bit agreement on the states it visits.
+validation episodes, or, among the candidates whose mean is within one standard error
+of the difference from that best (tied on the evidence), the highest float-vs-8-bit
+agreement on the states it visits.
 """
 
 from __future__ import annotations
@@ -176,14 +177,19 @@ def finetune(
             "select_agreement": v.agreement,
         }  # fmt: skip
         candidates[pipeline] = cand
-    # the best return, and among the candidates within one standard error of it (a tie,
-    # given the episodes) the one that decides most like its float self
+    # the best return, and among the candidates whose mean is within one standard error
+    # of the difference from it (a tie, given the episodes) the one that decides most
+    # like its float self
     sel = report["pipelines"]
     top = max(sel, key=lambda k: (sel[k]["select_mean"], sel[k]["select_min"]))
-    tied = [
-        k for k in sel if sel[k]["select_mean"] >= sel[top]["select_mean"] - sel[top]["select_se"]
-    ]
-    chosen = max(tied, key=lambda k: (sel[k]["select_agreement"], sel[k]["select_mean"]))
+
+    def tied(k: str) -> bool:
+        se = float(np.hypot(sel[top]["select_se"], sel[k]["select_se"]))
+        return sel[top]["select_mean"] - sel[k]["select_mean"] <= se
+
+    chosen = max(
+        filter(tied, sel), key=lambda k: (sel[k]["select_agreement"], sel[k]["select_mean"])
+    )
     report["chosen"] = chosen
     report["select_episodes"] = qat.select_episodes
     return candidates[chosen], report
