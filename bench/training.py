@@ -99,10 +99,12 @@ def training_speed(steps: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     from agent.pipeline import set_threads
-    from bench.common import machine_info
+    from bench.common import git_info, machine_info
 
     set_threads(1)
     return {
+        "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git": git_info(),
         "machine": machine_info(),
         "forward": forward_costs(repeats=1 if quick else 20),
         "training": training_speed(steps=1_200 if quick else 10_000),
@@ -117,8 +119,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Training speed: the paper's recipe (dsqn) against the float teacher",
         "",
-        f"Written by `s2loop bench training` on {m['cpu_model']} ({m['cpus']} CPUs), one "
-        "torch thread. Figures depend on the machine and its load.",
+        f"Written by `s2loop bench training` on {report['written']}, commit "
+        f"`{str(report['git'].get('commit', '?'))[:12]}`, on {m['cpu_model']} ({m['cpus']} "
+        "CPUs), one torch thread. Figures depend on the machine and its load.",
         "",
         f"## One step of the spiking network ({f['preset']}, {f['ticks']} ticks)",
         "",
