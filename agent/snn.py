@@ -136,18 +136,27 @@ def simulate(
         if record:
             rec.append(torch.cat([c.detach() for c in cur], dim=1).to(torch.uint8))
         prev = cur
-    out = layers[-1]
-    if readout == "membrane":
-        raw = v[-1]
-    else:
-        raw = counts[-1] * out.threshold + v[-1]
-    q = raw / out.scale
+    return _output(
+        layers[-1], v[-1], counts, readout, ticks, torch.stack(rec, 1) if record else None
+    )
+
+
+def _output(
+    out: LayerParams,
+    v: torch.Tensor,
+    counts: list[torch.Tensor],
+    readout: str,
+    ticks: int,
+    record: torch.Tensor | None,
+) -> SimOutput:
+    """The output layer's final membrane (and spike counts) read out as Q-values."""
+    raw = v if readout == "membrane" else counts[-1] * out.threshold + v
     return SimOutput(
-        q_values=q,
-        v_final=v[-1],
+        q_values=raw / out.scale,
+        v_final=v,
         counts=counts[-1],
         spikes_per_layer=torch.stack([c.detach().sum(dim=1) for c in counts], dim=1),
-        record=torch.stack(rec, dim=1) if record else None,
+        record=record,
         rates=[c / ticks for c in counts[:-1]],
     )
 
@@ -384,17 +393,8 @@ def simulate_fast(
         )  # fmt: skip
         spikes.append(s)
         pre = s[:, : ticks - 1].contiguous()  # heard by the next layer one tick later
-    counts = [s.sum(dim=1) for s in spikes]
-    out = layers[-1]
-    raw = v if readout == "membrane" else counts[-1] * out.threshold + v
-    return SimOutput(
-        q_values=raw / out.scale,
-        v_final=v,
-        counts=counts[-1],
-        spikes_per_layer=torch.stack([c.detach().sum(dim=1) for c in counts], dim=1),
-        record=torch.cat([s.detach() for s in spikes], dim=2).to(torch.uint8) if record else None,
-        rates=[c / ticks for c in counts[:-1]],
-    )
+    rec = torch.cat([s.detach() for s in spikes], dim=2).to(torch.uint8) if record else None
+    return _output(layers[-1], v, [s.sum(dim=1) for s in spikes], readout, ticks, rec)
 
 
 def greedy(q_values: torch.Tensor | np.ndarray) -> np.ndarray:
