@@ -469,8 +469,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['paper']['citation']}: {report['paper']['network']}. Energy for CartPole: "
         f"{claims['CartPole energy, SpiNNaker2']['value_j']} J on SpiNNaker2 against "
         f"{claims['CartPole energy, GTX 1650']['value_j']} J on a GTX 1650 GPU "
-        f"({claims['CartPole energy, SpiNNaker2']['grade']}; a secondary source calls it "
-        "episode energy on CartPole-v0). Latency on par with the GPU, up to 32x less energy "
+        f"({claims['CartPole energy, SpiNNaker2']['grade']}), read here as energy **per "
+        'inference**: the abstract names what was measured, "energy cost per inference" '
+        "(one secondary source calls it episode energy on CartPole-v0; against the abstract "
+        "that reading is doubtful). Latency on par with the GPU, up to 32x less energy "
         "(abstract). Network sizes, learning rates and returns: not found in what we could "
         "read.",
         "",
@@ -478,11 +480,14 @@ def markdown(report: dict[str, Any]) -> str:
     if cp:
         best = max(cp, key=lambda r: r["return_mean"][0])
         lines += [
-            f"Ours beside it: the {best['label']} CartPole models need an estimated "
-            f"{_pm(best['v0_episode_energy_j'], 3)} J per CartPole-v0 episode on the chip "
-            "(mapping estimate, one copy alone on the chip), against the paper's 0.006 J; "
+            f"Ours beside it, per inference: the {best['label']} CartPole models need an "
+            f"estimated {_f(best['energy_j'][0] * 1e3, 2)} mJ per inference on the chip "
+            f"(mapping estimate, one copy alone on the chip; {_f(best['ticks'][0], 0)} ticks of "
+            "1 ms), against the paper's "
+            f"{_f(claims['CartPole energy, SpiNNaker2']['value_j'] * 1e3, 0)} mJ on SpiNNaker2: "
             "different network sizes, tick lengths and power figures make this a rough "
-            "comparison.",
+            f"comparison. (Per CartPole-v0 episode ours is {_pm(best['v0_episode_energy_j'], 3)}"
+            " J, which is not what the paper's figure measures.)",
             "",
         ]
     if report["tick_sweep"]:
