@@ -77,11 +77,9 @@ def _jsonable(cfg: Any) -> dict[str, Any]:
 
 
 def set_threads(n: int) -> None:
-    """Torch's threads and the fast forward's (numba's)."""
-    import numba
-
+    """Torch's threads (the fast forward's kernels are single-threaded: a numba thread
+    pool would tie every later compilation to the NUMBA_NUM_THREADS it started with)."""
     torch.set_num_threads(n)
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def train_run(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:

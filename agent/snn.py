@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
 from hw.artifact import ModelArtifact
 from hw.encoding import encode
@@ -173,14 +173,12 @@ def _output(
 CPU_KERNELS = True
 
 
-# Rows run in parallel on numba's threads (``numba.set_num_threads``; training sets it
-# to its torch threads).
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _lif_forward_kernel(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks, u_all, s_all, v):
     n_b, n_cur, n = cur.shape
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    for b in prange(n_b):
+    for b in range(n_b):
         vb = v[b]
         vb[:] = v_init
         for t in range(ticks):
@@ -201,7 +199,7 @@ def _lif_forward_kernel(cur, ioff, alpha, thr, v_init, v_reset, sub, ticks, u_al
                     vb[i] = v_reset if fired else u
 
 
-@njit(cache=True, nogil=True, fastmath=True, parallel=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _lif_backward_kernel(
     g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, sub, slope, g_cur, g_ioff, red
 ):
@@ -214,7 +212,7 @@ def _lif_backward_kernel(
     one = np.float32(1.0)
     # per row: d/d alpha, threshold, v_reset, v_init, i_offset (summed over rows below)
     part = np.zeros((n_b, 5, n), np.float32)
-    for b in prange(n_b):
+    for b in range(n_b):
         acc = part[b]
         gv = g_v[b].copy()
         for t in range(ticks - 1, -1, -1):
