@@ -17,6 +17,14 @@ from service.registry import WARM, ModelRegistry, WarmState, WarmUp
 logger = logging.getLogger("s2loop.service")
 
 
+def _warm(backend, name: str, artifact: ModelArtifact) -> None:
+    """One inference, and one traced where the backend gives traces (their compiled
+    code is built on first use, which must not happen inside a request's deadline)."""
+    backend.infer(name, _warmup_observation(artifact))
+    if getattr(backend, "gives_traces", False):
+        backend.infer(name, _warmup_observation(artifact), trace=True)
+
+
 def _warmup_observation(artifact: ModelArtifact) -> np.ndarray:
     return np.asarray(artifact.obs_offset, dtype=np.float32).reshape(1, -1).copy()
 
@@ -45,7 +53,7 @@ class WarmUps:
     def _inline(self, name: str, lane: Lane) -> None:
         art = self.registry.entries[name].artifact
         try:
-            lane.backend.infer(name, _warmup_observation(art))
+            _warm(lane.backend, name, art)
             self.registry.mark(name, lane.role, WARM)
         except Exception as exc:
             self._failed(name, lane, exc)
@@ -53,7 +61,7 @@ class WarmUps:
     async def _in_lane(self, name: str, lane: Lane) -> None:
         art = self.registry.entries[name].artifact
         try:
-            await lane.call(lane.backend.infer, name, _warmup_observation(art))
+            await lane.call(_warm, lane.backend, name, art)
             self.registry.mark(name, lane.role, WARM)
         except Exception as exc:
             self._failed(name, lane, exc)
