@@ -5,6 +5,7 @@ up at once; the others on their lane's thread, as tasks."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -21,7 +22,8 @@ def _warm(backend, name: str, artifact: ModelArtifact) -> None:
     """One inference, and one traced where the backend gives traces (their compiled
     code is built on first use, which must not happen inside a request's deadline)."""
     backend.infer(name, _warmup_observation(artifact))
-    if getattr(backend, "gives_traces", False):
+    traced = "trace" in inspect.signature(backend.infer).parameters
+    if getattr(backend, "gives_traces", False) and traced:
         backend.infer(name, _warmup_observation(artifact), trace=True)
 
 
