@@ -38,8 +38,11 @@ from tqdm import tqdm
 from agent.options import DQNArgs
 from agent.rollout import Episodes
 
-# observations float32 [B, obs], a generator for Poisson draws -> Q-values [B, A]
-QFn = Callable[[nn.Module, np.ndarray, np.random.Generator], torch.Tensor]
+# the network, observations float32 [B, obs], a generator for Poisson draws -> its
+# input tensor on the host (a Poisson network's fresh input spikes; else the observations)
+EncodeFn = Callable[[nn.Module, np.ndarray, np.random.Generator], torch.Tensor]
+# the network, its input (on the network's device) -> Q-values [B, A]
+QFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 # the network, the env step -> greedy episodes (checkpoint selection)
 EvalFn = Callable[[nn.Module, int], Episodes]
 
@@ -90,30 +93,45 @@ def score(ev: Episodes) -> float:
     return ev.mean + 0.1 * float(ev.returns.min()) / len(ev.returns)
 
 
-def td_loss(
-    q_fn: QFn,
+def td_inputs(
+    encode: EncodeFn,
     net: nn.Module,
-    target: nn.Module,
     replay: Replay,
     idx: np.ndarray,
     args: DQNArgs,
     rng: np.random.Generator,
+) -> dict[str, torch.Tensor]:
+    """What one TD step needs, made on the host: the online network's input for ``s``
+    and ``s'`` together, the target network's (``target_draws`` fresh draws; with
+    advantage learning for ``s`` too), actions, rewards and terminations."""
+    obs, nxt = replay.obs[idx], replay.next_obs[idx]
+    both = np.concatenate([obs, nxt])
+    x = encode(net, both, rng)
+    t_obs = both if args.advantage_alpha > 0 else nxt
+    xt = torch.stack([encode(net, t_obs, rng) for _ in range(args.target_draws)])
+    return {
+        "x": x,
+        "xt": xt,
+        "action": torch.from_numpy(replay.action[idx]),
+        "reward": torch.from_numpy(replay.reward[idx]),
+        "terminated": torch.from_numpy(replay.terminated[idx]),
+    }
+
+
+def td_loss(
+    q: QFn, net: nn.Module, target: nn.Module, b: dict[str, torch.Tensor], args: DQNArgs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Huber loss against the (advantage-learning) Double-DQN target; also the mean
     action gap (best minus second best) of the online Q-values on ``s``."""
-    n = len(idx)
-    obs, nxt = replay.obs[idx], replay.next_obs[idx]
-    q_both = q_fn(net, np.concatenate([obs, nxt]), rng)
-    act = torch.from_numpy(replay.action[idx])[:, None]
+    n = len(b["action"])
+    q_both = q(net, b["x"])
+    act = b["action"][:, None]
     q_sa = q_both[:n].gather(1, act).squeeze(1)
     with torch.no_grad():
         a_next = q_both[n:].argmax(dim=1, keepdim=True)
-        both = np.concatenate([obs, nxt]) if args.advantage_alpha > 0 else nxt
-        qt = torch.stack([q_fn(target, both, rng) for _ in range(args.target_draws)]).mean(0)
-        qt_next = qt[-n:]
-        y = args.reward_scale * torch.from_numpy(replay.reward[idx]) + args.gamma * (
-            1.0 - torch.from_numpy(replay.terminated[idx])
-        ) * qt_next.gather(1, a_next).squeeze(1)
+        qt = torch.stack([q(target, xt) for xt in b["xt"]]).mean(0)
+        q_next = qt[-n:].gather(1, a_next).squeeze(1)
+        y = args.reward_scale * b["reward"] + args.gamma * (1.0 - b["terminated"]) * q_next
         if args.advantage_alpha > 0:
             qt_s = qt[:n]
             y = y - args.advantage_alpha * (qt_s.max(dim=1).values - qt_s.gather(1, act).squeeze(1))
@@ -122,22 +140,102 @@ def td_loss(
     return nn.functional.smooth_l1_loss(q_sa, y), gap
 
 
+class GradStep:
+    """One gradient step (TD loss, backward, clipping, Adam at the cosine-decayed
+    learning rate) of ``net`` on its device.
+
+    On CUDA the step is thousands of tiny kernels (a tick loop per layer), so after
+    ``WARMUP`` eager steps on a side stream it is captured in one CUDA graph and
+    replayed: the host copies each step's inputs into the graph's static buffers and
+    sets the learning rate in a device tensor (Adam with ``capturable=True``). The
+    target network's weights are read in place, so updating them needs no re-capture.
+    Elsewhere the same step runs eagerly."""
+
+    WARMUP = 3
+
+    def __init__(
+        self, q: QFn, net: nn.Module, target: nn.Module, args: DQNArgs, total: int
+    ) -> None:
+        self.q, self.net, self.target, self.args, self.total = q, net, target, args, total
+        self.device = next(net.parameters()).device
+        self.capture = self.device.type == "cuda"
+        lr = torch.tensor(args.lr, device=self.device) if self.capture else args.lr
+        self.opt = torch.optim.Adam(net.parameters(), lr=lr, capturable=self.capture)
+        self.done = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: dict[str, torch.Tensor] = {}
+        self.out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def lr(self) -> float:
+        """Cosine decay from ``lr`` to ``lr_final`` over the run's gradient steps."""
+        a, frac = self.args, min(1.0, self.done / max(1, self.total))
+        return a.lr_final + (a.lr - a.lr_final) * 0.5 * (1.0 + np.cos(np.pi * frac))
+
+    def _eager(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, gap = td_loss(self.q, self.net, self.target, b, self.args)
+        self.opt.zero_grad(set_to_none=not self.capture or self.graph is None)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), self.args.grad_clip)
+        self.opt.step()
+        return loss.detach(), gap
+
+    def __call__(self, b: dict[str, torch.Tensor]) -> tuple[float, float]:
+        group = self.opt.param_groups[0]
+        if self.capture:
+            group["lr"].fill_(self.lr())
+        else:
+            group["lr"] = self.lr()
+        self.done += 1
+        if not self.capture:
+            loss, gap = self._eager(b)
+        elif self.done <= self.WARMUP:  # eager on a side stream, as CUDA graphs want
+            b = {k: v.to(self.device) for k, v in b.items()}
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                loss, gap = self._eager(b)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        else:
+            if self.graph is None:
+                self.static = {k: v.to(self.device) for k, v in b.items()}
+                self.opt.zero_grad(set_to_none=True)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.out = self._eager(self.static)
+            else:
+                for k, v in b.items():
+                    self.static[k].copy_(v, non_blocking=True)
+            self.graph.replay()
+            assert self.out is not None
+            loss, gap = self.out
+        return float(loss), float(gap)
+
+
 def train_dqn(
     env_id: str,
     args: DQNArgs,
     net: nn.Module | Callable[[np.ndarray], nn.Module],
-    q_fn: QFn,
+    encode: EncodeFn,
+    q: QFn,
     evaluate: EvalFn,
     *,
     seed: int,
     writer: SummaryWriter,
     tag: str = "dqn",
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[nn.Module, Checkpoints, dict]:
     """Train ``net`` (or build it from the warm-up states with ``net(states)``).
 
-    Returns the network loaded with its best checkpoint, the kept checkpoints and a
-    summary."""
+    With ``device`` other than the CPU, the gradient steps run there (a copy of the
+    network and the target network live on it, :class:`GradStep`); acting, evaluation
+    and checkpoints use the CPU network, refreshed after every training phase.
+
+    Returns the (CPU) network loaded with its best checkpoint, the kept checkpoints and
+    a summary."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     from agent.teacher import TRAIN_SEED_BASE  # the seed ranges live with the teacher
@@ -179,12 +277,10 @@ def train_dqn(
         env_step(rng.integers(0, n_actions, args.num_envs))
     if not isinstance(net, nn.Module):
         net = net(replay.obs[: replay.size])
-    target = copy.deepcopy(net)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    learner = net if dev.type == "cpu" else copy.deepcopy(net).to(dev)
+    target = copy.deepcopy(learner)
     n_updates = max(1, (args.total_steps - args.learning_starts) // args.train_every)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, n_updates * args.gradient_steps, eta_min=args.lr_final
-    )
+    grad_step = GradStep(q, learner, target, args, n_updates * args.gradient_steps)
     kept = Checkpoints(args.keep_best)
     history: dict[int, tuple[float, float]] = {}  # step -> (mean, min) of its evaluation
 
@@ -195,7 +291,7 @@ def train_dqn(
         before = step
         eps = args.eps_start + (args.eps_end - args.eps_start) * min(1.0, step / args.eps_steps)
         with torch.no_grad():
-            greedy = q_fn(net, obs, rng).argmax(dim=1).numpy()
+            greedy = q(net, encode(net, obs, rng)).argmax(dim=1).numpy()
         explore = rng.random(args.num_envs) < eps
         env_step(np.where(explore, rng.integers(0, n_actions, args.num_envs), greedy))
         bar.update(step - before)
@@ -203,22 +299,19 @@ def train_dqn(
         phases = step // args.train_every - before // args.train_every
         for _ in range(phases * args.gradient_steps):
             idx = rng.integers(0, replay.size, args.batch_size)
-            loss, g = td_loss(q_fn, net, target, replay, idx, args, rng)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
-            opt.step()
-            sched.step()
-            td, gap = float(loss.detach()), float(g) / args.reward_scale
+            td, g = grad_step(td_inputs(encode, net, replay, idx, args, rng))
+            gap = g / args.reward_scale
+        if phases and learner is not net:
+            net.load_state_dict(learner.state_dict())
         if step // args.target_every > before // args.target_every:
             with torch.no_grad():
-                for t_p, p in zip(target.parameters(), net.parameters(), strict=True):
+                for t_p, p in zip(target.parameters(), learner.parameters(), strict=True):
                     t_p.lerp_(p, args.tau)
         if step // 250 > before // 250:
             writer.add_scalar("losses/td_loss", td, step)
             writer.add_scalar("charts/action_gap", gap, step)
             writer.add_scalar("charts/epsilon", eps, step)
-            writer.add_scalar("charts/learning_rate", sched.get_last_lr()[0], step)
+            writer.add_scalar("charts/learning_rate", grad_step.lr(), step)
             writer.add_scalar("charts/SPS", step / (time.perf_counter() - start), step)
 
         if step // args.eval_every > before // args.eval_every or step >= args.total_steps:

@@ -36,9 +36,14 @@ def scale_output(net: SpikingQNet, factor: float) -> None:
                 p.mul_(factor)
 
 
-def q_float(net: SpikingQNet, obs: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    """Q-values of the float network on fresh input spikes."""
-    return net(net.encode(obs, rng), "float").q_values
+def spikes(net: SpikingQNet, obs: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Fresh input spikes for ``obs`` (made on the host, by the artifact's encoder)."""
+    return net.encode(obs, rng)
+
+
+def q_float(net: SpikingQNet, raster: torch.Tensor) -> torch.Tensor:
+    """Q-values of the float network on input spikes (moved to the network's device)."""
+    return net(raster.to(net.weights[0].device), "float").q_values
 
 
 def train_dsqn(
@@ -50,6 +55,7 @@ def train_dsqn(
     snn: SNNConfig,
     validation_episodes: int = 100,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[SpikingQNet, dict]:
     """Train a new network; return the one chosen on the 8-bit emulator and a summary.
     Writes the TensorBoard curves into ``out_dir``."""
@@ -69,8 +75,8 @@ def train_dsqn(
 
     writer = SummaryWriter(str(out_dir))
     net, kept, info = train_dqn(
-        env_id, args, build, q_float, evaluate, seed=seed, writer=writer, tag="dsqn",
-        progress=progress,
+        env_id, args, build, spikes, q_float, evaluate, seed=seed, writer=writer, tag="dsqn",
+        progress=progress, device=device,
     )  # fmt: skip
     assert isinstance(net, SpikingQNet)
     net, selection = select_on_emulator(net, kept, args, env_id, seed, validation_episodes)

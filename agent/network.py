@@ -112,6 +112,10 @@ class SpikingQNet(nn.Module):
         if config.dueling:  # Q = V + A - mean(A): the value row, the advantages in weights[-1]
             self.value_weight = nn.Parameter(torch.zeros(1, sizes[-2]))
             self.value_bias = nn.Parameter(torch.zeros(1))
+        # the tick loop's constants, as buffers so that they live on the network's device
+        # (a captured CUDA graph cannot copy them from the host); not in the state dict
+        for name, value in (("zero", 0.0), ("one", 1.0), ("out_threshold", OUTPUT_THRESHOLD)):
+            self.register_buffer(f"const_{name}", f32(value), persistent=False)
         n_hidden = len(config.hidden)
         if not 0.0 < config.alpha_decay <= 1.0:
             raise ValueError(f"alpha_decay must lie in (0, 1], got {config.alpha_decay}")
@@ -153,7 +157,7 @@ class SpikingQNet(nn.Module):
         """The layers in ``float`` units or fake-quantized (``quant``) chip units."""
         sub = self.config.reset == "reset_by_subtraction"
         alphas, thresholds = self.alphas(), self.thresholds()
-        zero = f32(0.0)
+        zero = self.const_zero
         layers = []
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             hidden = k < len(self.weights) - 1
@@ -164,12 +168,12 @@ class SpikingQNet(nn.Module):
                 LayerParams(
                     weight=w,
                     i_offset=b,
-                    threshold=thresholds[k] if hidden else f32(OUTPUT_THRESHOLD),
-                    alpha_decay=alphas[k] if hidden else f32(1.0),
+                    threshold=thresholds[k] if hidden else self.const_out_threshold,
+                    alpha_decay=alphas[k] if hidden else self.const_one,
                     reset_by_subtraction=sub,
                     v_reset=zero,
                     v_init=zero,
-                    scale=f32(1.0),
+                    scale=self.const_one,
                 )
             )
         if mode == "float":

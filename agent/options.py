@@ -223,6 +223,9 @@ class TrainConfig:
     """seeds torch, numpy and the environments"""
     threads: int = 2
     """torch threads"""
+    device: str = "cpu"
+    """where the gradient steps run: 'cpu', or 'cuda[:N]' (each step captured in a CUDA
+    graph and replayed; acting, evaluation and 8-bit selection stay on the CPU)"""
     progress: bool = True
     """progress bars"""
     snn: SNNConfig = field(default_factory=SNNConfig)

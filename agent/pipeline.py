@@ -100,14 +100,20 @@ def train_run(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         from agent.dsqn import train_dsqn
 
         student, info = train_dsqn(
-            cfg.env, cfg.dsqn, out, seed=cfg.seed, snn=cfg.snn, progress=cfg.progress
+            cfg.env,
+            cfg.dsqn,
+            out,
+            seed=cfg.seed,
+            snn=cfg.snn,
+            progress=cfg.progress,
+            device=cfg.device,
         )
         summary["dsqn"] = {"args": _jsonable(cfg.dsqn), **info}
     else:
         from agent.distill import distill, make_student
 
         teacher, tinfo = train_teacher(
-            cfg.env, cfg.teacher, out, seed=cfg.seed, progress=cfg.progress
+            cfg.env, cfg.teacher, out, seed=cfg.seed, progress=cfg.progress, device=cfg.device
         )
         # teacher episodes fix the observation normalisation
         seeds = [TRAIN_SEED_BASE + 900_000 + 100 * (cfg.seed % 100) + i for i in range(16)]

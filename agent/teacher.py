@@ -52,7 +52,13 @@ TRAIN_SEED_BASE = 10_000
 
 
 def train_teacher(
-    env_id: str, args: TeacherArgs, out_dir: Path, *, seed: int, progress: bool = True
+    env_id: str,
+    args: TeacherArgs,
+    out_dir: Path,
+    *,
+    seed: int,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[MLP, dict]:
     """Train by the DQN loop (:mod:`agent.dqn`), write ``teacher.pt`` and the TensorBoard
     curves in ``out_dir``, return the best net by greedy evaluation."""
@@ -73,8 +79,9 @@ def train_teacher(
 
     writer = SummaryWriter(str(out_dir))
     q, _, info = train_dqn(
-        env_id, args, q, lambda net, obs, rng: net(torch.from_numpy(obs)), evaluate,
-        seed=seed, writer=writer, tag="teacher", progress=progress,
+        env_id, args, q, lambda net, obs, rng: torch.from_numpy(obs),
+        lambda net, x: net(x.to(next(net.parameters()).device)), evaluate,
+        seed=seed, writer=writer, tag="teacher", progress=progress, device=device,
     )  # fmt: skip
     writer.close()
     torch.save(

@@ -217,6 +217,58 @@ def test_dsqn_learns_a_task_through_the_spikes(tmp_path):
     assert info["eval_mean"] > 0.8
 
 
+def _grad_steps(net, device: str, steps: int):
+    """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
+    random transitions; returns the losses and the trained weights (on the CPU)."""
+    import copy
+
+    from agent.dqn import GradStep, Replay, td_inputs
+    from agent.dsqn import q_float, spikes
+
+    net = copy.deepcopy(net).to(device)
+    args = DQNArgs(batch_size=16, advantage_alpha=0.5, target_draws=2)
+    grad_step = GradStep(q_float, net, copy.deepcopy(net), args, total=steps)
+    rng = np.random.default_rng(0)
+    replay = Replay(64, 1)
+    for _ in range(64):
+        x = rng.uniform(-1, 1, (1, 1)).astype(np.float32)
+        replay.add(x, -x, rng.integers(0, 2, 1), rng.random(1), rng.random(1) < 0.1)
+    encoder = copy.deepcopy(net).cpu()  # Poisson draws are made on the host
+    losses = [
+        grad_step(td_inputs(spikes, encoder, replay, rng.integers(0, 64, 16), args, rng))[0]
+        for _ in range(steps)
+    ]
+    return losses, [w.detach().cpu() for w in net.weights]
+
+
+def test_a_training_step_on_the_device_is_the_cpu_step():
+    """On CUDA the gradient step is captured in a CUDA graph after three eager steps
+    and replayed: the same losses and weights as the CPU's eager steps, to float
+    rounding (``s2loop train --device cuda``)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible: the captured training step runs only on one")
+    from agent.network import SpikingQNet, env_spec
+
+    gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
+    snn = SNNConfig(hidden=(16, 8), encoder="poisson", bins=5, input_ticks=6, alpha_decay=0.9)
+    net = SpikingQNet(snn, env_spec("S2LoopSignBandit-v0", snn, np.ones((4, 1))), seed=0)
+    cpu_losses, cpu_w = _grad_steps(net, "cpu", 8)
+    gpu_losses, gpu_w = _grad_steps(net, "cuda", 8)
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(gpu_w, cpu_w, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_training_on_a_missing_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    from agent.pipeline import train_run
+
+    cfg = TrainConfig(out=tmp_path / "r", env="CartPole-v1", device="cuda", snn=TINY_SNN)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train_run(cfg)
+
+
 def test_train_cli_options_come_from_the_dataclasses():
     from agent.cli import parse_options
 
