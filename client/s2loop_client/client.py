@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
@@ -89,13 +89,40 @@ def to_answers(body: dict[str, Any]) -> list[Answer]:
         raise BadAnswer("bad_answer", f"batch answer misses a field: {exc}") from None
 
 
-class _Requests:
-    """What both clients share: building request bodies in the chosen codec."""
+class _Client:
+    """What both clients share: the options, the transport, and building request bodies
+    in its codec. ``transport``: ``http``, ``ws`` or ``tcp`` (then ``url`` is
+    ``tcp://HOST:PORT`` and the codec is always msgpack); ``codec``: ``json`` or
+    ``msgpack``; ``verify``: TLS verification (a CA file path, or False);
+    ``transport_impl``: a transport of the client's flavour (e.g. a
+    :class:`~s2loop_client.transports.MockTransport`) instead of one made from these."""
 
-    def __init__(self, model: str, codec: str) -> None:
+    asynchronous: ClassVar[bool] = False  # which flavour of transport the client drives
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        transport: str = "http",
+        codec: str = "json",
+        api_key: str | None = None,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        verify: bool | str = True,
+        transport_impl: Any = None,
+    ) -> None:
+        self.transport = transport_impl or make_transport(
+            url, transport, codec, api_key, timeout_s, verify, self.asynchronous
+        )
+        codec = self.transport.codec
         if codec not in wire.CODECS:
             raise ValueError(f"codec must be one of {wire.CODECS}, got {codec!r}")
         self.model, self.codec = model, codec
+        self.retries, self.backoff_s = retries, backoff_s
+        if self.asynchronous:  # one request at a time on a ws/tcp connection
+            self._lock = asyncio.Lock()
         if codec == "msgpack":  # one packer per client (a client is used by one thread)
             self._dumps = msgpack.Packer(default=wirecodec.pack_default, use_bin_type=True).pack
         else:
@@ -147,29 +174,10 @@ def make_transport(
     return cls(url, "msgpack" if transport == "tcp" else codec, api_key, timeout_s, verify)
 
 
-class PolicyClient(_Requests):
-    """A blocking client of one model. ``transport``: ``http``, ``ws`` or ``tcp`` (then
-    ``url`` is ``tcp://HOST:PORT`` and the codec is always msgpack); ``codec``: ``json``
-    or ``msgpack``; ``verify``: TLS verification (a CA file path, or False)."""
+class PolicyClient(_Client):
+    """A blocking client of one model (options: :class:`_Client`)."""
 
-    def __init__(
-        self,
-        url: str,
-        model: str,
-        *,
-        transport: str = "http",
-        codec: str = "json",
-        api_key: str | None = None,
-        timeout_s: float = 1.0,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        verify: bool | str = True,
-        transport_impl: Transport | None = None,
-    ) -> None:
-        impl = transport_impl or make_transport(url, transport, codec, api_key, timeout_s, verify)
-        super().__init__(model, impl.codec)
-        self.transport = impl
-        self.retries, self.backoff_s = retries, backoff_s
+    transport: Transport
 
     def _send(self, route: str, payload: bytes | None) -> Any:
         for attempt in range(self.retries + 1):
@@ -223,31 +231,12 @@ class PolicyClient(_Requests):
 # --------------------------------------------------------------------- asyncio
 
 
-class AsyncPolicyClient(_Requests):
-    """:class:`PolicyClient` for asyncio code: the same API with ``await``, on the
-    asyncio transports (or ``transport_impl``, e.g. a :class:`MockTransport`)."""
+class AsyncPolicyClient(_Client):
+    """:class:`PolicyClient` for asyncio code: the same options and API with ``await``,
+    on the asyncio transports."""
 
-    def __init__(
-        self,
-        url: str,
-        model: str,
-        *,
-        transport: str = "http",
-        codec: str = "json",
-        api_key: str | None = None,
-        timeout_s: float = 1.0,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        verify: bool | str = True,
-        transport_impl: AsyncTransport | None = None,
-    ) -> None:
-        impl = transport_impl or make_transport(
-            url, transport, codec, api_key, timeout_s, verify, asynchronous=True
-        )
-        super().__init__(model, impl.codec)
-        self.transport = impl
-        self.retries, self.backoff_s = retries, backoff_s
-        self._lock = asyncio.Lock()  # one request at a time on a ws/tcp connection
+    asynchronous = True
+    transport: AsyncTransport
 
     async def _send(self, route: str, payload: bytes | None) -> Any:
         for attempt in range(self.retries + 1):
