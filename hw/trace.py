@@ -195,40 +195,35 @@ def traces_from_pairs(
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _pack_big_endian(buf, n, tag, x, width):  # pragma: no cover - compiled
+    """A msgpack tag byte, then ``x`` in ``width`` big-endian bytes."""
+    buf[n] = tag
+    for k in range(width):
+        buf[n + 1 + k] = (x >> (8 * (width - 1 - k))) & 0xFF
+    return n + 1 + width
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def _pack_uint(buf, n, x):  # pragma: no cover - compiled
     """msgpack's smallest encoding of a non-negative int (as msgpack-python writes it)."""
-    if x < 128:
+    if x < 128:  # positive fixint
         buf[n] = x
         return n + 1
     if x < 256:
-        buf[n] = 0xCC
-        buf[n + 1] = x
-        return n + 2
+        return _pack_big_endian(buf, n, 0xCC, x, 1)
     if x < 65536:
-        buf[n] = 0xCD
-        buf[n + 1] = x >> 8
-        buf[n + 2] = x & 0xFF
-        return n + 3
-    buf[n] = 0xCE
-    for k in range(4):
-        buf[n + 1 + k] = (x >> (24 - 8 * k)) & 0xFF
-    return n + 5
+        return _pack_big_endian(buf, n, 0xCD, x, 2)
+    return _pack_big_endian(buf, n, 0xCE, x, 4)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _pack_array_header(buf, n, size):  # pragma: no cover - compiled
-    if size < 16:
+    if size < 16:  # fixarray
         buf[n] = 0x90 | size
         return n + 1
     if size < 65536:
-        buf[n] = 0xDC
-        buf[n + 1] = size >> 8
-        buf[n + 2] = size & 0xFF
-        return n + 3
-    buf[n] = 0xDD
-    for k in range(4):
-        buf[n + 1 + k] = (size >> (24 - 8 * k)) & 0xFF
-    return n + 5
+        return _pack_big_endian(buf, n, 0xDC, size, 2)
+    return _pack_big_endian(buf, n, 0xDD, size, 4)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)

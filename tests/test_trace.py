@@ -155,6 +155,17 @@ def test_compiled_msgpack_of_a_trace_is_byte_for_byte_the_packers(observations):
     assert int(tr.layers[0].spikes[:, 1].max()) >= 256  # neurons past one byte
 
 
+@pytest.mark.parametrize("x", [0, 15, 16, 127, 128, 255, 256, 65535, 65536, 2**32 - 1])
+def test_compiled_ints_and_array_headers_are_msgpacks_at_every_width(x):
+    import msgpack
+
+    from hw.trace import _pack_array_header, _pack_uint
+
+    buf = np.zeros(8, np.uint8)
+    assert bytes(buf[: _pack_uint(buf, 0, x)]) == msgpack.packb(x)
+    assert bytes(buf[: _pack_array_header(buf, 0, x)]) == msgpack.Packer().pack_array_header(x)
+
+
 def test_a_traced_non_finite_observation_is_refused_like_an_untraced_one():
     art = _artifacts()["membrane"]
     with EmulatorBackend() as emu:
