@@ -90,27 +90,23 @@ def test_one_tick_delay_per_hop():
     assert out.record.shape == (1, 12, 16 + 16 + 2)
 
 
-def test_strict_threshold_does_not_spike_at_equality():
+@pytest.mark.parametrize(
+    ("current", "alpha_decay", "spikes_expected", "v_expected"),
+    [(1.0, 1.0, 0, 1.0), (1.5, 0.5, 1, 0.5)],  # at the threshold: none; past it: one
+)
+def test_strict_threshold_does_not_spike_at_equality(
+    current, alpha_decay, spikes_expected, v_expected
+):
     spikes, v = lif_step(
-        np.array([1.0], np.float32),
+        np.array([current], np.float32),
         np.array([0.0], np.float32),
         threshold=np.float32(1.0),
-        alpha_decay=np.float32(1.0),
+        alpha_decay=np.float32(alpha_decay),
         i_offset=np.array([0.0], np.float32),
         reset="reset_by_subtraction",
         v_reset=np.float32(0.0),
     )
-    assert spikes[0] == 0 and v[0] == 1.0
-    spikes, v = lif_step(
-        np.array([1.5], np.float32),
-        np.array([0.0], np.float32),
-        threshold=np.float32(1.0),
-        alpha_decay=np.float32(0.5),
-        i_offset=np.array([0.0], np.float32),
-        reset="reset_by_subtraction",
-        v_reset=np.float32(0.0),
-    )
-    assert spikes[0] == 1 and v[0] == np.float32(0.5)
+    assert spikes[0] == spikes_expected and v[0] == np.float32(v_expected)
 
 
 def test_deterministic_encoder_counts_and_spacing():
