@@ -294,6 +294,8 @@ def _replace(obj, changes: dict):
 # dsqn presets: self-distillation QAT and percentile PTQ compete (the adaptive-threshold
 # pipeline is there on request: it doubles the fine-tuning time)
 _DSQN_PIPELINES = ("qat", "ptq-percentile")
+#: the paper's network settings: 2x64 LIF neurons, Poisson-coded 7-bin tent inputs, T = 20
+_PAPER_SNN = {"encoder": "poisson", "bins": 7, "input_ticks": 20, "alpha_decay": 0.9}
 
 PRESETS: dict[str, Preset] = {
     "paper-cartpole": Preset(
@@ -304,13 +306,7 @@ PRESETS: dict[str, Preset] = {
         train={
             "env": "CartPole-v1",
             "recipe": "dsqn",
-            "snn": {
-                "encoder": "poisson",
-                "bins": 7,
-                "input_ticks": 20,
-                "alpha_decay": 0.9,
-                "obs_scale": (0.5, 0.5, 0.06, 0.6),
-            },
+            "snn": {**_PAPER_SNN, "obs_scale": (0.5, 0.5, 0.06, 0.6)},
             # advantage learning: 8-bit validation returns 472.2 / 204.1 (seeds 11 / 12)
             # against 86.7 / 116.0 without it, same settings otherwise
             "dsqn": {
@@ -330,13 +326,7 @@ PRESETS: dict[str, Preset] = {
         train={
             "env": "Acrobot-v1",
             "recipe": "dsqn",
-            "snn": {
-                "encoder": "poisson",
-                "bins": 7,
-                "input_ticks": 20,
-                "alpha_decay": 0.9,
-                "obs_scale": (1.0, 1.0, 1.0, 1.0, 7.0, 10.0),
-            },
+            "snn": {**_PAPER_SNN, "obs_scale": (1.0, 1.0, 1.0, 1.0, 7.0, 10.0)},
             "dsqn": {
                 "total_steps": 80_000,
                 "num_envs": 4,
