@@ -149,9 +149,7 @@ def test_every_msgpack_type_at_every_door_is_a_4xx_with_its_kind_never_500(model
 
 
 def test_every_msgpack_type_as_the_hello_is_a_401_then_a_close(models_dir):
-    app = create_app(make_settings(models_dir, tcp_bind="127.0.0.1:0", api_keys=KEY))
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, api_keys=KEY) as (c, app):
         for body in [*RAW, *(msgpack.packb(v) for v in EVERY_TYPE), msgpack.packb({"hello": 1})]:
             with socket.create_connection(("127.0.0.1", app.state.tcp.port), timeout=10) as s:
                 s.sendall(framing.frame(body))
@@ -164,6 +162,15 @@ def test_every_msgpack_type_as_the_hello_is_a_401_then_a_close(models_dir):
 
 
 # ----------------------------------------------------------------------------- hostile TCP
+
+
+@contextlib.contextmanager
+def _tcp_server(models_dir, **settings):
+    """The app with its TCP door on a free port, ready: ``(test client, app)``."""
+    app = create_app(make_settings(models_dir, tcp_bind="127.0.0.1:0", **settings))
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c, app
 
 
 def _metric(text: str, reason: str) -> float:
@@ -190,14 +197,12 @@ def test_hostile_tcp_connections_are_closed_and_counted(models_dir):
     """Silent, half a hello, half a frame, idle after an answer, past the connection cap:
     each closed by its timeout (sockets wait at most 10 s, far past the 0.3-0.6 s
     timeouts) and counted; a new client is still served."""
-    settings = make_settings(
-        models_dir, tcp_bind="127.0.0.1:0", api_keys=KEY, tcp_hello_timeout_s=0.3,
-        tcp_idle_timeout_s=0.6, tcp_read_timeout_s=0.3, tcp_max_connections=5,
+    settings = dict(
+        api_keys=KEY, tcp_hello_timeout_s=0.3, tcp_idle_timeout_s=0.6, tcp_read_timeout_s=0.3,
+        tcp_max_connections=5,
     )  # fmt: skip
-    app = create_app(settings)
     hello = framing.frame(msgpack.packb({"hello": {"api_key": KEY}}))
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, **settings) as (c, app):
         port = app.state.tcp.port
 
         def connect() -> socket.socket:
@@ -239,14 +244,9 @@ def test_a_client_that_reads_no_answers_is_closed_and_counted(models_dir):
 
     from s2loop_client.codec import pack
 
-    settings = make_settings(
-        models_dir, tcp_bind="127.0.0.1:0", tcp_read_timeout_s=0.3, deadline_ms=60_000
-    )
-    app = create_app(settings)
     rows = np.tile(np.float32(OBS), (4096, 1))
     frame = framing.frame(pack({"model": "cartpole", "observations": rows}))  # ~80 kB answers
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, tcp_read_timeout_s=0.3, deadline_ms=60_000) as (c, app):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", app.state.tcp.port))
@@ -272,10 +272,7 @@ def test_a_client_that_reads_no_answers_is_closed_and_counted(models_dir):
 def test_a_kept_tcp_connection_closed_while_idle_is_sent_again(models_dir):
     """The SDK meets an idle close as it would a kept-alive HTTP connection: the request
     never reached the server, so it goes again on a new connection."""
-    settings = make_settings(models_dir, tcp_bind="127.0.0.1:0", tcp_idle_timeout_s=0.2)
-    app = create_app(settings)
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, tcp_idle_timeout_s=0.2) as (c, app):
         url = f"tcp://127.0.0.1:{app.state.tcp.port}"
         with PolicyClient(url, "cartpole", transport="tcp") as p:
             first = p.act(OBS).action
@@ -308,14 +305,12 @@ def certificate(tmp_path_factory):
 def test_the_tcp_door_speaks_tls_only_whenever_the_server_has_a_certificate(
     models_dir, certificate
 ):
-    settings = make_settings(
-        models_dir, tcp_bind="127.0.0.1:0", api_keys=KEY, tcp_hello_timeout_s=0.5,
-        ssl_certfile=certificate["cert"], ssl_keyfile=certificate["key"],
+    settings = dict(
+        api_keys=KEY, tcp_hello_timeout_s=0.5, ssl_certfile=certificate["cert"],
+        ssl_keyfile=certificate["key"],
     )  # fmt: skip
-    app = create_app(settings)
     ca = str(certificate["ca"])
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, **settings) as (c, app):
         port = app.state.tcp.port
         tcps = f"tcps://127.0.0.1:{port}"
         with PolicyClient(tcps, "cartpole", transport="tcp", api_key=KEY, verify=ca) as p:
@@ -360,10 +355,7 @@ def test_a_certificate_that_cannot_be_loaded_is_an_error_naming_the_setting(tmp_
 
 
 def test_refused_connections_map_to_unavailable_in_the_sdk(models_dir):
-    settings = make_settings(models_dir, tcp_bind="127.0.0.1:0", tcp_max_connections=1)
-    app = create_app(settings)
-    with TestClient(app) as c:
-        wait_ready(c)
+    with _tcp_server(models_dir, tcp_max_connections=1) as (_, app):
         url = f"tcp://127.0.0.1:{app.state.tcp.port}"
         with PolicyClient(url, "cartpole", transport="tcp") as first:
             first.act(OBS)
