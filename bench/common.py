@@ -67,6 +67,18 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return text.splitlines()
 
 
+def report_head(command: str, quick: bool, config: dict[str, Any]) -> dict[str, Any]:
+    """What every benchmark page's report opens with: the command that made it, when,
+    on what machine, and its settings."""
+    return {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_info(),
+        "quick": quick,
+        "config": config,
+    }
+
+
 def write_page(out: Path, md_name: str, markdown: str, json_name: str, report: Any) -> list[Path]:
     """A benchmark's page and its figures: OUT/MD_NAME and OUT/JSON_NAME (created)."""
     import json

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import fmt, machine_info, table, write_page
+from bench.common import fmt, report_head, table, write_page
 
 MD_NAME = "FLEET.md"
 JSON_NAME = "fleet.json"
@@ -112,13 +112,8 @@ def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> di
 
     tmp = Path(tempfile.mkdtemp(prefix="s2loop-bench-fleet-"))
     models = shipped_models_dir()
-    report: dict[str, Any] = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine_info(),
-        "quick": cfg.quick,
-        "config": {k: v for k, v in cfg.__dict__.items() if k != "quick"},
-    }
+    config = {k: v for k, v in cfg.__dict__.items() if k != "quick"}
+    report: dict[str, Any] = report_head(command, cfg.quick, config)
     board_env = {"S2LOOP_FAKE_BOARD_RUN_S": str(cfg.board_run_s), "S2LOOP_FAKE_BOARD_TICK_S": "0"}
     old = {k: os.environ.get(k) for k in board_env}
     os.environ.update(board_env)

@@ -39,7 +39,7 @@ class RecordBenchConfig:
 def run_record_bench(cfg: RecordBenchConfig, command: str = "", log: Any = print) -> dict:
     import orjson
 
-    from bench.common import machine_info, summarize_us
+    from bench.common import report_head, summarize_us
     from bench.suite import HttpBare, env_observations
     from clients.demo import ServerProcess, shipped_models_dir
     from service.replay import read_acts, replay
@@ -112,12 +112,9 @@ def run_record_bench(cfg: RecordBenchConfig, command: str = "", log: Any = print
         rep = replay(grow, models_dir=models)
         best = rep if best is None or rep["rows_per_s"] > best["rows_per_s"] else best
     assert best is not None
+    config = {"rounds": cfg.rounds, "block": cfg.block, "rotate_rows": cfg.rotate_rows}
     return {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine_info(),
-        "quick": cfg.quick,
-        "config": {"rounds": cfg.rounds, "block": cfg.block, "rotate_rows": cfg.rotate_rows},
+        **report_head(command, cfg.quick, config),
         "rtt_us": {k: summarize_us(v) for k, v in rtt.items()},
         "ratio_p50": float(np.median(rtt["on"]) / np.median(rtt["off"])),
         "answers_sent": sent_on,

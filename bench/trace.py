@@ -9,7 +9,6 @@ issue's target: a traced request costs at most 2x an untraced one on the emulato
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ def run_trace_bench(cfg: TraceBenchConfig, command: str = "", log: Any = print) 
     import msgpack
     import orjson
 
-    from bench.common import machine_info, summarize_us
+    from bench.common import report_head, summarize_us
     from bench.suite import HttpBare, TcpBare, env_observations
     from clients.demo import ServerProcess, free_port, shipped_models_dir
 
@@ -126,12 +125,9 @@ def run_trace_bench(cfg: TraceBenchConfig, command: str = "", log: Any = print) 
             s = {k: summarize_us(v) for k, v in rtt[model][door].items()}
             s["ratio_p50"] = s["on"]["p50"] / s["off"]["p50"]
             requests[f"{model} {door}"] = s
+    config = {"rounds": cfg.rounds, "block": cfg.block, "backend_calls": cfg.backend_calls}
     return {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine_info(),
-        "quick": cfg.quick,
-        "config": {"rounds": cfg.rounds, "block": cfg.block, "backend_calls": cfg.backend_calls},
+        **report_head(command, cfg.quick, config),
         "requests": requests,
         "answer_bytes": {
             m: {k: float(np.mean(v)) for k, v in answer_bytes[m].items()} for m in MODELS
@@ -216,7 +212,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def write_trace(report: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MD_NAME).write_text(markdown(report))
-    (out / JSON_NAME).write_text(json.dumps(report, indent=1))
-    return [out / MD_NAME, out / JSON_NAME]
+    from bench.common import write_page
+
+    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)
