@@ -226,24 +226,33 @@ def test_replay_on_the_same_model_agrees_fully_and_flags_a_different_one(models,
     assert runner.invoke(app, [*args, "--min-agreement", "0.1"]).exit_code == 0
 
 
-def test_a_shadow_model_is_compared_live_off_the_hot_path(models, tmp_path):
-    rec = tmp_path / "rec"
-    shadow = f"cartpole={models / 'other' / 'candidate.s2l'}"
-    app = create_app(make_settings(models, record_dir=rec, shadow=shadow))
+def cartpole_observations(n: int, seed: int = 1) -> list[list[float]]:
+    """``n`` observations at CartPole's scale."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 4)) * [1.0, 1.5, 0.15, 1.5]).tolist()
+
+
+def serve_with_shadow(models_dir, candidate, rec, bodies: list[dict]) -> str:
+    """Serve ``models_dir`` with ``candidate`` shadowing ``cartpole`` and the recorder on
+    (into ``rec``), answer each act body (200), wait (10 s at most) until the shadow
+    compared them all, then stop the server gracefully; its metrics at the end."""
+    app = create_app(make_settings(models_dir, record_dir=rec, shadow=f"cartpole={candidate}"))
+    done = f's2loop_shadow_compared_total{{model="cartpole"}} {float(len(bodies))}'
     with TestClient(app) as c:
         wait_ready(c)
-        rng = np.random.default_rng(1)
-        for _ in range(200):
-            obs = (rng.normal(size=4) * [1.0, 1.5, 0.15, 1.5]).tolist()
-            c.post("/v1/act", json={"model": "cartpole", "observation": obs})
-        deadline = time.monotonic() + 5
-        text = ""
-        while time.monotonic() < deadline:
-            text = app.state.metrics.render().decode()
-            if 's2loop_shadow_compared_total{model="cartpole"} 200.0' in text:
-                break
-            time.sleep(0.05)
-    assert 's2loop_shadow_compared_total{model="cartpole"} 200.0' in text
+        for body in bodies:
+            assert c.post("/v1/act", json=body).status_code == 200
+        deadline = time.monotonic() + 10
+        while done not in app.state.metrics.render().decode():
+            assert time.monotonic() < deadline, "the shadow did not compare every answer"
+            time.sleep(0.02)  # the shadow compares off the request path
+    return app.state.metrics.render().decode()
+
+
+def test_a_shadow_model_is_compared_live_off_the_hot_path(models, tmp_path):
+    rec = tmp_path / "rec"
+    bodies = [{"model": "cartpole", "observation": obs} for obs in cartpole_observations(200)]
+    text = serve_with_shadow(models, models / "other" / "candidate.s2l", rec, bodies)
     agreed = float(text.split('s2loop_shadow_agreed_total{model="cartpole"} ')[1].split()[0])
     assert 0 < agreed < 200  # a different network: mostly, not always, the same action
     rows = pq.read_table(sorted(rec.glob("shadow-*.parquet"))[0]).to_pylist()

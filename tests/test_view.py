@@ -9,7 +9,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -199,34 +198,23 @@ def test_replay_view_logs_live_shadow_and_replayed_answers_per_episode(tmp_path)
     ``s2loop replay DIR --view FILE.rrd``: one row per recorded answer, the shadow's
     answers beside the live ones, a text line for each disagreement."""
     import pyarrow.parquet as pq
-    from fastapi.testclient import TestClient
 
     from hw.artifact import save_artifact
     from hw.synthetic import random_artifact
     from s2loop.cli import app as cli
-    from service.app import create_app
-    from tests.test_service import make_settings, wait_ready
+    from tests.test_recorder import cartpole_observations, serve_with_shadow
 
     models = tmp_path / "models"
     models.mkdir()
     save_artifact(random_artifact(seed=1, name="cartpole"), models / "cartpole.s2l")
     save_artifact(random_artifact(seed=9, name="cartpole"), tmp_path / "candidate.s2l")
     rec = tmp_path / "rec"
-    shadow = f"cartpole={tmp_path / 'candidate.s2l'}"
-    server = create_app(make_settings(models, record_dir=rec, shadow=shadow))
-    with TestClient(server) as c:
-        wait_ready(c)
-        rng = np.random.default_rng(1)
-        for i in range(40):
-            obs = (rng.normal(size=4) * [1.0, 1.5, 0.15, 1.5]).tolist()
-            body = {"model": "cartpole", "observation": obs, "episode_id": f"e{i // 20}",
-                    "step": i % 20, "trace": i % 10 == 0}  # fmt: skip
-            assert c.post("/v1/act", json=body).status_code == 200
-        done = 's2loop_shadow_compared_total{model="cartpole"} 40.0'
-        deadline = time.monotonic() + 10
-        while done not in server.state.metrics.render().decode():
-            assert time.monotonic() < deadline, "the shadow did not compare every answer"
-            time.sleep(0.02)  # the shadow compares off the request path
+    bodies = [
+        {"model": "cartpole", "observation": obs, "episode_id": f"e{i // 20}", "step": i % 20,
+         "trace": i % 10 == 0}
+        for i, obs in enumerate(cartpole_observations(40))
+    ]  # fmt: skip
+    serve_with_shadow(models, tmp_path / "candidate.s2l", rec, bodies)
     # the server's graceful stop wrote every table
     rrd = tmp_path / "replay.rrd"
     res = CliRunner().invoke(cli, ["replay", str(rec), "--models", str(models), "--view", str(rrd)])
