@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -183,16 +182,10 @@ class ReferenceBackend(Backend):
         with self._replay_lock:
             return [(k[0], k[2]) for k in self._static]
 
-    def infer(
-        self,
-        model: str,
-        observations: np.ndarray,
-        seeds: np.ndarray | None = None,
-        *,
-        trace: bool = False,
+    def _infer(
+        self, prepared: tuple, observations: np.ndarray, seeds: np.ndarray | None, trace: bool
     ) -> InferenceResult:
-        art, params = self._get(model)
-        start = time.perf_counter()
+        art, params = prepared
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
         raster = encode(art, obs, seeds=seeds)  # on the host, outside any graph
@@ -217,7 +210,6 @@ class ReferenceBackend(Backend):
                 q, rec, per_layer = (t.cpu().numpy() for t in (q_t, rec_t, per_layer_t))
         q = q.astype(np.float32)
         traces = build_traces(art, raster, rec, q_ticks) if trace else None
-        elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
             actions=greedy(q),
@@ -225,7 +217,6 @@ class ReferenceBackend(Backend):
             spikes_per_layer=per_layer.astype(np.int64),
             synaptic_events=synaptic_events(rec, raster, [lay.size for lay in art.layers]),
             backend=self.name,
-            compute_us=elapsed,
             seeds=seeds,
             traces=traces,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ class InferenceResult:
     spikes_per_layer: np.ndarray  # int64 [B, layers] spikes emitted per LIF layer
     synaptic_events: np.ndarray  # int64 [B] spikes x fan-out, input layer included
     backend: str
-    compute_us: float  # wall time of the backend call, microseconds
+    compute_us: float = 0.0  # wall time of the backend call, microseconds (Backend.infer)
     seeds: np.ndarray | None = None  # int64 [B]: Poisson encoder seeds used; None if deterministic
     extra: dict[str, Any] = field(default_factory=dict)
     #: one spike trace per observation (``hw.trace``), when the call asked for them
@@ -118,16 +119,31 @@ class Backend(ABC):
     def _prepare(self, artifact: ModelArtifact) -> Any:
         """Backend-specific compiled form of an artifact."""
 
-    @abstractmethod
     def infer(
-        self, model: str, observations: np.ndarray, seeds: np.ndarray | None = None
+        self,
+        model: str,
+        observations: np.ndarray,
+        seeds: np.ndarray | None = None,
+        *,
+        trace: bool = False,
     ) -> InferenceResult:
         """Run a batch of observations (float32 [B, obs]) through ``model``.
 
         ``seeds`` (int [B]) make a Poisson encoder's draws reproducible; without
         them each observation gets fresh draws (:func:`hw.encoding.request_seeds`).
         The result reports the seeds used. Deterministic encoders ignore them.
-        Backends with ``gives_traces`` also take a keyword ``trace: bool = False``."""
+        ``trace`` (backends with ``gives_traces`` only): a spike trace per observation.
+        Every call is timed here (``compute_us``); a backend implements :meth:`_infer`."""
+        prepared = self._get(model)
+        start = time.perf_counter()
+        result = self._infer(prepared, observations, seeds, trace)
+        result.compute_us = (time.perf_counter() - start) * 1e6
+        return result
+
+    def _infer(self, prepared: Any, observations: Any, seeds: Any, trace: bool) -> InferenceResult:
+        """One call on ``prepared`` (what :meth:`_prepare` made of the model), observations
+        as given (each backend checks them its own way)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement _infer")
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "models": self.models()}

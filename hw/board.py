@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,17 +299,11 @@ class SpiNNaker2Backend(Backend):
 
     # -------------------------------------------------------------------- infer
 
-    def infer(
-        self,
-        model: str,
-        observations: np.ndarray,
-        seeds: np.ndarray | None = None,
-        *,
-        trace: bool = False,
+    def _infer(
+        self, prepared: BoardModel, observations: Any, seeds: Any, trace: bool
     ) -> InferenceResult:
-        prepared: BoardModel = self._get(model)
         art = prepared.artifact
-        start = time.perf_counter()
+        model = art.name
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
         rasters = encode(art, obs, seeds=seeds)
@@ -357,7 +350,6 @@ class SpiNNaker2Backend(Backend):
         traces = None
         if record is not None:
             traces = build_traces(art, rasters, record, output_q(art, record, v_out))
-        elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
             actions=greedy_actions(q),
@@ -365,7 +357,6 @@ class SpiNNaker2Backend(Backend):
             spikes_per_layer=spikes,
             synaptic_events=syn,
             backend=self.name,
-            compute_us=elapsed,
             seeds=seeds,
             extra={
                 "board_runs": runs,

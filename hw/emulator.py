@@ -19,7 +19,6 @@ argmax fused into the kernel: the path :class:`EmulatorBackend` serves).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -686,19 +685,12 @@ class EmulatorBackend(Backend):
             run_observations(net, zeros)
         return net
 
-    def infer(
-        self,
-        model: str,
-        observations: np.ndarray,
-        seeds: np.ndarray | None = None,
-        *,
-        trace: bool = False,
+    def _infer(
+        self, net: CompiledNetwork, observations: Any, seeds: Any, trace: bool
     ) -> InferenceResult:
-        net: CompiledNetwork = self._get(model)
         art = net.artifact
-        start = time.perf_counter()
         if trace:
-            return self._traced(net, observations, seeds, start)
+            return self._traced(net, observations, seeds)
         if art.encoder.kind == "deterministic":
             seeds = None  # nothing random to seed
             q, actions, spikes, syn = run_observations(net, observations, settings=self.settings)
@@ -709,7 +701,6 @@ class EmulatorBackend(Backend):
             q = readout(art, out.v_final, out.counts)
             actions = greedy_actions(q)
             spikes, syn = out.layer_spikes, out.synaptic_events
-        elapsed = (time.perf_counter() - start) * 1e6
         return InferenceResult(
             q_values=q,
             actions=actions,
@@ -717,17 +708,14 @@ class EmulatorBackend(Backend):
             spikes_per_layer=spikes,
             synaptic_events=syn,
             backend=self.name,
-            compute_us=elapsed,
             seeds=seeds,
         )
 
-    def _traced(
-        self, net: CompiledNetwork, observations: np.ndarray, seeds: Any, start: float
-    ) -> InferenceResult:
+    def _traced(self, net: CompiledNetwork, observations: Any, seeds: Any) -> InferenceResult:
         """The raster path with the full record: the same answer, plus the traces."""
         art = net.artifact
         if art.encoder.kind == "deterministic":  # one compiled call, as the untraced path
-            return self._traced_deterministic(net, observations, start)
+            return self._traced_deterministic(net, observations)
         obs = check_observations(art, observations)
         seeds = request_seeds(art, obs.shape[0], seeds)
         raster = encode(art, obs, seeds=seeds)
@@ -743,14 +731,11 @@ class EmulatorBackend(Backend):
             spikes_per_layer=out.layer_spikes,
             synaptic_events=out.synaptic_events,
             backend=self.name,
-            compute_us=(time.perf_counter() - start) * 1e6,
             seeds=seeds,
             traces=traces,
         )
 
-    def _traced_deterministic(
-        self, net: CompiledNetwork, observations: np.ndarray, start: float
-    ) -> InferenceResult:
+    def _traced_deterministic(self, net: CompiledNetwork, observations: Any) -> InferenceResult:
         art = net.artifact
         obs = _as_checked_observations(art, observations)
         q_ticks, actions, spikes, syn, pairs, bad = _run_obs_traced_kernel(
@@ -767,7 +752,6 @@ class EmulatorBackend(Backend):
             spikes_per_layer=spikes,
             synaptic_events=syn,
             backend=self.name,
-            compute_us=(time.perf_counter() - start) * 1e6,
             traces=traces_from_pairs(art, *pairs, q_ticks),
         )
 
