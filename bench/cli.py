@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 
-BENCH_DIR = Path(__file__).resolve().parent
+from bench import BENCH_DIR
+from s2loop.commands import command_line, generated
 
 bench_app = typer.Typer(
     name="bench",
@@ -18,113 +17,106 @@ bench_app = typer.Typer(
 )
 
 
-@bench_app.command("emulator")
-def emulator(
-    quick: bool = typer.Option(False, "--quick", help="fewer calls, shorter runs"),
-    out: Path | None = typer.Option(None, "--out", help="write the JSON report here"),
-    repeats: int | None = typer.Option(None, help="repeats per measurement (best is reported)"),
-    batch_sizes: str = typer.Option("1,16,256,4096", help="comma-separated batch sizes"),
-    cpu: int | None = typer.Option(None, help="pin the process to this CPU"),
-    model: str | None = typer.Option(None, help="artifact name/path (default: random 2x64)"),
-) -> None:
+def _quick_preset(config_type: type):
+    """The config's presets: ``--quick`` among the arguments picks the quick one."""
+    return lambda args: config_type.make(quick="--quick" in args)
+
+
+def _emulator(cfg) -> None:
     """Single-observation latency and batched throughput of the emulator on one core."""
     import json
-    import os
 
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    from bench.emulator import EmulatorBenchConfig, print_report, run_emulator_benchmark
+    from bench.emulator import print_report, run_emulator_benchmark
 
-    cfg = EmulatorBenchConfig.make(
-        quick=quick,
-        repeats=repeats,
-        batch_sizes=tuple(int(b) for b in batch_sizes.split(",") if b.strip()),
-        cpu=cpu,
-        model=model,
-    )
     report = run_emulator_benchmark(cfg)
     print_report(report)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        typer.echo(f"wrote {out}")
+    if cfg.out is not None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {cfg.out}")
 
 
-def suite(
-    quick: bool = typer.Option(False, "--quick", help="fewer steps and rounds (about 1-2 min)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent,
-        "--out",
-        help="folder for RESULTS.md, results.json and the PNGs [default: bench/]",
-    ),
-    sections: str = typer.Option(
-        "all", help="comma-separated: transport,backends,closed_loop,scaling,chip"
-    ),
-    models: Path | None = typer.Option(None, help="folder of *.s2l models [default: models/]"),
-) -> None:
+def _suite(cfg) -> None:
     """The whole performance suite in one run: transport vs a bare-FastAPI floor, emulator vs
     torch reference, closed-loop deadlines, client/worker scaling, chip estimates vs the
     reference paper. Writes OUT/RESULTS.md, OUT/results.json and OUT/*.png."""
-    import os
-    import shlex
-    import sys
+    from dataclasses import replace
 
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
     from bench.results import write_results
-    from bench.suite import SECTIONS, SuiteConfig, run_suite
+    from bench.suite import SECTIONS, run_suite
 
-    chosen = SECTIONS if sections == "all" else tuple(s.strip() for s in sections.split(","))
+    # "transport,backends" (one word) or "transport backends"; "all": every section
+    chosen = tuple(s.strip() for part in cfg.sections for s in part.split(",") if s.strip())
+    if "all" in chosen:
+        chosen = SECTIONS
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise typer.BadParameter(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
-    cfg = SuiteConfig.make(quick=quick, sections=chosen, models_dir=models)
-    command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_suite(cfg, command=command, log=typer.echo)
-    for path in write_results(report, out):
+    report = run_suite(replace(cfg, sections=chosen), command=command_line(), log=typer.echo)
+    for path in write_results(report, cfg.out):
         typer.echo(f"wrote {path}")
 
 
-bench_app.command("suite")(suite)
-
-
-def _quick(what: str) -> Any:
-    return typer.Option(False, "--quick", help=what)
-
-
-def _out(page: str) -> Any:
-    return typer.Option(BENCH_DIR, "--out", help=f"folder for {page} [default: bench/]")
-
-
-def _write_page(
-    measure: Callable[[str], dict], write: Callable[..., list[Path]], out: Path
-) -> None:
-    """``measure(command)`` -> report, then ``write(report, out)``; says what it wrote."""
-    import shlex
-    import sys
-
-    report = measure(shlex.join(["s2loop", *sys.argv[1:]]))
-    for path in write(report, out):
+def _page(measure, write, cfg) -> None:
+    """``measure(cfg, command, log)`` -> report, then ``write(report, cfg.out)``; says
+    what it wrote."""
+    report = measure(cfg, command=command_line(), log=typer.echo)
+    for path in write(report, cfg.out):
         typer.echo(f"wrote {path}")
 
 
-@bench_app.command("record")
-def record(quick: bool = _quick("few requests (a smoke test)"), out: Path = _out("RECORD.md")):
+def _record(cfg) -> None:
     """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
     million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
-    from bench.record import RecordBenchConfig, run_record_bench, write_record
+    from bench.record import run_record_bench, write_record
 
-    cfg = RecordBenchConfig.make(quick)
-    _write_page(lambda cmd: run_record_bench(cfg, command=cmd, log=typer.echo), write_record, out)
+    _page(run_record_bench, write_record, cfg)
 
 
-@bench_app.command("trace")
-def trace(quick: bool = _quick("few requests (a smoke test)"), out: Path = _out("TRACE.md")):
+def _trace(cfg) -> None:
     """What a spike trace costs: /v1/act with and without "trace": true (HTTP, TCP) and
     the emulator alone, traced and not. Writes OUT/TRACE.md."""
-    from bench.trace import TraceBenchConfig, run_trace_bench, write_trace
+    from bench.trace import run_trace_bench, write_trace
 
-    cfg = TraceBenchConfig.make(quick)
-    _write_page(lambda cmd: run_trace_bench(cfg, command=cmd, log=typer.echo), write_trace, out)
+    _page(run_trace_bench, write_trace, cfg)
+
+
+def _fleet(cfg) -> None:
+    """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
+    one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
+    from bench.fleet import run_fleet_bench, write_fleet
+
+    _page(run_fleet_bench, write_fleet, cfg)
+
+
+def _training(cfg) -> None:
+    """dsqn's gradient step and acting forward (reference tick loop vs fast forward) and
+    env steps/s of dsqn against the float teacher, in the same run."""
+    from bench.training import run, write
+
+    typer.echo(f"wrote {write(run(quick=cfg.quick), cfg.out)}")
+
+
+def _recipes(cfg) -> None:
+    """The reproduction page OUT/RECIPES.md with a plot, from the models of a sweep
+    (`s2loop sweep --out DIR`, then `s2loop bench recipes --results DIR/results.parquet`)."""
+    if not cfg.results.is_file():
+        raise typer.BadParameter(
+            f"{cfg.results} does not exist: run `s2loop sweep --out DIR` first", param_hint="--results"
+        )
+    from bench.recipes import run_recipes, write_recipes
+
+    _page(run_recipes, write_recipes, cfg)
+
+
+def _register_generated() -> None:
+    """The commands whose options are their config's fields (imported here: a config
+    module is light, its measurements import the heavy parts inside)."""
+    import os
+
+    # one thread per process for every measurement (numba, BLAS), unless set already
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 
 @bench_app.command("tcp-floor")
@@ -132,83 +124,14 @@ def tcp_floor(
     floor: Path = typer.Option(
         Path("/work/shared/floors/tcp_echo.py"), help="the framed echo floor to run beside"
     ),
+    runs: int = typer.Option(3, min=1, help="runs, each with both servers started afresh"),
     rounds: int = typer.Option(20, min=1, help="interleaved rounds (one block per client)"),
     block: int = typer.Option(500, min=10, help="requests per client per round"),
-    out: Path | None = typer.Option(None, help="also write the report here (JSON)"),
+    out: Path = _out("TCP_FLOOR.md"),
 ) -> None:
-    """The TCP door against the framed echo floor in one run: p50 of a bare socket and of
-    PolicyClient over the floor's (issue 21's targets: <= 2.5x and <= 3.0x)."""
-    import json
+    """The TCP door against the framed echo floor, in the same runs: p50 of a bare socket
+    and of PolicyClient over the floor's (issue 21's targets: <= 2.5x and <= 3.0x).
+    Writes OUT/TCP_FLOOR.md and OUT/tcp_floor.json."""
+    from bench.tcp_floor import run, write
 
-    from bench.tcp_floor import measure
-
-    report = measure(floor, rounds, block)
-    text = json.dumps(report, indent=2)
-    typer.echo(text)
-    if out is not None:
-        out.write_text(text + "\n")
-        typer.echo(f"wrote {out}")
-
-
-@bench_app.command("training")
-def training(
-    quick: bool = typer.Option(False, "--quick", help="shorter runs (about a minute)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent, "--out", help="folder for TRAINING.md [default: bench/]"
-    ),
-) -> None:
-    """dsqn's gradient step and acting forward (reference tick loop vs fast forward) and
-    env steps/s of dsqn against the float teacher, in the same run."""
-    from bench.training import run, write
-
-    typer.echo(f"wrote {write(run(quick=quick), out)}")
-
-
-@bench_app.command("fleet")
-def fleet(quick: bool = _quick("short runs (a smoke test)"), out: Path = _out("FLEET.md")):
-    """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
-    one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
-    from bench.fleet import FleetConfig, run_fleet_bench, write_fleet
-
-    cfg = FleetConfig.make(quick)
-    _write_page(lambda cmd: run_fleet_bench(cfg, command=cmd, log=typer.echo), write_fleet, out)
-
-
-@bench_app.command("recipes")
-def recipes(
-    results: Path = typer.Option(
-        Path("runs/sweep/results.parquet"),
-        "--results",
-        help="results.parquet of an `s2loop sweep` (its trials' models are measured)",
-    ),
-    quick: bool = typer.Option(False, "--quick", help="fewer extra-metric episodes (a test)"),
-    out: Path = typer.Option(
-        Path(__file__).resolve().parent,
-        "--out",
-        help="folder for RECIPES.md, recipes.json and recipes.png [default: bench/]",
-    ),
-    tick_sweep: bool = typer.Option(True, help="also sweep input ticks of the shipped models"),
-) -> None:
-    """The reproduction page OUT/RECIPES.md with a plot, from the models of a sweep
-    (`s2loop sweep --out DIR`, then `s2loop bench recipes --results DIR/results.parquet`)."""
-    import shlex
-    import sys
-
-    if not results.is_file():
-        raise typer.BadParameter(
-            f"{results} does not exist: run `s2loop sweep --out DIR` first", param_hint="--results"
-        )
-    from bench.recipes import RecipesConfig, run_recipes, write_recipes
-
-    cfg = RecipesConfig.make(quick=quick, results=results, tick_sweep=tick_sweep)
-    command = shlex.join(["s2loop", *sys.argv[1:]])
-    report = run_recipes(cfg, command=command, log=typer.echo)
-    for path in write_recipes(report, out):
-        typer.echo(f"wrote {path}")
-
-
-bench_app.command("all", help="Same as `suite`.")(suite)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(bench_app, name="bench")
+    _write_page(lambda cmd: run(cmd, floor, runs, rounds, block, log=typer.echo), write, out)
