@@ -9,22 +9,13 @@ the standard library at module level: torch is imported inside the commands, so
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import typer
 
-_PASS_THROUGH = {
-    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
-    "add_help_option": False,
-}
-
-
-def _command_line() -> str:
-    return "s2loop " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+from s2loop.commands import PASS_THROUGH, command_line, generated, parse
 
 
 @dataclass(frozen=True)
@@ -48,13 +39,8 @@ def parse_options(config_type: type, args: list[str], prog: str, required: tuple
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
     names = "; ".join(f"{k}: {p.description}" for k, p in PRESETS.items())
-    return tyro.cli(
-        config_type,
-        default=default,
-        args=rest,
-        prog=prog,
-        description=f"{config_type.__doc__}\n\n--preset NAME sets the defaults first ({names}).",
-    )
+    description = f"{config_type.__doc__}\n\n--preset NAME sets the defaults first ({names})."
+    return parse(config_type, rest, prog, default=default, description=description)
 
 
 @dataclass(frozen=True)
@@ -79,8 +65,18 @@ class EvalArgs:
     """torch threads"""
 
 
+@dataclass(frozen=True)
+class ModelCardArgs:
+    """(Re)write the markdown model card of an artifact from its provenance."""
+
+    model: str
+    """model name (models/NAME.s2l) or path"""
+    out: Path | None = None
+    """markdown file (default: next to the artifact)"""
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("train", **_PASS_THROUGH)
+    @app.command("train", **PASS_THROUGH)
     def train(ctx: typer.Context) -> None:
         """Train a spiking Q-network: --recipe dsqn (the paper's) or distill. All options
         and presets: s2loop train --help."""
@@ -89,7 +85,7 @@ def register(app: typer.Typer) -> None:
         cfg = parse_options(TrainConfig, ctx.args, "s2loop train", ("out",))
         from agent.pipeline import train_run
 
-        summary = train_run(cfg, command=_command_line())
+        summary = train_run(cfg, command=command_line())
         stage = summary.get("dsqn") or summary.get("distill") or {}
         typer.echo(
             json.dumps(
@@ -102,7 +98,7 @@ def register(app: typer.Typer) -> None:
             )
         )
 
-    @app.command("finetune", **_PASS_THROUGH)
+    @app.command("finetune", **PASS_THROUGH)
     def finetune(ctx: typer.Context) -> None:
         """8-bit hardware-aware fine-tuning of a run, export, evaluation. All options:
         s2loop finetune --help."""
@@ -111,7 +107,7 @@ def register(app: typer.Typer) -> None:
         cfg = parse_options(FinetuneConfig, ctx.args, "s2loop finetune", ("run", "out"))
         from agent.pipeline import finetune_run
 
-        prov = finetune_run(cfg, command=_command_line())
+        prov = finetune_run(cfg, command=command_line())
         if cfg.card:
             from agent.card import write_card
             from hw.artifact import load_artifact
@@ -119,17 +115,11 @@ def register(app: typer.Typer) -> None:
             write_card(load_artifact(cfg.out), cfg.out.with_suffix(".md"))
         typer.echo(json.dumps({"artifact": str(cfg.out), "evaluation": prov.get("evaluation")}))
 
-    @app.command("eval", **_PASS_THROUGH)
-    def eval_model(ctx: typer.Context) -> None:
-        """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement.
-        All options: s2loop eval --help."""
+    @generated(app, "eval", "agent.cli:EvalArgs", prog="s2loop eval", positional=True)
+    def eval_model(args: EvalArgs) -> None:
+        """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement."""
         import dataclasses
 
-        import tyro
-
-        args = tyro.cli(
-            EvalArgs, args=ctx.args, prog="s2loop eval", config=(tyro.conf.PositionalRequiredArgs,)
-        )
         import torch
 
         from agent.evaluate import evaluate
@@ -143,16 +133,14 @@ def register(app: typer.Typer) -> None:
         res.pop("returns")
         typer.echo(json.dumps(res))
 
-    @app.command("model-card")
-    def model_card(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        out: Path = typer.Option(None, help="markdown file (default: next to the artifact)"),
-    ) -> None:
+    @generated(app, "model-card", "agent.cli:ModelCardArgs", prog="s2loop model-card",
+               positional=True)  # fmt: skip
+    def model_card(args: ModelCardArgs) -> None:
         """(Re)write the markdown model card of an artifact from its provenance."""
         from agent.card import write_card
         from hw.artifact import load_artifact, resolve_model_path
 
-        path = resolve_model_path(model)
-        dest = out or path.with_suffix(".md")
+        path = resolve_model_path(args.model)
+        dest = args.out or path.with_suffix(".md")
         write_card(load_artifact(path), dest)
         typer.echo(f"wrote {dest}")

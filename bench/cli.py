@@ -1,13 +1,13 @@
-"""``s2loop bench ...``: a typer sub-app; add sibling benchmarks with
-``@bench_app.command("name")`` (imports stay inside the command bodies)."""
+"""``s2loop bench ...``: a typer sub-app. A benchmark's options are the fields of its
+config dataclass (``s2loop.commands.generated``: tyro reads them, with their comments as
+help); imports stay inside the command bodies."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import typer
 
-from bench import BENCH_DIR
 from s2loop.commands import command_line, generated
 
 bench_app = typer.Typer(
@@ -17,11 +17,27 @@ bench_app = typer.Typer(
 )
 
 
-def _quick_preset(config_type: type):
-    """The config's presets: ``--quick`` among the arguments picks the quick one."""
-    return lambda args: config_type.make(quick="--quick" in args)
+def _quick(config_type: type, args: list[str]):
+    """A bench config's presets: ``--quick`` among the arguments picks the quick one."""
+    return config_type.make(quick="--quick" in args)
 
 
+def _one_thread() -> None:
+    """One thread per process for every measurement (numba, BLAS), unless set already."""
+    import os
+
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def _bench(name: str, config: str, preset: Any = _quick) -> Any:
+    """``s2loop bench NAME``, its options the fields of ``config``."""
+    return generated(
+        bench_app, name, config, prog=f"s2loop bench {name}", preset=preset, setup=_one_thread
+    )
+
+
+@_bench("emulator", "bench.emulator:EmulatorBenchConfig")
 def _emulator(cfg) -> None:
     """Single-observation latency and batched throughput of the emulator on one core."""
     import json
@@ -36,6 +52,7 @@ def _emulator(cfg) -> None:
         typer.echo(f"wrote {cfg.out}")
 
 
+@_bench("suite", "bench.suite:SuiteConfig")
 def _suite(cfg) -> None:
     """The whole performance suite in one run: transport vs a bare-FastAPI floor, emulator vs
     torch reference, closed-loop deadlines, client/worker scaling, chip estimates vs the
@@ -65,6 +82,7 @@ def _page(measure, write, cfg) -> None:
         typer.echo(f"wrote {path}")
 
 
+@_bench("record", "bench.record:RecordBenchConfig")
 def _record(cfg) -> None:
     """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
     million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
@@ -73,6 +91,7 @@ def _record(cfg) -> None:
     _page(run_record_bench, write_record, cfg)
 
 
+@_bench("trace", "bench.trace:TraceBenchConfig")
 def _trace(cfg) -> None:
     """What a spike trace costs: /v1/act with and without "trace": true (HTTP, TCP) and
     the emulator alone, traced and not. Writes OUT/TRACE.md."""
@@ -81,6 +100,7 @@ def _trace(cfg) -> None:
     _page(run_trace_bench, write_trace, cfg)
 
 
+@_bench("fleet", "bench.fleet:FleetConfig")
 def _fleet(cfg) -> None:
     """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
     one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
@@ -89,6 +109,7 @@ def _fleet(cfg) -> None:
     _page(run_fleet_bench, write_fleet, cfg)
 
 
+@_bench("training", "bench.training:TrainingBenchConfig", preset=None)
 def _training(cfg) -> None:
     """dsqn's gradient step and acting forward (reference tick loop vs fast forward) and
     env steps/s of dsqn against the float teacher, in the same run."""
@@ -97,41 +118,32 @@ def _training(cfg) -> None:
     typer.echo(f"wrote {write(run(quick=cfg.quick), cfg.out)}")
 
 
+@_bench("recipes", "bench.recipes:RecipesConfig")
 def _recipes(cfg) -> None:
     """The reproduction page OUT/RECIPES.md with a plot, from the models of a sweep
     (`s2loop sweep --out DIR`, then `s2loop bench recipes --results DIR/results.parquet`)."""
     if not cfg.results.is_file():
         raise typer.BadParameter(
-            f"{cfg.results} does not exist: run `s2loop sweep --out DIR` first", param_hint="--results"
+            f"{cfg.results} does not exist: run `s2loop sweep --out DIR` first",
+            param_hint="--results",
         )
     from bench.recipes import run_recipes, write_recipes
 
     _page(run_recipes, write_recipes, cfg)
 
 
-def _register_generated() -> None:
-    """The commands whose options are their config's fields (imported here: a config
-    module is light, its measurements import the heavy parts inside)."""
-    import os
-
-    # one thread per process for every measurement (numba, BLAS), unless set already
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+_bench("all", "bench.suite:SuiteConfig")(_suite)  # the same as `suite`
 
 
-@bench_app.command("tcp-floor")
-def tcp_floor(
-    floor: Path = typer.Option(
-        Path("/work/shared/floors/tcp_echo.py"), help="the framed echo floor to run beside"
-    ),
-    runs: int = typer.Option(3, min=1, help="runs, each with both servers started afresh"),
-    rounds: int = typer.Option(20, min=1, help="interleaved rounds (one block per client)"),
-    block: int = typer.Option(500, min=10, help="requests per client per round"),
-    out: Path = _out("TCP_FLOOR.md"),
-) -> None:
+@_bench("tcp-floor", "bench.tcp_floor:TcpFloorConfig", preset=None)
+def _tcp_floor(cfg) -> None:
     """The TCP door against the framed echo floor, in the same runs: p50 of a bare socket
     and of PolicyClient over the floor's (issue 21's targets: <= 2.5x and <= 3.0x).
     Writes OUT/TCP_FLOOR.md and OUT/tcp_floor.json."""
     from bench.tcp_floor import run, write
 
-    _write_page(lambda cmd: run(cmd, floor, runs, rounds, block, log=typer.echo), write, out)
+    _page(run, write, cfg)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -28,7 +28,8 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
     os.environ.setdefault(_var, "1")
 
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,15 +43,27 @@ BATCH_SIZES = (1, 16, 256, 4096)
 
 @dataclass
 class EmulatorBenchConfig:
+    """Single-observation latency and batched throughput of the emulator on one core
+    (``s2loop bench emulator``; ``--quick``: fewer calls, shorter runs)."""
+
     quick: bool = False
+    """fewer calls, shorter runs"""
     batch_sizes: tuple[int, ...] = BATCH_SIZES
+    """batch sizes of the throughput runs"""
     repeats: int = 3
+    """repeats per measurement (the best is reported)"""
     single_calls: int = 20_000
+    """single-observation calls per repeat"""
     min_time_s: float = 1.0
+    """seconds each batched run lasts at least"""
     cpu: int | None = None
-    model: str | None = None  # artifact name/path; None: random 2x64, 16 ticks
+    """pin the process to this CPU"""
+    model: str | None = None
+    """artifact name/path (default: a random 2x64 network, 16 ticks)"""
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    """seed of the random network and the observations"""
+    out: Path | None = None
+    """also write the JSON report here"""
 
     @classmethod
     def make(cls, quick: bool = False, **kw: Any) -> EmulatorBenchConfig:
@@ -146,7 +159,7 @@ def run_emulator_benchmark(cfg: EmulatorBenchConfig) -> dict[str, Any]:
     largest = str(max(cfg.batch_sizes))
     report = {
         "benchmark": "emulator",
-        "config": asdict(cfg),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
         "model": {
             "name": art.name,
             "layer_sizes": art.layer_sizes,

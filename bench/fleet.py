@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import BENCH_DIR
 from bench.common import fmt, report_head, table, write_page
 
 MD_NAME = "FLEET.md"
@@ -32,13 +33,16 @@ OBS = [0.01, -0.2, 0.03, 0.25]
 
 @dataclass
 class FleetConfig:
-    board_run_s: float = 0.020
-    board_clients: int = 32
-    load_s: float = 10.0
-    rounds: int = 20
-    block: int = 300
-    scaling_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
-    quick: bool = False
+    """Coalescing, HAProxy in front of replicas, capacity (``s2loop bench fleet``)."""
+
+    board_run_s: float = 0.020  # one board run of the modelled board, seconds
+    board_clients: int = 32  # clients of the modelled board
+    load_s: float = 10.0  # seconds of each load run
+    rounds: int = 20  # interleaved rounds of the balancer's latency
+    block: int = 300  # requests per round
+    scaling_clients: tuple[int, ...] = (1, 2, 4, 8, 16)  # clients of the throughput curve
+    quick: bool = False  # short runs (a smoke test)
+    out: Path = BENCH_DIR  # folder for FLEET.md and fleet.json
 
     @classmethod
     def make(cls, quick: bool = False) -> FleetConfig:
@@ -112,7 +116,7 @@ def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> di
 
     tmp = Path(tempfile.mkdtemp(prefix="s2loop-bench-fleet-"))
     models = shipped_models_dir()
-    config = {k: v for k, v in cfg.__dict__.items() if k != "quick"}
+    config = {k: v for k, v in cfg.__dict__.items() if k not in ("quick", "out")}
     report: dict[str, Any] = report_head(command, cfg.quick, config)
     board_env = {"S2LOOP_FAKE_BOARD_RUN_S": str(cfg.board_run_s), "S2LOOP_FAKE_BOARD_TICK_S": "0"}
     old = {k: os.environ.get(k) for k in board_env}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from agent.sweep import ENVS, SETTINGS, SPEC_NAME, read_results, trial_commands
+from bench import BENCH_DIR
 from bench.suite import PAPER
 
 MD_NAME = "RECIPES.md"
@@ -40,12 +41,16 @@ Log = Callable[[str], None]
 
 @dataclass
 class RecipesConfig:
-    results: Path = Path("runs/sweep/results.parquet")
+    """The reproduction page RECIPES.md from the models of a sweep (``s2loop sweep --out
+    DIR``, then ``s2loop bench recipes --results DIR/results.parquet``)."""
+
+    results: Path = Path("runs/sweep/results.parquet")  # an `s2loop sweep`'s results.parquet
     metric_episodes: int = 10  # episodes whose states give spikes per inference
     v0_episodes: int = 100  # CartPole-v0 episodes per CartPole model
-    tick_sweep: bool = True
+    tick_sweep: bool = True  # also sweep input ticks of the shipped models
     models_dir: Path | None = None  # shipped models for the tick sweep (default models/)
-    quick: bool = False
+    quick: bool = False  # fewer extra-metric episodes (a test)
+    out: Path = BENCH_DIR  # folder for RECIPES.md, recipes.json and recipes.png
 
     @classmethod
     def make(cls, quick: bool = False, **kw: Any) -> RecipesConfig:

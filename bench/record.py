@@ -17,17 +17,22 @@ from typing import Any
 
 import numpy as np
 
+from bench import BENCH_DIR
+
 MD_NAME = "RECORD.md"
 JSON_NAME = "record.json"
 
 
 @dataclass
 class RecordBenchConfig:
-    rounds: int = 20
-    block: int = 500
+    """The flight recorder's cost (``s2loop bench record``)."""
+
+    rounds: int = 20  # interleaved rounds, recorder on and off
+    block: int = 500  # requests per server per round
     rotate_rows: int = 2_000  # several rotations during the 10,000 measured answers
-    replay_rows: int = 100_000
-    quick: bool = False
+    replay_rows: int = 100_000  # rows of the replay speed run
+    quick: bool = False  # few requests (a smoke test)
+    out: Path = BENCH_DIR  # folder for RECORD.md and record.json
 
     @classmethod
     def make(cls, quick: bool = False) -> RecordBenchConfig:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import BENCH_DIR
 from bench.common import (
     CpuMeter,
     git_info,
@@ -110,9 +111,11 @@ PAPER = {
 class SuiteConfig:
     """How much of everything to measure. ``SuiteConfig.make(quick)`` gives the two presets."""
 
-    quick: bool = False
+    quick: bool = False  # fewer steps and rounds (about 1-2 min)
+    #: which sections to run: transport, backends, closed_loop, scaling, chip (or all)
     sections: tuple[str, ...] = SECTIONS
-    models_dir: Path | None = None  # default: the shipped models/
+    models_dir: Path | None = None  # folder of *.s2l models (default: the shipped models/)
+    out: Path = BENCH_DIR  # folder for RESULTS.md, results.json and the PNGs
     seed: int = 0
     # 1. transport
     transport_rounds: int = 20
@@ -1195,7 +1198,7 @@ def run_suite(cfg: SuiteConfig, command: str = "", log: Log = _quiet) -> dict[st
         "command": command,
         "date_utc": started.isoformat(timespec="seconds"),
         "quick": cfg.quick,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "models_dir"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("models_dir", "out")},
         "machine": machine_info(),
         "git": git_info(),
         "timing": {},

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import BENCH_DIR
+
 MD_NAME = "TRACE.md"
 JSON_NAME = "trace.json"
 TARGET = 2.0
@@ -25,10 +27,13 @@ MODELS = ("cartpole", "cartpole-dsqn")  # deterministic and Poisson encoders
 
 @dataclass
 class TraceBenchConfig:
-    rounds: int = 10
-    block: int = 300
-    backend_calls: int = 5_000
-    quick: bool = False
+    """What a spike trace costs (``s2loop bench trace``)."""
+
+    rounds: int = 10  # interleaved rounds, traced and not
+    block: int = 300  # requests per door and mode per round
+    backend_calls: int = 5_000  # calls of the emulator alone, per mode
+    quick: bool = False  # few requests (a smoke test)
+    out: Path = BENCH_DIR  # folder for TRACE.md and trace.json
 
     @classmethod
     def make(cls, quick: bool = False) -> TraceBenchConfig:

@@ -18,10 +18,22 @@ import dataclasses
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import BENCH_DIR
+
+
+@dataclass
+class TrainingBenchConfig:
+    """dsqn's gradient step and acting forward (reference tick loop vs fast forward) and
+    env steps/s of dsqn against the float teacher, in the same run."""
+
+    quick: bool = False  # shorter runs (about a minute)
+    out: Path = BENCH_DIR  # folder for TRAINING.md and training.json
 
 
 def _ms(fn, repeats: int) -> float:

@@ -7,8 +7,6 @@ import dataclasses
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("tyro", reason="the learning commands parse with tyro (train extra)")
-
 from agent.cli import EvalArgs
 from s2loop.cli import app
 
@@ -26,3 +24,59 @@ def test_eval_refuses_an_unknown_backend_before_loading_anything():
     result = CliRunner().invoke(app, ["eval", "cartpole", "--backend", "gpu"])
     assert result.exit_code == 2
     assert "gpu" in result.output
+
+
+GENERATED = [
+    (["bench", "emulator"], "bench.emulator:EmulatorBenchConfig"),
+    (["bench", "suite"], "bench.suite:SuiteConfig"),
+    (["bench", "all"], "bench.suite:SuiteConfig"),
+    (["bench", "record"], "bench.record:RecordBenchConfig"),
+    (["bench", "trace"], "bench.trace:TraceBenchConfig"),
+    (["bench", "fleet"], "bench.fleet:FleetConfig"),
+    (["bench", "training"], "bench.training:TrainingBenchConfig"),
+    (["bench", "recipes"], "bench.recipes:RecipesConfig"),
+    (["model-card"], "agent.cli:ModelCardArgs"),
+]
+
+
+def _config_type(spec: str) -> type:
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(
+    ("command", "spec"), GENERATED, ids=lambda x: " ".join(x) if isinstance(x, list) else ""
+)
+def test_every_field_of_a_commands_config_is_an_option(command, spec):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for f in dataclasses.fields(_config_type(spec)):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if not required:  # required fields are positional (s2loop model-card MODEL)
+            assert f"--{f.name.replace('_', '-')}" in result.output, f.name
+
+
+def test_quick_picks_the_quick_presets_defaults_and_options_stay_typed():
+    from bench.emulator import EmulatorBenchConfig
+
+    quick = EmulatorBenchConfig.make(quick=True)
+    assert quick.single_calls != EmulatorBenchConfig().single_calls
+    result = CliRunner().invoke(
+        app, ["bench", "emulator", "--quick", "--help"], env={"COLUMNS": "200"}
+    )
+    text = " ".join(result.output.replace("│", " ").split())
+    assert (
+        f"--single-calls INT single-observation calls per repeat (default: {quick.single_calls})"
+        in text
+    )
+    result = CliRunner().invoke(app, ["bench", "emulator", "--quick", "--repeats", "x"])
+    assert result.exit_code == 2 and "--repeats" in result.output  # typed: an int
+
+
+def test_model_card_takes_the_model_as_its_argument(tmp_path):
+    out = tmp_path / "card.md"
+    result = CliRunner().invoke(app, ["model-card", "cartpole", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("# ")
