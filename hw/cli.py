@@ -1,10 +1,11 @@
-"""``s2loop`` subcommands of the hardware layer (imports stay inside the commands)."""
+"""``s2loop`` subcommands of the hardware layer; their options are the fields of
+:mod:`hw.options` (imports stay inside the commands)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from s2loop.commands import generated
 
 
 def _runs(values: list[int]) -> str:
@@ -21,11 +22,8 @@ def _runs(values: list[int]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("emulate")
-    def emulate(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        observation: list[float] = typer.Argument(..., help="one observation, e.g. 0 0 0.05 0"),
-    ) -> None:
+    @generated(app, "emulate", "hw.options:EmulateOptions", prog="s2loop emulate", positional=True)
+    def emulate(opts) -> None:
         """Run one observation through a model on the emulator and print the result."""
         import json
 
@@ -34,10 +32,10 @@ def register(app: typer.Typer) -> None:
         from hw.artifact import load_artifact
         from hw.emulator import EmulatorBackend
 
-        art = load_artifact(model)
+        art = load_artifact(opts.model)
         with EmulatorBackend() as backend:
             backend.load(art)
-            res = backend.infer(art.name, np.asarray([observation], np.float32))
+            res = backend.infer(art.name, np.asarray([opts.observation], np.float32))
         typer.echo(
             json.dumps(
                 {
@@ -52,45 +50,34 @@ def register(app: typer.Typer) -> None:
             )
         )
 
-    @app.command("make-random-model")
-    def make_random_model(
-        out: Path = typer.Argument(..., help="where to write the .s2l file"),
-        seed: int = typer.Option(0),
-        ticks: int = typer.Option(16),
-    ) -> None:
+    @generated(app, "make-random-model", "hw.options:RandomModelOptions",
+               prog="s2loop make-random-model", positional=True)  # fmt: skip
+    def make_random_model(opts) -> None:
         """Write an untrained random artifact (for tests and benchmarks, not a policy)."""
         from hw.artifact import save_artifact
         from hw.synthetic import random_artifact
 
-        save_artifact(random_artifact(seed=seed, ticks=ticks, name=out.stem), out)
-        typer.echo(f"wrote {out}")
+        save_artifact(
+            random_artifact(seed=opts.seed, ticks=opts.ticks, name=opts.out.stem), opts.out
+        )
+        typer.echo(f"wrote {opts.out}")
 
-    @app.command("map")
-    def map_model(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-        neurons_per_pe: int = typer.Option(250, help="neurons one PE holds"),
-        bytes_per_synapse: int = typer.Option(4, help="bytes one stored synapse costs"),
-        sys_tick: float = typer.Option(1e-3, help="tick length in seconds"),
-    ) -> None:
+    @generated(app, "map", "hw.options:MapOptions", prog="s2loop map", positional=True)
+    def map_model(opts) -> None:
         """Place a model on SpiNNaker2 PEs; print PEs, copies per chip, time and energy."""
         import json
 
         from hw.artifact import load_artifact
-        from hw.mapping import ChipSpec, MappingError, map_network
+        from hw.mapping import MappingError, map_network
 
-        chip = ChipSpec(
-            neurons_per_pe=neurons_per_pe,
-            bytes_per_synapse=bytes_per_synapse,
-            sys_tick_s=sys_tick,
-        )
-        art = load_artifact(model)
+        chip = opts.chip
+        art = load_artifact(opts.model)
         try:
             rep = map_network(art, chip)
         except MappingError as exc:
             typer.echo(f"does not fit: {exc}", err=True)
             raise typer.Exit(1) from None
-        if as_json:
+        if opts.json:
             typer.echo(json.dumps(rep.to_dict(), indent=2))
             return
         from rich.console import Console
@@ -121,17 +108,8 @@ def register(app: typer.Typer) -> None:
             f"{rep.energy_dynamic_j * 1e6:.3g} uJ above idle"
         )
 
-    @app.command("infer")
-    def infer(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        observation: list[float] = typer.Argument(..., help="one observation, e.g. 0 0 0.05 0"),
-        backend: str = typer.Option("emulator", help="emulator, spinnaker2 or module:Class"),
-        eth_ip: str | None = typer.Option(None, help="SpiNNaker2 board address (spinnaker2)"),
-        sys_tick: float = typer.Option(1e-3, help="tick length in seconds (spinnaker2)"),
-        seed: int | None = typer.Option(
-            None, help="Poisson-coded models: seed of the input spikes (default: fresh draws)"
-        ),
-    ) -> None:
+    @generated(app, "infer", "hw.options:InferOptions", prog="s2loop infer", positional=True)
+    def infer(opts) -> None:
         """Run one observation through a model on any backend and print the result as JSON."""
         import json
 
@@ -140,17 +118,17 @@ def register(app: typer.Typer) -> None:
         from hw.artifact import load_artifact
         from hw.backend import BackendError, create_backend
 
-        art = load_artifact(model)
+        art = load_artifact(opts.model)
         settings = {}
-        if backend == "spinnaker2":
-            settings = {"eth_ip": eth_ip, "sys_tick_in_s": sys_tick}
+        if opts.backend == "spinnaker2":
+            settings = {"eth_ip": opts.eth_ip, "sys_tick_in_s": opts.sys_tick}
         try:
-            with create_backend(backend, **settings) as be:
+            with create_backend(opts.backend, **settings) as be:
                 be.load(art)
-                seeds = None if seed is None else np.array([seed])
-                res = be.infer(art.name, np.asarray([observation], np.float32), seeds)
+                seeds = None if opts.seed is None else np.array([opts.seed])
+                res = be.infer(art.name, np.asarray([opts.observation], np.float32), seeds)
         except (BackendError, ValueError) as exc:
-            typer.echo(f"backend {backend!r} failed: {exc}", err=True)
+            typer.echo(f"backend {opts.backend!r} failed: {exc}", err=True)
             raise typer.Exit(1) from None
         action = int(res.actions[0])
         typer.echo(

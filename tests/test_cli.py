@@ -36,6 +36,10 @@ GENERATED = [
     (["bench", "training"], "bench.training:TrainingBenchConfig"),
     (["bench", "recipes"], "bench.recipes:RecipesConfig"),
     (["model-card"], "agent.cli:ModelCardArgs"),
+    (["emulate"], "hw.options:EmulateOptions"),
+    (["make-random-model"], "hw.options:RandomModelOptions"),
+    (["map"], "hw.options:MapOptions"),
+    (["infer"], "hw.options:InferOptions"),
 ]
 
 
@@ -80,3 +84,14 @@ def test_model_card_takes_the_model_as_its_argument(tmp_path):
     result = CliRunner().invoke(app, ["model-card", "cartpole", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("# ")
+
+
+def test_infer_takes_a_negative_observation_after_the_double_dash_options_anywhere():
+    """The README's form: options after the observation, which follows ``--``."""
+    import json
+
+    args = ["infer", "cartpole", "--", "0", "0.1", "0.05", "-0.2", "--backend", "emulator"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["backend"] == "emulator" and answer["action"] in (0, 1)
