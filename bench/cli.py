@@ -74,11 +74,14 @@ def _suite(cfg) -> None:
         typer.echo(f"wrote {path}")
 
 
-def _page(measure, write, cfg) -> None:
-    """``measure(cfg, command, log)`` -> report, then ``write(report, cfg.out)``; says
-    what it wrote."""
+def _page(page: Any, measure: Any, cfg: Any) -> None:
+    """``measure(cfg, command, log)`` -> report, written as the page ``page.MD_NAME``
+    (``page.markdown(report)``) and ``page.JSON_NAME`` in ``cfg.out``; says what it wrote."""
+    from bench.common import write_page
+
     report = measure(cfg, command=command_line(), log=typer.echo)
-    for path in write(report, cfg.out):
+    markdown = page.markdown(report)
+    for path in write_page(cfg.out, page.MD_NAME, markdown, page.JSON_NAME, report):
         typer.echo(f"wrote {path}")
 
 
@@ -86,27 +89,27 @@ def _page(measure, write, cfg) -> None:
 def _record(cfg) -> None:
     """The flight recorder's cost: /v1/act with and without it, rotations, bytes per
     million answers, rows lost on a graceful stop, replay speed. Writes OUT/RECORD.md."""
-    from bench.record import run_record_bench, write_record
+    import bench.record as page
 
-    _page(run_record_bench, write_record, cfg)
+    _page(page, page.run_record_bench, cfg)
 
 
 @_bench("trace", "bench.trace:TraceBenchConfig")
 def _trace(cfg) -> None:
     """What a spike trace costs: /v1/act with and without "trace": true (HTTP, TCP) and
     the emulator alone, traced and not. Writes OUT/TRACE.md."""
-    from bench.trace import run_trace_bench, write_trace
+    import bench.trace as page
 
-    _page(run_trace_bench, write_trace, cfg)
+    _page(page, page.run_trace_bench, cfg)
 
 
 @_bench("fleet", "bench.fleet:FleetConfig")
 def _fleet(cfg) -> None:
     """Coalescing on a (modelled) board, HAProxy in front of replicas (latency, failover),
     one replica's throughput curve and the capacity plan. Writes OUT/FLEET.md."""
-    from bench.fleet import run_fleet_bench, write_fleet
+    import bench.fleet as page
 
-    _page(run_fleet_bench, write_fleet, cfg)
+    _page(page, page.run_fleet_bench, cfg)
 
 
 @_bench("training", "bench.training:TrainingBenchConfig", preset=None)
@@ -129,7 +132,9 @@ def _recipes(cfg) -> None:
         )
     from bench.recipes import run_recipes, write_recipes
 
-    _page(run_recipes, write_recipes, cfg)
+    report = run_recipes(cfg, command=command_line(), log=typer.echo)
+    for path in write_recipes(report, cfg.out):  # the page, its figures and a plot
+        typer.echo(f"wrote {path}")
 
 
 _bench("all", "bench.suite:SuiteConfig")(_suite)  # the same as `suite`
@@ -140,9 +145,9 @@ def _tcp_floor(cfg) -> None:
     """The TCP door against the framed echo floor, in the same runs: p50 of a bare socket
     and of PolicyClient over the floor's (issue 21's targets: <= 2.5x and <= 3.0x).
     Writes OUT/TCP_FLOOR.md and OUT/tcp_floor.json."""
-    from bench.tcp_floor import run, write
+    import bench.tcp_floor as page
 
-    _page(run, write, cfg)
+    _page(page, page.run, cfg)
 
 
 def register(app: typer.Typer) -> None:

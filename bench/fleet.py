@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BENCH_DIR
-from bench.common import fmt, report_head, table, write_page
+from bench.common import fmt, report_head, table
 
 MD_NAME = "FLEET.md"
 JSON_NAME = "fleet.json"
@@ -112,6 +112,13 @@ def _interleaved(urls: dict[str, str], rounds: int, block: int) -> dict[str, Any
 
 
 def run_fleet_bench(cfg: FleetConfig, command: str = "", log: Any = print) -> dict[str, Any]:
+    """The measurements and the capacity plan drawn from them."""
+    report = _measure(cfg, command, log)
+    report["capacity"] = capacity(report)
+    return report
+
+
+def _measure(cfg: FleetConfig, command: str, log: Any) -> dict[str, Any]:
     from clients.demo import ServerProcess, shipped_models_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="s2loop-bench-fleet-"))
@@ -287,8 +294,3 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_fleet(report: dict[str, Any], out: Path) -> list[Path]:
-    report["capacity"] = capacity(report)
-    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)

@@ -227,9 +227,3 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_record(report: dict[str, Any], out: Path) -> list[Path]:
-    from bench.common import write_page
-
-    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)
