@@ -1,32 +1,40 @@
-"""``s2loop export-nir``: write a model as a NIR graph (imports stay inside the command)."""
+"""``s2loop export-nir``: write a model as a NIR graph; its options are the fields of
+:class:`ExportNirOptions` (imports stay inside the command)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import typer
 
+from s2loop.commands import generated
+
+
+@dataclass(frozen=True)
+class ExportNirOptions:
+    """What ``s2loop export-nir`` writes and checks."""
+
+    model: str
+    """model name (models/NAME.s2l) or path"""
+    out: Path
+    """where to write the NIR graph (HDF5, e.g. model.nir)"""
+    weights: Literal["int8", "float"] = "int8"
+    """int8: the network the chip runs; float: the float master weights"""
+    explicit_delays: bool = False
+    """one nir.Delay step before each weight node (s2_nir cannot read these)"""
+    check: int = 256
+    """read the file back and compare it with the emulator on this many random
+    observations (0: skip)"""
+    seed: int = 0
+    """seed of the check's observations"""
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("export-nir")
-    def export_nir_command(
-        model: str = typer.Argument(..., help="model name (models/NAME.s2l) or path"),
-        out: Path = typer.Argument(..., help="where to write the NIR graph (HDF5, e.g. model.nir)"),
-        use_float: bool = typer.Option(
-            False, "--float", help="export the float master weights instead of the int8 network"
-        ),
-        explicit_delays: bool = typer.Option(
-            False,
-            "--explicit-delays",
-            help="one nir.Delay step before each weight node (s2_nir cannot read these)",
-        ),
-        check: int = typer.Option(
-            256,
-            help="read the file back and compare it with the emulator on this many random "
-            "observations (0: skip)",
-        ),
-        seed: int = typer.Option(0, help="seed of the check's observations"),
-    ) -> None:
+    @generated(app, "export-nir", "agent.nir_cli:ExportNirOptions", prog="s2loop export-nir",
+               positional=True)  # fmt: skip
+    def export_nir_command(opts: ExportNirOptions) -> None:
         """Write MODEL as a NIR graph that snnTorch, Norse or py-spinnaker2's s2_nir can read.
 
         The encoder, readout, reset mode and tick delay go into the graph's metadata
@@ -42,8 +50,11 @@ def register(app: typer.Typer) -> None:
         from hw.encoding import encode
 
         try:
-            art = load_artifact(model)
-            path = export_nir(art, out, use_float=use_float, explicit_delays=explicit_delays)
+            art = load_artifact(opts.model)
+            use_float = opts.weights == "float"
+            path = export_nir(
+                art, opts.out, use_float=use_float, explicit_delays=opts.explicit_delays
+            )
         except (ArtifactError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
@@ -51,9 +62,10 @@ def register(app: typer.Typer) -> None:
         report: dict[str, object] = {
             "model": art.name,
             "out": str(path),
-            "weights": "float" if use_float else "int8",
+            "weights": opts.weights,
             "nodes": {name: type(node).__name__ for name, node in graph.nodes.items()},
         }
+        check, seed = opts.check, opts.seed
         if check > 0:
             rng = np.random.default_rng(seed)
             obs = art.obs_offset + art.obs_scale * rng.uniform(

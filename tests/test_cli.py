@@ -40,6 +40,7 @@ GENERATED = [
     (["make-random-model"], "hw.options:RandomModelOptions"),
     (["map"], "hw.options:MapOptions"),
     (["infer"], "hw.options:InferOptions"),
+    (["export-nir"], "agent.nir_cli:ExportNirOptions"),
 ]
 
 
