@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+
+from s2loop.commands import generated
 
 
 def freeze_after_start() -> None:
@@ -124,38 +127,35 @@ def _view_recording(
         close_stream(rec)
 
 
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What ``s2loop replay`` runs again, on what, and how it shows the comparison."""
+
+    record_dir: Path
+    """a flight-recorder folder (S2LOOP_RECORD_DIR)"""
+    model: str | None = None
+    """replay with this model (name or .s2l path) instead of the recorded one"""
+    backend: str = "emulator"
+    """emulator | reference | spinnaker2 | module:Class"""
+    models: Path | None = None
+    """where the recorded models are (default: S2LOOP_MODELS or models/)"""
+    min_agreement: float = 0.0
+    """exit 1 when any model's action agreement is below this (0 to 1)"""
+    plot: Path | None = None
+    """PNG of agreement per episode and Q differences (default: in RECORD_DIR)"""
+    eth_ip: str | None = None
+    """board address (spinnaker2)"""
+    view: str | None = None
+    """log the recording to Rerun, each episode on its timeline, the live, shadow and
+    replayed answers side by side: --view spawns the desktop viewer, --view web serves the
+    web viewer (--view-port), --view FILE.rrd saves a recording"""
+    view_port: int = 9090
+    """port of the web viewer (--view web), 1 to 65535"""
+
+
 def register_replay(app: typer.Typer) -> None:
-    @app.command("replay")
-    def replay_command(
-        record_dir: Path = typer.Argument(..., help="a flight-recorder folder (S2LOOP_RECORD_DIR)"),
-        model: str | None = typer.Option(
-            None, help="replay with this model (name or .s2l path) instead of the recorded one"
-        ),
-        backend: str = typer.Option(
-            "emulator", help="emulator | reference | spinnaker2 | module:Class"
-        ),
-        models: Path | None = typer.Option(
-            None, help="where the recorded models are (default: S2LOOP_MODELS or models/)"
-        ),
-        min_agreement: float = typer.Option(
-            0.0, min=0.0, max=1.0, help="exit 1 when any model's action agreement is below this"
-        ),
-        plot: Path | None = typer.Option(
-            None, help="PNG of agreement per episode and Q differences (default: in RECORD_DIR)"
-        ),
-        eth_ip: str | None = typer.Option(None, help="board address (spinnaker2)"),
-        view: str | None = typer.Option(
-            None,
-            "--view",
-            metavar="[desktop|web|FILE.rrd]",
-            help="log the recording to Rerun, each episode on its timeline, the live, shadow "
-            "and replayed answers side by side: --view spawns the desktop viewer, --view web "
-            "serves the web viewer (--view-port), --view FILE.rrd saves a recording",
-        ),
-        view_port: int = typer.Option(
-            9090, min=1, max=65535, help="port of the web viewer (--view web)"
-        ),
-    ) -> None:
+    @generated(app, "replay", "service.cli:ReplayOptions", prog="s2loop replay", positional=True)
+    def replay_command(opts: ReplayOptions) -> None:
         """Run a recording's observations again and compare actions and Q-values with it."""
         import json
 
@@ -163,27 +163,33 @@ def register_replay(app: typer.Typer) -> None:
         from service.replay import replay
         from service.settings import BACKEND_ALIASES
 
-        options = {"eth_ip": eth_ip} if backend == "spinnaker2" else {}
+        if not 0.0 <= opts.min_agreement <= 1.0:
+            raise typer.BadParameter("must lie in [0, 1]", param_hint="--min-agreement")
+        if not 1 <= opts.view_port <= 65535:
+            raise typer.BadParameter("must lie in [1, 65535]", param_hint="--view-port")
+        record_dir, models, backend = opts.record_dir, opts.models, opts.backend
+        options = {"eth_ip": opts.eth_ip} if backend == "spinnaker2" else {}
         try:
             report = replay(
                 record_dir,
-                model=model,
+                model=opts.model,
                 backend=BACKEND_ALIASES.get(backend, backend),
                 backend_options=options,
                 models_dir=models,
             )
         except (FileNotFoundError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from None
-        path = plot_report(report, plot or record_dir / "replay.png")
+        path = plot_report(report, opts.plot or record_dir / "replay.png")
         replayed = {name: m.pop("_replayed") for name, m in report["models"].items()}
         for m in report["models"].values():
             m.pop("_q_diff")
         typer.echo(json.dumps({**report, "plot": str(path)}, indent=2))
-        if view is not None:
-            _view_recording(record_dir, view, view_port, models, replayed)
-        if report["agreement"] is not None and report["agreement"] < min_agreement:
+        if opts.view is not None:
+            _view_recording(record_dir, opts.view, opts.view_port, models, replayed)
+        if report["agreement"] is not None and report["agreement"] < opts.min_agreement:
             typer.echo(
-                f"agreement {report['agreement']:.4f} is below --min-agreement {min_agreement}",
+                f"agreement {report['agreement']:.4f} is below --min-agreement "
+                f"{opts.min_agreement}",
                 err=True,
             )
             raise typer.Exit(1)

@@ -41,6 +41,7 @@ GENERATED = [
     (["map"], "hw.options:MapOptions"),
     (["infer"], "hw.options:InferOptions"),
     (["export-nir"], "agent.nir_cli:ExportNirOptions"),
+    (["replay"], "service.cli:ReplayOptions"),
 ]
 
 
