@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from s2loop.commands import generated
+
 
 def _field_type(config_type: type, f: dataclasses.Field) -> Any:
     """An option field's annotation as a type (the config module's names resolve it)."""
@@ -127,42 +129,24 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]aborted:[/] {line}")
             raise typer.Exit(1)
 
-    @app.command("demo")
-    def demo(
-        episodes: int = typer.Option(3, min=1, help="episodes per task and transport"),
-        out: Path = typer.Option(Path("demo-out"), help="results folder"),
-        port: int = typer.Option(0, min=0, max=65535, help="server port on 127.0.0.1 (0: free)"),
-        models: Path | None = typer.Option(
-            None, help="folder of .s2l models (default: the shipped models/)"
-        ),
-        rate_hz: float = typer.Option(
-            100.0, min=0.0, help="control rate for pacing and deadline misses (0: no pacing)"
-        ),
-        seed: int = typer.Option(0, help="episode i is reset with seed SEED + i"),
-        ready_timeout: float = typer.Option(180.0, min=1.0, help="seconds to wait for /readyz"),
-        progress: bool = typer.Option(True, help="show progress bars"),
-    ) -> None:
+    @generated(app, "demo", "clients.demo:DemoConfig", prog="s2loop demo")
+    def demo(cfg) -> None:
         """Start a server with the shipped models on the emulator, run CartPole-v1 and
         Acrobot-v1 over HTTP and WebSocket, print the table, write plots, stop the server."""
         from rich.console import Console
 
-        from clients.demo import ServerFailed, run_demo, shipped_models_dir
+        from clients.demo import ServerFailed, run_demo
         from clients.report import summary_table
         from clients.session import PreflightError
 
-        console = Console()
         try:
-            outcome = run_demo(
-                models_dir=models or shipped_models_dir(),
-                out_dir=out,
-                episodes=episodes,
-                seed=seed,
-                port=port,
-                rate_hz=rate_hz or None,
-                ready_timeout_s=ready_timeout,
-                console=console,
-                progress=progress,
-            )
+            cfg.check()
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        console = Console()
+        out = cfg.out
+        try:
+            outcome = run_demo(cfg, console=console)
         except (ServerFailed, PreflightError) as exc:
             console.print(f"[red]demo failed:[/] {exc}")
             raise typer.Exit(1) from None

@@ -169,6 +169,36 @@ class ServerProcess:
         self.stop()
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``s2loop demo`` runs: every env x transport against a server it starts with
+    the models on the emulator."""
+
+    episodes: int = 3  # episodes per task and transport
+    out: Path = Path("demo-out")  # results folder
+    port: int = 0  # server port on 127.0.0.1 (0: free)
+    models: Path | None = None  # folder of .s2l models (default: the shipped models/)
+    rate_hz: float = 100.0  # control rate for pacing and deadline misses (0: no pacing)
+    seed: int = 0  # episode i is reset with seed SEED + i
+    ready_timeout: float = 180.0  # seconds to wait for /readyz
+    progress: bool = True  # show progress bars
+    envs: tuple[str, ...] = DEMO_ENVS  # Gymnasium ids, each served by its model
+    transports: tuple[str, ...] = DEMO_TRANSPORTS  # http, ws and/or tcp
+
+    def check(self) -> None:
+        """``ValueError`` naming the option out of its range."""
+        for name, ok in (
+            ("episodes", self.episodes >= 1),
+            ("port", 0 <= self.port <= 65535),
+            ("rate-hz", self.rate_hz >= 0),
+            ("ready-timeout", self.ready_timeout >= 1),
+        ):
+            if not ok:
+                raise ValueError(
+                    f"--{name} is out of range: {getattr(self, name.replace('-', '_'))}"
+                )
+
+
 @dataclass
 class DemoRun:
     label: str
@@ -185,30 +215,19 @@ class DemoOutcome:
 
 
 def run_demo(
-    *,
-    models_dir: Path,
-    out_dir: Path,
-    episodes: int = 3,
-    seed: int = 0,
-    port: int = 0,
-    rate_hz: float | None = 100.0,
-    envs: tuple[str, ...] = DEMO_ENVS,
-    transports: tuple[str, ...] = DEMO_TRANSPORTS,
-    ready_timeout_s: float = 180.0,
-    console: Any = None,
-    progress: bool = True,
-    server_args: list[str] | None = None,
+    cfg: DemoConfig, *, console: Any = None, server_args: list[str] | None = None
 ) -> DemoOutcome:
-    """Serve ``models_dir`` on the emulator and run every env x transport.
+    """Serve ``cfg.models`` on the emulator and run every env x transport.
 
-    Results go to ``out_dir/<model>-<transport>/`` plus combined plots and
-    ``summary.json`` in ``out_dir``. Envs whose model is not served are skipped."""
+    Results go to ``cfg.out/<model>-<transport>/`` plus combined plots and
+    ``summary.json`` in ``cfg.out``. Envs whose model is not served are skipped."""
     import json
 
     from clients.report import plot_latency, plot_returns
     from clients.session import run_and_report
 
-    models_dir = Path(models_dir)
+    models_dir = Path(cfg.models) if cfg.models is not None else shipped_models_dir()
+    out_dir, rate_hz = cfg.out, cfg.rate_hz or None
     if not sorted(models_dir.glob("*.s2l")):
         raise ServerFailed(
             f"no model artifacts (*.s2l) in {models_dir}. The trained models ship as "
@@ -218,35 +237,35 @@ def run_demo(
     outcome = DemoOutcome(server_log=out_dir / "server.log")
     say = console.print if console is not None else print
     server = ServerProcess(
-        models_dir, port=port, log_path=outcome.server_log, extra_args=server_args
+        models_dir, port=cfg.port, log_path=outcome.server_log, extra_args=server_args
     )
     say(f"starting the server on {server.url} with {models_dir} (emulator) ...")
     with server:
         t0 = time.monotonic()
-        server.wait_ready(ready_timeout_s)
+        server.wait_ready(cfg.ready_timeout)
         say(f"server ready after {time.monotonic() - t0:.1f}s")
         served = {m["name"] for m in list_models(server.url)}
-        for env_id in envs:
+        for env_id in cfg.envs:
             model = model_name_for(env_id)
             if model not in served:
                 outcome.skipped.append(f"{env_id}: no model named {model!r} in {models_dir}")
                 continue
-            for transport in transports:
-                cfg = LoopConfig(
+            for transport in cfg.transports:
+                loop = LoopConfig(
                     env_id=env_id,
                     url=server.url,
                     model=model,
-                    episodes=episodes,
-                    seed=seed,
+                    episodes=cfg.episodes,
+                    seed=cfg.seed,
                     transport=transport,
                     rate_hz=rate_hz,
                 )
                 label = f"{model} {transport}"
                 result, summary = run_and_report(
-                    cfg,
+                    loop,
                     out_dir / f"{model}-{transport}",
                     console=console,
-                    progress=progress,
+                    progress=cfg.progress,
                     label=label,
                 )
                 outcome.runs.append(DemoRun(label, result, summary))

@@ -42,6 +42,7 @@ GENERATED = [
     (["infer"], "hw.options:InferOptions"),
     (["export-nir"], "agent.nir_cli:ExportNirOptions"),
     (["replay"], "service.cli:ReplayOptions"),
+    (["demo"], "clients.demo:DemoConfig"),
 ]
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("service.app", reason="service/ not installed")
 
-from clients.demo import ServerFailed, ServerProcess, run_demo
+from clients.demo import DemoConfig, ServerFailed, ServerProcess, run_demo
 from clients.loop import LoopConfig, RetryPolicy, run_loops
 from clients.session import run_and_report
 
@@ -136,7 +136,7 @@ def test_demo_command_serves_runs_both_tasks_both_transports_and_stops(models_di
 
 def test_demo_explains_an_empty_models_folder(tmp_path):
     with pytest.raises(ServerFailed, match=r"no model artifacts \(\*\.s2l\) in"):
-        run_demo(models_dir=tmp_path, out_dir=tmp_path / "out", progress=False)
+        run_demo(DemoConfig(models=tmp_path, out=tmp_path / "out", progress=False))
 
 
 def test_a_server_that_dies_at_start_is_reported_with_its_output(models_dir, tmp_path):
