@@ -287,27 +287,6 @@ def _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _det_raster_kernel(obs, obs_offset, obs_scale, signed, centres, inv_width, phase, t_in):
-    """The deterministic encoder's raster, uint8 [B, t_in, n_in] (the traced path's
-    input: the same spikes as :func:`hw.encoding.encode`, without its numpy overhead)."""
-    n_batch, n_obs = obs.shape
-    per_dim = 2 if signed else centres.shape[0]
-    n_in = n_obs * per_dim
-    p = np.empty(n_in, dtype=np.float32)
-    acc = np.empty(n_in, dtype=np.float32)
-    in_idx = np.zeros((t_in, n_in), dtype=np.int32)
-    in_cnt = np.empty(t_in, dtype=np.int32)
-    raster = np.zeros((n_batch, t_in, n_in), dtype=np.uint8)
-    for b in range(n_batch):
-        _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc,
-                    in_idx, in_cnt)  # fmt: skip
-        for t in range(t_in):
-            for k in range(in_cnt[t]):
-                raster[b, t, in_idx[t, k]] = 1
-    return raster
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
 def _run_obs_kernel(
     obs,  # float32 [B, obs]: observations, shape already checked
     obs_offset,  # float32 [obs]
