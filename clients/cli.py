@@ -78,21 +78,10 @@ def with_options(params: list[inspect.Parameter]) -> Callable[[Callable], Callab
 
 
 def register(app: typer.Typer) -> None:
-    from clients.config import LoopConfig
-
-    command_only = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-        for name, kind, option in (
-            ("out", Path | None,
-             typer.Option(None, help="results folder (default: runs/TIME-MODEL-TRANSPORT)")),
-            ("wait", float,
-             typer.Option(10.0, min=0.0, help="seconds to wait for /readyz at start")),
-            ("progress", bool, typer.Option(True, help="show a progress bar")),
-        )
-    ]  # fmt: skip
+    from clients.config import LoopConfig, RunCommand
 
     @app.command("run")
-    @with_options(options_from(LoopConfig) + command_only)
+    @with_options(options_from(LoopConfig) + options_from(RunCommand))
     def run(out: Path | None, wait: float, progress: bool, **values: Any) -> None:
         """Drive seeded episodes through the service; write steps.csv, summary.json, PNGs."""
         from rich.console import Console

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -133,3 +134,14 @@ class LoopConfig:
             from clients.view import parse_target
 
             parse_target(self.view, self.view_port)  # ValueError naming what it takes
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """What ``s2loop run`` does around its loops (options beside :class:`LoopConfig`'s)."""
+
+    out: Path | None = field(
+        default=None, metadata=cli("results folder (default: runs/TIME-MODEL-TRANSPORT)")
+    )
+    wait: float = field(default=10.0, metadata=cli("seconds to wait for /readyz at start", min=0.0))
+    progress: bool = field(default=True, metadata=cli("show a progress bar"))
