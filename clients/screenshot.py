@@ -13,16 +13,17 @@ then runs on its software rasterizer (the viewer says "Software rasterizer").
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 FLAGS = (
@@ -97,11 +98,24 @@ async def _capture(ws_url: str, url: str, wait_s: float, size: tuple[int, int]) 
         return base64.b64decode(shot["data"]), gl["result"].get("value"), logs
 
 
-def screenshot(
-    url: str, out: str, *, wait_s: float = 120.0, size: tuple[int, int] = (1600, 1000)
-) -> tuple[str | None, list[str]]:
-    """Load ``url`` in headless Chromium, wait ``wait_s``, save a PNG to ``out``; returns
-    the WebGL probe and the page's errors and warnings."""
+@dataclass(frozen=True)
+class ScreenshotOptions:
+    """A screenshot of a served Rerun web viewer in headless Chromium."""
+
+    url: str
+    """the viewer's URL (``s2loop run --view web`` prints it)"""
+    out: str
+    """the PNG to write"""
+    wait: float = 120.0
+    """seconds to let it load and draw"""
+    size: tuple[int, int] = (1600, 1000)
+    """window width and height, pixels"""
+
+
+def screenshot(opts: ScreenshotOptions) -> tuple[str | None, list[str]]:
+    """Load ``opts.url`` in headless Chromium, wait ``opts.wait`` s, save a PNG to
+    ``opts.out``; returns the WebGL probe and the page's errors and warnings."""
+    url, out, wait_s, size = opts.url, opts.out, opts.wait, opts.size
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise RuntimeError("no chromium on PATH (Debian: apt-get install chromium)")
@@ -121,13 +135,11 @@ def screenshot(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url")
-    parser.add_argument("out")
-    parser.add_argument("--wait", type=float, default=120.0, help="seconds to let it draw")
-    args = parser.parse_args()
-    gl, logs = screenshot(args.url, args.out, wait_s=args.wait)
-    print(f"wrote {args.out}; WebGL: {gl}")
+    from s2loop.commands import parse
+
+    opts = parse(ScreenshotOptions, sys.argv[1:], "python -m clients.screenshot", positional=True)
+    gl, logs = screenshot(opts)
+    print(f"wrote {opts.out}; WebGL: {gl}")
     for line in logs[-20:]:
         print(line)
 
