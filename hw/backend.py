@@ -75,8 +75,11 @@ class Backend(ABC):
     - :meth:`copies_per_run`: observations one call runs side by side at no extra time
       (a board run holds one copy of the network per group of free PEs);
     - ``gives_traces``: ``infer(..., trace=True)`` returns a spike trace per observation
-      (``InferenceResult.traces``, see :mod:`hw.trace`); without ``trace`` the call is
-      the untraced one, so a backend without traces never sees the keyword.
+      (``InferenceResult.traces``, see :mod:`hw.trace`); the server asks for traces only
+      from such a backend.
+
+    A backend implements :meth:`_prepare` and :meth:`_infer`; :meth:`infer` looks the
+    model up and times the call for all of them.
     """
 
     name: ClassVar[str] = "backend"
