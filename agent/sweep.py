@@ -338,17 +338,24 @@ def _lows(recipe: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What ``s2loop sweep`` was asked for."""
+    """What ``s2loop sweep`` was asked for: each field is one of its options (lists also
+    as ``a,b,c``; ``--settings all``: every setting)."""
 
-    out: Path
-    envs: tuple[str, ...] = ENVS
-    settings: tuple[str, ...] = tuple(SETTINGS_BY_KEY)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    smoke: bool = False
+    #: sweep folder: Tune's state, the run folders (OUT/runs/ENV/SETTING/seedN) and
+    #: results.parquet; on a cluster, storage every node mounts at the same path
+    out: Path = Path("runs/sweep")
+    env: tuple[str, ...] = ENVS  # Gymnasium ids
+    settings: tuple[str, ...] = tuple(SETTINGS_BY_KEY)  # setting names of bench/RECIPES.md
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # training seeds
+    smoke: bool = False  # every trial at a tiny budget (a test, or a cluster check)
+    #: HOST:PORT of a running Ray cluster (nothing of ours is started); default: a local
+    #: Ray for this sweep
     address: str | None = None
-    cpus_per_trial: float = 1.0
-    search: str | None = None  # "optuna"
-    trials: int = 20
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves for each trial
+    #: 'optuna': search the options of one setting (objective: the mean 8-bit return over
+    #: --seeds) instead of running the grid
+    search: str | None = None
+    trials: int = 20  # --search: option sets to try
 
     @property
     def name(self) -> str:
@@ -360,13 +367,14 @@ class SweepConfig:
         return [
             {"env": e, "setting": s, "seed": seed, "smoke": self.smoke, "runs": runs,
              "cpus": self.cpus_per_trial}
-            for seed in self.seeds for e in self.envs for s in self.settings
+            for seed in self.seeds for e in self.env for s in self.settings
         ]  # fmt: skip
 
     def spec(self) -> dict[str, Any]:
         """What must match for a restart with the same ``--out`` to resume this sweep."""
-        keep = ("envs", "settings", "seeds", "smoke", "search", "trials")
-        d = {k: v for k, v in asdict(self).items() if k in keep}
+        keep = ("env", "settings", "seeds", "smoke", "search", "trials")
+        # "envs": the key of the environments in every sweep.json written so far
+        d = {"envs" if k == "env" else k: v for k, v in asdict(self).items() if k in keep}
         return json.loads(json.dumps(d))
 
 
@@ -374,9 +382,9 @@ def check(cfg: SweepConfig) -> None:
     unknown = sorted(set(cfg.settings) - set(SETTINGS_BY_KEY))
     if unknown:
         raise SweepError(f"unknown settings {unknown}; choose from {', '.join(SETTINGS_BY_KEY)}")
-    if not cfg.envs or not cfg.settings or not cfg.seeds:
+    if not cfg.env or not cfg.settings or not cfg.seeds:
         raise SweepError("--env, --settings and --seeds need at least one value each")
-    strange = sorted(set(cfg.envs) - set(ENVS))
+    strange = sorted(set(cfg.env) - set(ENVS))
     if strange:
         raise SweepError(f"no presets for {strange}; the settings exist for {', '.join(ENVS)}")
     if cfg.cpus_per_trial <= 0:
@@ -384,11 +392,11 @@ def check(cfg: SweepConfig) -> None:
     if cfg.search is not None:
         if cfg.search != "optuna":
             raise SweepError(f"--search {cfg.search!r}: only 'optuna' is supported")
-        if len(cfg.envs) != 1 or len(cfg.settings) != 1:
+        if len(cfg.env) != 1 or len(cfg.settings) != 1:
             raise SweepError("--search tunes one setting on one environment: give one of each")
         if cfg.trials < 1:
             raise SweepError("--trials must be >= 1")
-    for env_id in cfg.envs:  # every trial's options, parsed as the commands will
+    for env_id in cfg.env:  # every trial's options, parsed as the commands will
         for key in cfg.settings:
             setting = SETTINGS_BY_KEY[key]
             params = _lows(setting.recipe) if cfg.search else None
@@ -472,7 +480,7 @@ def _tuner_args(cfg: SweepConfig, out: Path) -> dict[str, Any]:
     from ray.tune.search.optuna import OptunaSearch
 
     setting = SETTINGS_BY_KEY[cfg.settings[0]]
-    trial = {"env": cfg.envs[0], "setting": setting.key, "seeds": list(cfg.seeds),
+    trial = {"env": cfg.env[0], "setting": setting.key, "seeds": list(cfg.seeds),
              "smoke": cfg.smoke, "runs": str(out / "runs"), "cpus": cfg.cpus_per_trial}  # fmt: skip
     return {
         "param_space": {"trial": trial, "params": search_space(setting.recipe)},

@@ -3,79 +3,55 @@ Only typer and the standard library at module level."""
 
 from __future__ import annotations
 
-import shlex
-import sys
-from pathlib import Path
-
 import typer
 
-from agent.sweep import SETTINGS_BY_KEY  # the standard library only
+from s2loop.commands import PASS_THROUGH, command_line, parse
 
-ALL_SETTINGS = "all"
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+#: options that take a list, which the README and RECIPES.md write as ``a,b,c``
+LISTS = ("--env", "--settings", "--seeds")
 
 
-def sweep(
-    out: Path = typer.Option(
-        Path("runs/sweep"),
-        "--out",
-        help="sweep folder: Tune's state, the run folders (OUT/runs/ENV/SETTING/seedN) and "
-        "results.parquet; on a cluster, storage every node mounts at the same path",
-    ),
-    env: str = typer.Option("CartPole-v1,Acrobot-v1", "--env", help="comma-separated env ids"),
-    settings: str = typer.Option(
-        ALL_SETTINGS,
-        help=f"comma-separated setting names of bench/RECIPES.md ({', '.join(SETTINGS_BY_KEY)}), "
-        "or 'all'",
-    ),
-    seeds: str = typer.Option("0,1,2,3,4", help="comma-separated training seeds"),
-    smoke: bool = typer.Option(
-        False, "--smoke", help="every trial at a tiny budget (a test, or a cluster check)"
-    ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="HOST:PORT of a running Ray cluster (nothing of ours is started); "
-        "default: a local Ray for this sweep",
-    ),
-    cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial"),
-    search: str | None = typer.Option(
-        None, help="'optuna': search the options of one setting instead of running the grid"
-    ),
-    trials: int = typer.Option(20, help="--search: option sets to try"),
-) -> None:
+def comma_lists(args: list[str]) -> list[str]:
+    """``args`` with each comma-separated value of a :data:`LISTS` option as separate
+    values (``--seeds 0,1,2`` is ``--seeds 0 1 2``) and ``--settings all`` as every
+    setting."""
+    from agent.sweep import SETTINGS_BY_KEY
+
+    out: list[str] = []
+    option = None
+    for arg in args:
+        if arg.startswith("-"):
+            option = arg if arg in LISTS else None
+            out.append(arg)
+        elif option is None:
+            out.append(arg)
+        elif option == "--settings" and arg == "all":
+            out.extend(SETTINGS_BY_KEY)
+        else:
+            out.extend(x.strip() for x in arg.split(",") if x.strip())
+    return out
+
+
+def sweep(ctx: typer.Context) -> None:
     """Train and fine-tune every (env, setting, seed) on Ray Tune, or search one setting's
     options (--search optuna, objective the mean 8-bit return over --seeds). The same
-    command with the same --out resumes: only unfinished trials run."""
+    command with the same --out resumes: only unfinished trials run. All options: s2loop
+    sweep --help."""
     from agent.sweep import SweepConfig, SweepError, check, run_sweep
 
-    chosen = tuple(SETTINGS_BY_KEY) if settings == ALL_SETTINGS else _csv(settings)
+    cfg = parse(SweepConfig, comma_lists(ctx.args), "s2loop sweep", description=sweep.__doc__)
+    out, search = cfg.out, cfg.search
     try:
-        cfg = SweepConfig(
-            out=out,
-            envs=_csv(env),
-            settings=chosen,
-            seeds=tuple(int(s) for s in _csv(seeds)),
-            smoke=smoke,
-            address=address,
-            cpus_per_trial=cpus_per_trial,
-            search=search,
-            trials=trials,
-        )
         check(cfg)
-    except ValueError as exc:  # SweepError, or a seed that is not a number
+    except ValueError as exc:  # SweepError, or a preset the settings cannot take
         raise typer.BadParameter(str(exc)) from None
     try:
         import ray  # noqa: F401
     except ModuleNotFoundError:
         typer.echo("s2loop sweep needs Ray Tune: pip install 's2loop[train]'", err=True)
         raise typer.Exit(2) from None
-    command = shlex.join(["s2loop", *sys.argv[1:]])
     try:
-        rows = run_sweep(cfg, command=command, log=typer.echo)
+        rows = run_sweep(cfg, command=command_line(), log=typer.echo)
     except SweepError as exc:
         raise typer.BadParameter(str(exc)) from None
     failed = [r for r in rows if r["status"] == "error"]
@@ -99,4 +75,4 @@ def sweep(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep)
+    app.command("sweep", **PASS_THROUGH)(sweep)

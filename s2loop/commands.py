@@ -45,7 +45,7 @@ def parse(
         args=args,
         prog=prog,
         default=default,
-        description=description,
+        description=inspect.cleandoc(description) if description else None,
         config=(tyro.conf.PositionalRequiredArgs,) if positional else (),
     )
 
@@ -75,9 +75,8 @@ def generated(
             module, cls = config.split(":")
             config_type = getattr(importlib.import_module(module), cls)
             default = preset(config_type, ctx.args) if preset is not None else None
-            doc = inspect.cleandoc(run.__doc__ or "")
             run(parse(config_type, ctx.args, prog, default=default, positional=positional,
-                      description=doc))  # fmt: skip
+                      description=run.__doc__))  # fmt: skip
 
         command.__doc__ = f"{run.__doc__}\n\nAll options: {prog} --help."
         command.__name__ = run.__name__

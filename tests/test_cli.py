@@ -43,6 +43,7 @@ GENERATED = [
     (["export-nir"], "agent.nir_cli:ExportNirOptions"),
     (["replay"], "service.cli:ReplayOptions"),
     (["demo"], "clients.demo:DemoConfig"),
+    (["sweep"], "agent.sweep:SweepConfig"),
 ]
 
 
@@ -98,3 +99,13 @@ def test_infer_takes_a_negative_observation_after_the_double_dash_options_anywhe
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert answer["backend"] == "emulator" and answer["action"] in (0, 1)
+
+
+def test_sweep_lists_may_be_written_with_commas_and_all_means_every_setting():
+    from agent.sweep import SETTINGS_BY_KEY
+    from agent.sweep_cli import comma_lists
+
+    args = ["--seeds", "0,1", "2", "--settings", "all", "--out", "a,b", "--env", "X"]
+    assert comma_lists(args) == [
+        "--seeds", "0", "1", "2", "--settings", *SETTINGS_BY_KEY, "--out", "a,b", "--env", "X"
+    ]  # fmt: skip

@@ -30,7 +30,7 @@ def test_unknown_setting_or_env_is_refused_before_ray_starts(tmp_path):
     for args, words in (
         (["--settings", "dsqn-poisson-lif-t20,nope"], "unknown settings ['nope']"),
         (["--env", "MountainCar-v0"], "no presets for ['MountainCar-v0']"),
-        (["--seeds", "0,x"], "invalid literal"),
+        (["--seeds", "0,x"], "Error parsing --seeds"),
         (["--search", "optuna"], "one setting on one environment"),
     ):
         result = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "s"), *args])
@@ -40,10 +40,10 @@ def test_unknown_setting_or_env_is_refused_before_ray_starts(tmp_path):
 
 
 def test_a_sweep_folder_resumes_only_the_sweep_it_holds(tmp_path):
-    first = SweepConfig(out=tmp_path, envs=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(0,))
+    first = SweepConfig(out=tmp_path, env=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(0,))
     (tmp_path / "sweep.json").write_text(json.dumps({"grid": first.spec()}))
     check(first)  # the same options: resumable
-    other = SweepConfig(out=tmp_path, envs=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(1,))
+    other = SweepConfig(out=tmp_path, env=("CartPole-v1",), settings=SMOKE_SETTINGS, seeds=(1,))
     with pytest.raises(SweepError, match="holds a different grid"):
         check(other)
 
