@@ -19,13 +19,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from bench.common import fmt, git_info, loadavg, report_head, summarize_us, table, write_page
+from bench import BENCH_DIR
+from bench.common import fmt, git_info, loadavg, report_head, summarize_us, table
 from bench.suite import SdkTcp, TcpBare, env_observations
 from clients.demo import ServerProcess, free_port
 from hw.artifact import default_models_dir
@@ -38,6 +40,17 @@ NAMES = {
     "act_tcp": "TCP door, bare socket",
     "sdk_tcp": "TCP door, PolicyClient",
 }
+
+
+@dataclass
+class TcpFloorConfig:
+    """The TCP door against its floor (``s2loop bench tcp-floor``)."""
+
+    floor: Path = SHARED_FLOOR  # the framed echo floor to run beside
+    runs: int = 3  # runs, each with both servers started afresh
+    rounds: int = 20  # interleaved rounds (one block per client)
+    block: int = 500  # requests per client per round
+    out: Path = BENCH_DIR  # folder for TCP_FLOOR.md and tcp_floor.json
 
 
 def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str, Any]:
@@ -106,14 +119,12 @@ def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str,
     return out
 
 
-def run(
-    command: str, floor: Path, runs: int, rounds: int, block: int, log: Any = print
-) -> dict[str, Any]:
-    """``runs`` runs of :func:`measure`, with the report head and the median ratios."""
-    report = report_head(command, False, {"floor": str(floor), "runs": runs, "rounds": rounds,
-                                          "block": block})  # fmt: skip
+def run(cfg: TcpFloorConfig, command: str = "", log: Any = print) -> dict[str, Any]:
+    """``cfg.runs`` runs of :func:`measure`, with the report head and the median ratios."""
+    config = {"floor": str(cfg.floor), "runs": cfg.runs, "rounds": cfg.rounds, "block": cfg.block}
+    report = report_head(command, False, config)
     report["git"] = git_info()
-    report["runs"] = [measure(floor, rounds, block, log) for _ in range(runs)]
+    report["runs"] = [measure(cfg.floor, cfg.rounds, cfg.block, log) for _ in range(cfg.runs)]
     report["targets"] = TARGETS
     report["median_ratio_p50"] = {
         k: float(np.median([one["ratio_p50"][k] for one in report["runs"]])) for k in TARGETS
@@ -176,7 +187,3 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write(report: dict[str, Any], out: Path) -> list[Path]:
-    return write_page(out, MD_NAME, markdown(report), JSON_NAME, report)
