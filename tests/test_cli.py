@@ -35,6 +35,7 @@ GENERATED = [
     (["bench", "fleet"], "bench.fleet:FleetConfig"),
     (["bench", "training"], "bench.training:TrainingBenchConfig"),
     (["bench", "recipes"], "bench.recipes:RecipesConfig"),
+    (["bench", "tcp-floor"], "bench.tcp_floor:TcpFloorConfig"),
     (["model-card"], "agent.cli:ModelCardArgs"),
     (["emulate"], "hw.options:EmulateOptions"),
     (["make-random-model"], "hw.options:RandomModelOptions"),
