@@ -6,6 +6,13 @@ machine slows each alike. The bench suite's own clients (``TcpBare``, ``SdkTcp``
 
 Each run starts both servers afresh; the page shows every run and the median of their
 ratios, with the machine's load average before and after (the figures move with it).
+
+Placement decides these figures on a VM whose idle vCPUs halt (this one:
+``haltpoll.guest_halt_poll_ns=0``): a wake-up across vCPUs costs ~50 µs each way, one on
+the same vCPU ~5 µs, and the scheduler keeps the echo floor (1 µs of work a frame) beside
+its client far more often than the door (~20 µs). So by default every process of a run
+(both servers, the clients) is pinned to the same CPU (``cpus``): the same placement for
+floor and door, run after run. ``--cpus ""`` leaves placement to the scheduler.
 ``server_us`` is the server's own ``timing.server_us`` (from the frame's arrival in
 ``data_received`` to the answer built): what the round trip spends outside it is the
 socket, the event loop, the answer's encoding and the client.
@@ -16,6 +23,7 @@ writes DIR/TCP_FLOOR.md and DIR/tcp_floor.json (DIR: bench/ by default).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +33,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import psutil
 
 from bench import BENCH_DIR
 from bench.common import fmt, git_info, loadavg, report_head, summarize_us, table
@@ -51,17 +60,37 @@ class TcpFloorConfig:
     rounds: int = 20  # interleaved rounds (one block per client)
     block: int = 500  # requests per client per round
     out: Path = BENCH_DIR  # folder for TCP_FLOOR.md and tcp_floor.json
+    cpus: str = "0"  # CPUs (comma-separated) every process of a run is pinned to; "": unpinned
 
 
-def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str, Any]:
+def _pin(pids: list[int], cpus: list[int]) -> None:
+    """Pin ``pids`` and their threads and children to ``cpus`` (nothing when empty)."""
+    if not cpus:
+        return
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for one in [proc, *proc.children(recursive=True)]:
+            one.cpu_affinity(cpus)
+            for thread in one.threads():  # threads started already keep their own mask
+                os.sched_setaffinity(thread.id, cpus)
+
+
+def measure(
+    floor: Path, rounds: int, block: int, log: Any = print, cpus: list[int] | None = None
+) -> dict[str, Any]:
     """One run: both servers started, ``rounds`` interleaved rounds of ``block`` requests
-    per client (round 0 warms up and is not kept), both stopped."""
+    per client (round 0 warms up and is not kept), both stopped. ``cpus``: every process
+    of the run (this one included, for the run) pinned to these CPUs."""
+    cpus = cpus or []
     port, tcp = free_port(), free_port()
     load_before = loadavg()
+    mine = os.sched_getaffinity(0)
     echo = subprocess.Popen([sys.executable, str(floor), str(port)])
     server = ServerProcess(default_models_dir(), extra_args=["--tcp-bind", f"127.0.0.1:{tcp}"])
     try:
         server.start().wait_ready(120)
+        assert server.proc is not None
+        _pin([echo.pid, server.proc.pid, os.getpid()], cpus)
         for _ in range(100):  # the echo floor has no readiness probe: until it accepts
             try:
                 TcpBare(f"tcp://127.0.0.1:{port}").close()
@@ -96,6 +125,7 @@ def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str,
         for client in clients.values():
             client.close()
     finally:
+        os.sched_setaffinity(0, mine)
         server.stop()
         echo.terminate()
         echo.wait(5)
@@ -103,6 +133,7 @@ def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str,
     floor_p50 = stats["floor_echo"]["p50"]
     server_p50 = {k: float(np.median(v)) for k, v in server_us.items()}
     out = {
+        "cpus": cpus,
         "load_before": load_before,
         "load_after": loadavg(),
         "rtt_us": stats,
@@ -121,10 +152,12 @@ def measure(floor: Path, rounds: int, block: int, log: Any = print) -> dict[str,
 
 def run(cfg: TcpFloorConfig, command: str = "", log: Any = print) -> dict[str, Any]:
     """``cfg.runs`` runs of :func:`measure`, with the report head and the median ratios."""
-    config = {"floor": str(cfg.floor), "runs": cfg.runs, "rounds": cfg.rounds, "block": cfg.block}
+    cpus = [int(c) for c in cfg.cpus.split(",") if c.strip()]
+    config = {"floor": str(cfg.floor), "runs": cfg.runs, "rounds": cfg.rounds, "block": cfg.block,
+              "cpus": cpus}  # fmt: skip
     report = report_head(command, False, config)
     report["git"] = git_info()
-    report["runs"] = [measure(cfg.floor, cfg.rounds, cfg.block, log) for _ in range(cfg.runs)]
+    report["runs"] = [measure(cfg.floor, cfg.rounds, cfg.block, log, cpus) for _ in range(cfg.runs)]
     report["targets"] = TARGETS
     report["median_ratio_p50"] = {
         k: float(np.median([one["ratio_p50"][k] for one in report["runs"]])) for k in TARGETS
@@ -153,6 +186,19 @@ def markdown(r: dict[str, Any]) -> str:
         "answer read, µs. Targets (issue 21): p50 over the floor's p50 in the same run, "
         f"bare socket <= {TARGETS['act_tcp']}x, PolicyClient <= {TARGETS['sdk_tcp']}x. "
         "The load average (1 min) is the machine's, everyone's processes included.",
+        "",
+        (
+            f"Placement: every process of a run (both servers, the clients) pinned to CPU(s) "
+            f"{', '.join(map(str, cfg['cpus']))}, the same for floor and door. On a VM whose "
+            "idle vCPUs halt, a wake-up across vCPUs costs ~50 µs each way and one on the same "
+            "vCPU ~5 µs; left to itself the scheduler keeps the floor (1 µs of work a frame) "
+            "beside its client far more often than the door, and the ratio then measures "
+            "that placement (`--cpus ''` leaves it to the scheduler)."
+            if cfg["cpus"]
+            else "Placement: left to the scheduler (`--cpus ''`): the floor and the door may "
+            "land on different placements, and a wake-up across vCPUs costs ~50 µs each way "
+            "on a VM whose idle vCPUs halt, one on the same vCPU ~5 µs."
+        ),
         "",
     ]
     med = r["median_ratio_p50"]
