@@ -33,7 +33,6 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import psutil
 
 from bench import BENCH_DIR
 from bench.common import fmt, git_info, loadavg, report_head, summarize_us, table
@@ -63,18 +62,6 @@ class TcpFloorConfig:
     cpus: str = "0"  # CPUs (comma-separated) every process of a run is pinned to; "": unpinned
 
 
-def _pin(pids: list[int], cpus: list[int]) -> None:
-    """Pin ``pids`` and their threads and children to ``cpus`` (nothing when empty)."""
-    if not cpus:
-        return
-    for pid in pids:
-        proc = psutil.Process(pid)
-        for one in [proc, *proc.children(recursive=True)]:
-            one.cpu_affinity(cpus)
-            for thread in one.threads():  # threads started already keep their own mask
-                os.sched_setaffinity(thread.id, cpus)
-
-
 def measure(
     floor: Path, rounds: int, block: int, log: Any = print, cpus: list[int] | None = None
 ) -> dict[str, Any]:
@@ -85,12 +72,12 @@ def measure(
     port, tcp = free_port(), free_port()
     load_before = loadavg()
     mine = os.sched_getaffinity(0)
+    if cpus:  # before the servers start: they and every thread they make inherit it
+        os.sched_setaffinity(0, cpus)
     echo = subprocess.Popen([sys.executable, str(floor), str(port)])
     server = ServerProcess(default_models_dir(), extra_args=["--tcp-bind", f"127.0.0.1:{tcp}"])
     try:
         server.start().wait_ready(120)
-        assert server.proc is not None
-        _pin([echo.pid, server.proc.pid, os.getpid()], cpus)
         for _ in range(100):  # the echo floor has no readiness probe: until it accepts
             try:
                 TcpBare(f"tcp://127.0.0.1:{port}").close()
