@@ -227,7 +227,8 @@ class Service:
                     entry.name, res.backend, res.compute_us * 1e-6, len(res)
                 )
                 self.breaker.close()
-                if self.registry.state(entry.name, "primary") != WARM:
+                # WARM is one object (marking again is harmless): `is`, not a dataclass ==
+                if self.registry.state(entry.name, "primary") is not WARM:
                     self.registry.mark(entry.name, "primary", WARM)  # a real answer warms up
                 return res, False
         if not can_fall_back:
