@@ -268,6 +268,25 @@ def test_quick_record_bench_counts_every_answer_and_replays(tmp_path):
     assert "rows lost on a graceful stop" in markdown(report)
 
 
+def test_tcp_floor_bench_times_every_client_pinned_and_writes_its_page():
+    from bench.tcp_floor import TARGETS, TcpFloorConfig, markdown, run
+
+    before = os.sched_getaffinity(0)
+    cfg = TcpFloorConfig(runs=1, rounds=1, block=20, cpus=str(min(before)))
+    report = run(cfg, command="test", log=_quiet)
+    assert os.sched_getaffinity(0) == before  # the run's pin is undone
+    (one,) = report["runs"]
+    assert one["cpus"] == [min(before)]
+    assert {k: s["n"] for k, s in one["rtt_us"].items()} == dict.fromkeys(
+        ("floor_echo", "act_tcp", "sdk_tcp"), 20
+    )
+    for k in TARGETS:  # the server's own time is part of the round trip, not more
+        assert 0 < one["server_us_p50"][k] < one["rtt_us"][k]["p50"]
+        assert one["ratio_p50"][k] == one["rtt_us"][k]["p50"] / one["rtt_us"]["floor_echo"]["p50"]
+    page = markdown(report)
+    assert "TCP door, PolicyClient" in page and f"pinned to CPU(s) {min(before)}" in page
+
+
 def _quiet(_: str) -> None:
     pass
 
