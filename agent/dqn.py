@@ -124,18 +124,18 @@ def td_loss(
     """Huber loss against the (advantage-learning) Double-DQN target; also the mean
     action gap (best minus second best) of the online Q-values on ``s``."""
     n = len(b["action"])
-    q_both = q(net, b["x"])
+    q_s = q(net, b["x"][:n])
     act = b["action"][:, None]
-    q_sa = q_both[:n].gather(1, act).squeeze(1)
-    with torch.no_grad():
-        a_next = q_both[n:].argmax(dim=1, keepdim=True)
+    q_sa = q_s.gather(1, act).squeeze(1)
+    with torch.no_grad():  # s' without the graph: the backward runs over s alone
+        a_next = q(net, b["x"][n:]).argmax(dim=1, keepdim=True)
         qt = torch.stack([q(target, xt) for xt in b["xt"]]).mean(0)
         q_next = qt[-n:].gather(1, a_next).squeeze(1)
         y = args.reward_scale * b["reward"] + args.gamma * (1.0 - b["terminated"]) * q_next
         if args.advantage_alpha > 0:
             qt_s = qt[:n]
             y = y - args.advantage_alpha * (qt_s.max(dim=1).values - qt_s.gather(1, act).squeeze(1))
-        top2 = q_both[:n].detach().topk(2, dim=1).values
+        top2 = q_s.detach().topk(2, dim=1).values
         gap = (top2[:, 0] - top2[:, 1]).mean()
     return nn.functional.smooth_l1_loss(q_sa, y), gap
 
