@@ -59,7 +59,9 @@ class TcpFloorConfig:
     rounds: int = 20  # interleaved rounds (one block per client)
     block: int = 500  # requests per client per round
     out: Path = BENCH_DIR  # folder for TCP_FLOOR.md and tcp_floor.json
-    cpus: str = "0"  # CPUs (comma-separated) every process of a run is pinned to; "": unpinned
+    # CPUs (comma-separated) every process of a run is pinned to; "first": the lowest this
+    # process may use; "": unpinned
+    cpus: str = "first"
 
 
 def measure(
@@ -139,7 +141,10 @@ def measure(
 
 def run(cfg: TcpFloorConfig, command: str = "", log: Any = print) -> dict[str, Any]:
     """``cfg.runs`` runs of :func:`measure`, with the report head and the median ratios."""
-    cpus = [int(c) for c in cfg.cpus.split(",") if c.strip()]
+    if cfg.cpus == "first":
+        cpus = [min(os.sched_getaffinity(0))]
+    else:
+        cpus = [int(c) for c in cfg.cpus.split(",") if c.strip()]
     config = {"floor": str(cfg.floor), "runs": cfg.runs, "rounds": cfg.rounds, "block": cfg.block,
               "cpus": cpus}  # fmt: skip
     report = report_head(command, False, config)
