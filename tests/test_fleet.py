@@ -164,7 +164,11 @@ def test_a_degraded_replica_leaves_rotation_and_comes_back(fleet):
 
 def test_killing_a_replica_under_load_fails_no_request(fleet):
     """8 clients through HAProxy; one replica gets SIGKILL halfway: every request is
-    answered (HAProxy retries the ones that got no answer on another replica)."""
+    answered (HAProxy retries the ones that got no answer on another replica), except
+    one whose answer the replica was writing when it died: uvicorn writes the status line
+    and headers, then the body, and a kill between the two cuts that answer after its
+    headers, which no proxy can send again (seen once in six suite runs on a loaded
+    machine). Those, at most one per request in flight, are the only failures allowed."""
     import threading
 
     from s2loop_client import PolicyClient
@@ -191,7 +195,8 @@ def test_killing_a_replica_under_load_fails_no_request(fleet):
     stop.set()
     for t in threads:
         t.join(10)
-    assert failures == [], failures[:5]
+    cut = [f for f in failures if "IncompleteRead(0 bytes read" in f]
+    assert failures == cut and len(cut) <= len(threads), failures[:5]
     assert sum(counts) > 200  # it really was under load
     wait_for(lambda: lb_status(fleet["stats"])["replica1"].startswith("DOWN"), 3, "replica1 DOWN")
 
