@@ -474,7 +474,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['paper']['citation']}: {report['paper']['network']}. Energy for CartPole: "
         f"{claims['CartPole energy, SpiNNaker2']['value_j']} J on SpiNNaker2 against "
         f"{claims['CartPole energy, GTX 1650']['value_j']} J on a GTX 1650 GPU "
-        f"({claims['CartPole energy, SpiNNaker2']['grade']}), read here as energy **per "
+        f"({claims['CartPole energy, SpiNNaker2']['grade'].split(';')[0]}), read here as "
+        "energy **per "
         'inference**: the abstract names what was measured, "energy cost per inference" '
         "(one secondary source calls it episode energy on CartPole-v0; against the abstract "
         "that reading is doubtful). Latency on par with the GPU, up to 32x less energy "
