@@ -117,10 +117,10 @@ class ReferenceBackend(Backend):
         self.device = torch.device(device)
         self.capture = self.device.type == "cuda"
         self.static = self.capture if static is None else static
-        # the fast forward's membrane loop is a compiled CPU kernel: cartpole-dsqn, one
-        # thread, 0.19 against 2.46 ms at batch 1 and 1.6 against 3.8 ms at batch 100; on
-        # a GPU the captured graph removes the tick loop's per-op cost, and the fast
-        # forward has not been captured on one
+        # the fast forward's membrane loop is a compiled CPU kernel: infer at batch 1, one
+        # thread, idle machine, p50 497 against 2,974 us (cartpole-dsqn), 413 against 2,027
+        # us (cartpole); on a GPU the captured graph removes the tick loop's per-op cost,
+        # and the fast forward has not been captured on one
         self.simulate = simulate_fast if self.device.type == "cpu" else simulate
         self.max_graphs = max_graphs
         self._static: OrderedDict[tuple[str, int, int], _StaticForward] = OrderedDict()
