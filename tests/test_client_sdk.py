@@ -205,6 +205,17 @@ def test_async_client_gives_the_same_answers(server):
     assert len({a.action for a in answers}) == 1
 
 
+def test_the_transport_follows_a_tcp_url_unless_told_otherwise(server):
+    with PolicyClient(server.tcp_url, "cartpole", api_key=KEY) as policy:  # no transport=
+        assert type(policy.transport).__name__ == "TCPTransport"
+        assert policy.act(OBS).backend == "emulator"
+    with PolicyClient(server.url, "cartpole", api_key=KEY) as policy:
+        assert type(policy.transport).__name__ == "HTTPTransport"
+    for transport in ("http", "ws"):  # a contradiction names the fix, never a wrong door
+        with pytest.raises(ValueError, match="TCP endpoint's URL: leave transport out"):
+            PolicyClient(server.tcp_url, "cartpole", transport=transport)
+
+
 def test_connection_refused_is_retried_then_reported():
     port = free_port("127.0.0.1")
     client = PolicyClient(f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)

@@ -17,6 +17,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import msgpack
 import numpy as np
@@ -92,7 +93,8 @@ def to_answers(body: dict[str, Any]) -> list[Answer]:
 class _Client:
     """What both clients share: the options, the transport, and building request bodies
     in its codec. ``transport``: ``http``, ``ws`` or ``tcp`` (then ``url`` is
-    ``tcp://HOST:PORT`` and the codec is always msgpack); ``codec``: ``json`` or
+    ``tcp://HOST:PORT`` and the codec is always msgpack); left out, ``tcp`` for a
+    ``tcp://`` or ``tcps://`` URL and ``http`` for any other; ``codec``: ``json`` or
     ``msgpack``; ``verify``: TLS verification (a CA file path, or False);
     ``transport_impl``: a transport of the client's flavour (e.g. a
     :class:`~s2loop_client.transports.MockTransport`) instead of one made from these."""
@@ -104,7 +106,7 @@ class _Client:
         url: str,
         model: str,
         *,
-        transport: str = "http",
+        transport: str | None = None,
         codec: str = "json",
         api_key: str | None = None,
         timeout_s: float = 1.0,
@@ -167,7 +169,14 @@ def make_transport(
     verify: Any,
     asynchronous: bool = False,
 ) -> Any:
-    """The :class:`Transport` (or :class:`AsyncTransport`) of ``transport``."""
+    """The :class:`Transport` (or :class:`AsyncTransport`) of ``transport``; None: from
+    the URL (``tcp://`` and ``tcps://`` the TCP endpoint, anything else HTTP)."""
+    tcp_url = urlsplit(url).scheme in ("tcp", "tcps")
+    if transport is None:
+        transport = "tcp" if tcp_url else "http"
+    elif tcp_url and transport != "tcp":
+        msg = f"{url!r} is the TCP endpoint's URL: leave transport out, or give it as 'tcp'"
+        raise ValueError(msg)
     if transport not in KINDS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     cls = KINDS[transport][1 if asynchronous else 0]
