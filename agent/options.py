@@ -326,8 +326,8 @@ PRESETS: dict[str, Preset] = {
                 # their average) scored on the 8-bit emulator: the five-seed grid at T = 20,
                 # unseen 8-bit, 490.1 (496.3, 461.0, 497.0, 498.0, 498.3) against 475.1
                 # (497.9, 499.5, 445.6, 495.0, 437.6) with 1 draw and 3 checkpoints; 6
-                # checkpoints alone changed seeds 0-3 by -1.8 at most; the draws cost about
-                # twice the training time (README, "dsqn: what worked")
+                # checkpoints alone changed only seed 2 (-1.8); the draws cost about twice
+                # the training time, and at T = 10 they did worse (README, "dsqn: what worked")
                 "target_draws": 4,
                 "keep_best": 6,
                 "eval_every": 2_500,

@@ -25,7 +25,7 @@ import numpy as np
 from s2loop_client import codec as wirecodec
 from s2loop_client import contract as wire
 from s2loop_client.errors import BadAnswer, ConnectionFailed, from_error_body
-from s2loop_client.transports import KINDS, AsyncTransport, NotSent, Transport
+from s2loop_client.transports import KINDS, TCP_SCHEMES, AsyncTransport, NotSent, Transport
 
 Answer = wire.ActAnswer
 Timing = wire.Timing
@@ -162,7 +162,7 @@ class _Client:
 
 def make_transport(
     url: str,
-    transport: str,
+    transport: str | None,
     codec: str,
     api_key: str | None,
     timeout_s: float,
@@ -171,7 +171,7 @@ def make_transport(
 ) -> Any:
     """The :class:`Transport` (or :class:`AsyncTransport`) of ``transport``; None: from
     the URL (``tcp://`` and ``tcps://`` the TCP endpoint, anything else HTTP)."""
-    tcp_url = urlsplit(url).scheme in ("tcp", "tcps")
+    tcp_url = urlsplit(url).scheme in TCP_SCHEMES
     if transport is None:
         transport = "tcp" if tcp_url else "http"
     elif tcp_url and transport != "tcp":

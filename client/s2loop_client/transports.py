@@ -274,10 +274,14 @@ def pack_hello(api_key: str) -> bytes:
     return wirecodec.pack({"hello": {"api_key": api_key}})
 
 
+#: the URL schemes of the server's TCP endpoint (plaintext, TLS)
+TCP_SCHEMES = ("tcp", "tcps")
+
+
 def tcp_endpoint(url: str, verify: bool | str = True) -> tuple[str, int, ssl.SSLContext | None]:
     """``(host, port, TLS context or None)`` of a ``tcp://`` or ``tcps://`` URL."""
     parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "tcps") or not parts.hostname or not parts.port:
+    if parts.scheme not in TCP_SCHEMES or not parts.hostname or not parts.port:
         msg = f"a TCP endpoint looks like tcp://HOST:PORT or tcps://HOST:PORT, got {url!r}"
         raise ValueError(msg)
     context = _tls_context(verify) if parts.scheme == "tcps" else None
