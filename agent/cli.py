@@ -120,12 +120,11 @@ def register(app: typer.Typer) -> None:
         """Mean/std/min greedy return over seeded episodes, and float vs 8-bit agreement."""
         import dataclasses
 
-        import torch
-
         from agent.evaluate import evaluate
+        from agent.pipeline import set_threads
         from hw.artifact import load_artifact
 
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
         options = {
             k: v for k, v in dataclasses.asdict(args).items() if k not in ("model", "threads")
         }

@@ -33,7 +33,7 @@ from agent.evaluate import DEFAULT_EVAL_SEED, decision_margin, evaluate
 from agent.export import from_artifact, to_artifact
 from agent.options import FinetuneConfig, TrainConfig
 from agent.rollout import run_episodes
-from agent.snn import quant_scale
+from agent.snn import keep_freed_memory, quant_scale
 from agent.teacher import TRAIN_SEED_BASE, load_teacher, seed_everything, train_teacher
 from hw.artifact import load_artifact, save_artifact
 
@@ -78,8 +78,10 @@ def _jsonable(cfg: Any) -> dict[str, Any]:
 
 def set_threads(n: int) -> None:
     """Torch's threads (the fast forward's kernels are single-threaded: a numba thread
-    pool would tie every later compilation to the NUMBA_NUM_THREADS it started with)."""
+    pool would tie every later compilation to the NUMBA_NUM_THREADS it started with),
+    and freed tensor memory kept for reuse (:func:`agent.snn.keep_freed_memory`)."""
     torch.set_num_threads(n)
+    keep_freed_memory()
 
 
 def train_run(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The torch spiking Q-network is the emulator's function: bit-identical spikes, Q-values
 and actions on the same quantized artifact; export round trip; the float reference."""
 
+import platform
+import sys
+
 import numpy as np
 import pytest
 
@@ -307,3 +310,15 @@ def test_fast_forward_equals_the_reference_tick_loop(kw, kernels, monkeypatch):
         assert len(grads[0]) == len(grads[1]) and grads[0]
         for g_ref, g_fast in zip(*grads, strict=True):
             torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's; elsewhere keep_freed_memory does nothing",
+)
+def test_freed_tensor_memory_is_kept_on_glibc():
+    """Training sets glibc to keep freed MiB-sized blocks (a fresh forward's tensors
+    otherwise fault in their pages again); both settings must take."""
+    from agent.snn import keep_freed_memory
+
+    assert keep_freed_memory() is True
