@@ -318,6 +318,8 @@ def _torch_backward(g_s, g_v, u_all, s_all, alpha, thr, v_init, v_reset, sub, sl
         ]
     )
     g_cur = g_u[:, 1 : n_cur + 1]
+    if g_cur.shape[1] < n_cur:  # input for every tick: the last one is never heard
+        g_cur = torch.cat([g_cur, torch.zeros_like(g_u[:, : n_cur - g_cur.shape[1]])], dim=1)
     return g_cur, g_u.sum(dim=(0, 1)), red
 
 
@@ -413,7 +415,10 @@ def simulate_fast(
             lay.v_reset, lay.reset_by_subtraction, slope, ticks,
         )  # fmt: skip
         spikes.append(s)
-        pre = s[:, : ticks - 1].contiguous()  # heard by the next layer one tick later
+        # heard by the next layer one tick later: its loop reads cur[:, t - 1] for
+        # 1 <= t < ticks, so the last tick's spikes are multiplied but never heard
+        # (cheaper than copying all the others out of the way)
+        pre = s
     rec = torch.cat([s.detach() for s in spikes], dim=2).to(torch.uint8) if record else None
     return _output(layers[-1], v, [s.sum(dim=1) for s in spikes], readout, ticks, rec)
 
