@@ -224,8 +224,13 @@ def train_dqn(
     tag: str = "dqn",
     progress: bool = True,
     device: str = "cpu",
+    confirm: EvalFn | None = None,
 ) -> tuple[nn.Module, Checkpoints, dict]:
     """Train ``net`` (or build it from the warm-up states with ``net(states)``).
+
+    ``args.stop_at``: an evaluation that reaches it is confirmed on as many more
+    episodes by ``confirm`` (default ``evaluate``; dsqn's plays the 8-bit network), and
+    training stops when both together still average ``stop_at``.
 
     With ``device`` other than the CPU, the gradient steps run there (a copy of the
     network and the target network live on it, :class:`GradStep`); acting, evaluation
@@ -318,7 +323,7 @@ def train_dqn(
             evals += 1
             ev = evaluate(net, 2 * evals)
             if args.stop_at is not None and ev.mean >= args.stop_at:
-                more = evaluate(net, 2 * evals + 1)  # confirm on as many other episodes
+                more = (confirm or evaluate)(net, 2 * evals + 1)  # as many other episodes
                 ev = Episodes(
                     np.concatenate([ev.returns, more.returns]),
                     np.concatenate([ev.lengths, more.lengths]),

@@ -133,7 +133,8 @@ class DQNArgs:
     keep_best: int = 3
     """best checkpoints kept (dsqn re-scores them on the 8-bit emulator)"""
     stop_at: float | None = None
-    """stop early once an evaluation averages at least this (confirmed on as many more)"""
+    """stop early once an evaluation averages at least this, confirmed on as many more
+    episodes (dsqn: played by the 8-bit network)"""
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,47 @@ def test_dsqn_learns_a_task_through_the_spikes(tmp_path):
     assert info["eval_mean"] > 0.8
 
 
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_an_early_stop_needs_its_confirmation(tmp_path, confirmed, monkeypatch):
+    """An evaluation at ``stop_at`` stops training only when its confirmation (dsqn:
+    the same episodes' count played by the 8-bit network) holds too."""
+    import agent.dsqn as dsqn
+    from agent.rollout import Episodes
+
+    gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
+    calls: list[str] = []
+    real = dsqn.SpikingQNet.predict
+
+    def predict(self, observations, mode="float", rng=None):
+        calls.append(mode)
+        return real(self, observations, mode, rng)
+
+    monkeypatch.setattr(dsqn.SpikingQNet, "predict", predict)
+    real_train = dsqn.train_dqn
+
+    def train_dqn(*a, confirm, **kw):
+        def failing(net, k):
+            ep = confirm(net, k)  # plays the 8-bit network
+            return ep if confirmed else Episodes(ep.returns - 1000.0, ep.lengths)
+
+        return real_train(*a, confirm=failing, **kw)
+
+    monkeypatch.setattr(dsqn, "train_dqn", train_dqn)
+    args = DQNArgs(
+        total_steps=800, learning_starts=100, train_every=4, batch_size=16,
+        eval_every=200, eval_episodes=4, stop_at=-1.0, keep_best=1,
+    )  # fmt: skip
+    snn = SNNConfig(hidden=(8,), encoder="poisson", bins=5, input_ticks=4)
+    _, info = dsqn.train_dsqn(
+        "S2LoopSignBandit-v0", args, tmp_path, seed=0, snn=snn, validation_episodes=2,
+        progress=False,
+    )  # fmt: skip
+    # every float evaluation reaches stop_at -1 (returns 0 or 1): the confirmation decides
+    assert info["steps_run"] == (200 if confirmed else 800)
+    # one-step episodes, played together: one float and one 8-bit call per evaluation
+    assert calls == ["float", "quant"] * info["evaluations"]
+
+
 def _grad_steps(net, device: str, steps: int):
     """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
     random transitions; returns the losses and the trained weights (on the CPU)."""
