@@ -287,6 +287,8 @@ def train_dqn(
     n_updates = max(1, (args.total_steps - args.learning_starts) // args.train_every)
     grad_step = GradStep(q, learner, target, args, n_updates * args.gradient_steps)
     kept = Checkpoints(args.keep_best)
+    # what is evaluated and kept: the online network, or an average of its weights
+    judged = copy.deepcopy(net) if args.eval_average > 0 else net
     history: dict[int, tuple[float, float]] = {}  # step -> (mean, min) of its evaluation
 
     td = gap = float("nan")
@@ -308,6 +310,10 @@ def train_dqn(
             gap = g / args.reward_scale
         if phases and learner is not net:
             net.load_state_dict(learner.state_dict())
+        if phases and judged is not net:
+            with torch.no_grad():
+                for a_p, p in zip(judged.parameters(), net.parameters(), strict=True):
+                    a_p.lerp_(p, 1.0 - args.eval_average**phases)
         if step // args.target_every > before // args.target_every:
             with torch.no_grad():
                 for t_p, p in zip(target.parameters(), learner.parameters(), strict=True):
@@ -321,16 +327,16 @@ def train_dqn(
 
         if step // args.eval_every > before // args.eval_every or step >= args.total_steps:
             evals += 1
-            ev = evaluate(net, 2 * evals)
+            ev = evaluate(judged, 2 * evals)
             if args.stop_at is not None and ev.mean >= args.stop_at:
-                more = (confirm or evaluate)(net, 2 * evals + 1)  # as many other episodes
+                more = (confirm or evaluate)(judged, 2 * evals + 1)  # as many other episodes
                 ev = Episodes(
                     np.concatenate([ev.returns, more.returns]),
                     np.concatenate([ev.lengths, more.lengths]),
                 )
             writer.add_scalar("eval/return", ev.mean, step)
             history[step] = (ev.mean, float(ev.returns.min()))
-            kept.offer(score(ev), step, net)
+            kept.offer(score(ev), step, judged)
             bar.set_postfix(eval=f"{ev.mean:.1f}", gap=f"{gap:.3f}")
             if args.stop_at is not None and ev.mean >= args.stop_at:
                 break

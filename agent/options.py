@@ -132,6 +132,10 @@ class DQNArgs:
     """episodes per evaluation"""
     keep_best: int = 3
     """best checkpoints kept (dsqn re-scores them on the 8-bit emulator)"""
+    eval_average: float = 0.0
+    """the network evaluated and kept as a checkpoint is an exponential moving average
+    of the online network's weights with this decay per training phase (Polyak
+    averaging of the iterates); 0: the online network itself"""
     stop_at: float | None = None
     """stop early once an evaluation averages at least this, confirmed on as many more
     episodes (dsqn: played by the 8-bit network)"""

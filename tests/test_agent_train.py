@@ -258,6 +258,49 @@ def test_an_early_stop_needs_its_confirmation(tmp_path, confirmed, monkeypatch):
     assert calls == ["float", "quant"] * info["evaluations"]
 
 
+@pytest.mark.parametrize("decay", [0.0, 1.0])
+def test_evaluation_and_checkpoints_take_the_averaged_weights(tmp_path, decay, monkeypatch):
+    """``eval_average``: what is evaluated and kept is the moving average of the online
+    weights; a decay of 1 keeps it at the weights training started from, while the
+    online network moves (0: the online network itself)."""
+    import copy
+
+    import torch
+
+    import agent.dsqn as dsqn
+
+    gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
+    seen: dict[str, object] = {}
+    real_train = dsqn.train_dqn
+
+    def train_dqn(env_id, args, build, *a, **kw):
+        def recorded(states):
+            net = build(states)
+            seen["start"] = copy.deepcopy(net.state_dict())
+            seen["online"] = net
+            return net
+
+        out = real_train(env_id, args, recorded, *a, **kw)
+        seen["kept"] = [state for _, _, state in out[1].kept]
+        return out
+
+    monkeypatch.setattr(dsqn, "train_dqn", train_dqn)
+    args = DQNArgs(
+        total_steps=600, learning_starts=100, train_every=4, batch_size=16,
+        eval_every=200, eval_episodes=4, keep_best=3, eval_average=decay,
+    )  # fmt: skip
+    snn = SNNConfig(hidden=(8,), encoder="poisson", bins=5, input_ticks=4)
+    dsqn.train_dsqn(
+        "S2LoopSignBandit-v0", args, tmp_path, seed=0, snn=snn, validation_episodes=2,
+        progress=False,
+    )  # fmt: skip
+    start, kept = seen["start"], seen["kept"]
+    assert len(kept) == 3
+    for state in kept:
+        same = all(torch.equal(state[k], start[k]) for k in start)
+        assert same == (decay > 0), "the kept weights are the average's (decay 1: the start)"
+
+
 def _grad_steps(net, device: str, steps: int):
     """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
     random transitions; returns the losses and the trained weights (on the CPU)."""
