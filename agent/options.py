@@ -140,6 +140,10 @@ class DQNArgs:
     """stop early once an evaluation averages at least this, confirmed on as many more
     episodes (dsqn: played by the 8-bit network)"""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_average <= 1.0:
+            raise ValueError(f"eval_average is a decay in [0, 1], got {self.eval_average}")
+
 
 @dataclass(frozen=True)
 class TeacherArgs(DQNArgs):

@@ -301,6 +301,12 @@ def test_evaluation_and_checkpoints_take_the_averaged_weights(tmp_path, decay, m
         assert same == (decay > 0), "the kept weights are the average's (decay 1: the start)"
 
 
+@pytest.mark.parametrize("decay", [-0.1, 1.5])
+def test_an_average_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match=r"eval_average is a decay in \[0, 1\]"):
+        DQNArgs(eval_average=decay)
+
+
 def _grad_steps(net, device: str, steps: int):
     """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
     random transitions; returns the losses and the trained weights (on the CPU)."""
