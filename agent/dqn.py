@@ -211,6 +211,13 @@ class GradStep:
         return float(loss), float(gap)
 
 
+@torch.no_grad()
+def polyak(average: nn.Module, net: nn.Module, weight: float) -> None:
+    """``average <- weight * net + (1 - weight) * average``, parameter by parameter."""
+    for a_p, p in zip(average.parameters(), net.parameters(), strict=True):
+        a_p.lerp_(p, weight)
+
+
 def train_dqn(
     env_id: str,
     args: DQNArgs,
@@ -311,13 +318,9 @@ def train_dqn(
         if phases and learner is not net:
             net.load_state_dict(learner.state_dict())
         if phases and judged is not net:
-            with torch.no_grad():
-                for a_p, p in zip(judged.parameters(), net.parameters(), strict=True):
-                    a_p.lerp_(p, 1.0 - args.eval_average**phases)
+            polyak(judged, net, 1.0 - args.eval_average**phases)
         if step // args.target_every > before // args.target_every:
-            with torch.no_grad():
-                for t_p, p in zip(target.parameters(), learner.parameters(), strict=True):
-                    t_p.lerp_(p, args.tau)
+            polyak(target, learner, args.tau)
         if step // 250 > before // 250:
             writer.add_scalar("losses/td_loss", td, step)
             writer.add_scalar("charts/action_gap", gap, step)
