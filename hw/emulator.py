@@ -19,7 +19,7 @@ argmax fused into the kernel: the path :class:`EmulatorBackend` serves).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,7 @@ def _run_one(
     in_idx,  # int32 [t_in, n_in]: indices of the input neurons firing at each input tick
     in_cnt,  # int32 [t_in]: how many fire
     ticks,  # int
-    w,  # float32 [R, S]: per layer, row j = weights from presynaptic neuron j (weight.T)
+    w,  # int8 [R, S]: per layer, row j = weights from presynaptic neuron j (weight.T)
     w_row,  # int64 [L]: first row of each layer in w
     sizes,  # int64 [L]
     n_off,  # int64 [L]: offset of each layer in a flat [N] neuron vector (for record)
@@ -146,7 +146,7 @@ def _run_one(
                     for k in range(n_pre):
                         r = base + in_idx[t - 1, k]
                         for i in range(size):
-                            isyn[i] += w[r, i]
+                            isyn[i] += np.float32(w[r, i])
             elif size < 16:
                 # narrow layer (the output): sum each neuron's input in a register
                 # rather than a load-add-store chain per presynaptic spike
@@ -154,14 +154,14 @@ def _run_one(
                 for i in range(size):
                     s = zero
                     for k in range(n_pre):
-                        s += w[base + spk_idx[layer - 1, k], i]
+                        s += np.float32(w[base + spk_idx[layer - 1, k], i])
                     isyn[i] = s
             else:
                 n_pre = spk_cnt[layer - 1]
                 for k in range(n_pre):
                     r = base + spk_idx[layer - 1, k]
                     for i in range(size):
-                        isyn[i] += w[r, i]
+                        isyn[i] += np.float32(w[r, i])
             syn += n_pre * size
             a = alpha[layer]
             th = thr[layer]
@@ -289,6 +289,8 @@ def _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase
 @njit(cache=True, nogil=True, boundscheck=False)
 def _run_obs_kernel(
     obs,  # float32 [B, obs]: observations, shape already checked
+    q,  # float32 [B, A] out: Q-values
+    ints,  # int64 [2 + L, B] out: rows of actions, synaptic events, spikes per layer
     obs_offset,  # float32 [obs]
     obs_scale,  # float32 [obs]
     signed,  # bool: 'signed' channels, else 'tent'
@@ -311,26 +313,23 @@ def _run_obs_kernel(
     count_readout,  # bool: q = (count * threshold + v) / scale, else q = v / scale
     q_scale,  # float32: weight_scale of the output layer
 ):
-    """Deterministic encoder + network + readout + argmax, batched.
-
-    Returns ``(q [B, A], actions [B], layer_spikes [B, L], syn_events [B],
-    first_bad_row)``; ``first_bad_row >= 0`` names a row with a non-finite value
-    (then nothing else is meaningful)."""
+    """Deterministic encoder + network + readout + argmax, batched, into the caller's
+    ``q`` and ``ints`` (two arrays made by the caller cost less than four boxed on the
+    way out). Returns the first row with a non-finite value (then nothing written is
+    meaningful), else -1."""
     n_batch, n_obs = obs.shape
     n_layers, width = i_offset.shape
     last = n_layers - 1
     n_out = sizes[last]
     per_dim = 2 if signed else centres.shape[0]
     n_in = n_obs * per_dim
-    q = np.empty((n_batch, n_out), dtype=np.float32)
-    actions = np.empty(n_batch, dtype=np.int64)
-    layer_spikes = np.zeros((n_batch, n_layers), dtype=np.int64)
-    counts = np.zeros((n_batch, n_out), dtype=np.int32)
-    syn_events = np.empty(n_batch, dtype=np.int64)
     for b in range(n_batch):
         for d in range(n_obs):
             if not np.isfinite(obs[b, d]):
-                return q, actions, layer_spikes, syn_events, b
+                return b
+    layer_spikes = ints[2:].T  # [B, L], as _run_one writes it
+    layer_spikes[:] = 0
+    counts = np.zeros((n_batch, n_out), dtype=np.int32)
     v = np.empty((n_layers, width), dtype=np.float32)
     spk = np.zeros((n_layers, width), dtype=np.uint8)
     spk_idx = np.zeros((n_layers, width), dtype=np.int32)
@@ -346,7 +345,7 @@ def _run_obs_kernel(
     for b in range(n_batch):
         _encode_row(obs, b, obs_offset, obs_scale, signed, centres, inv_width, phase, p, acc,
                     in_idx, in_cnt)  # fmt: skip
-        syn_events[b] = _run_one(
+        ints[1, b] = _run_one(
             in_idx, in_cnt, ticks, w, w_row, sizes, n_off, i_offset, thr, thr_cmp, alpha,
             reset_sub, v_reset, v_init, v, spk, spk_idx, spk_cnt, isyn, counts,
             layer_spikes, b, no_record, no_v_record,
@@ -363,8 +362,8 @@ def _run_obs_kernel(
                 qb = q[b, best]
                 if (qi > qb or np.isnan(qi)) and not np.isnan(qb):
                     best = i
-        actions[b] = best
-    return q, actions, layer_spikes, syn_events, -1
+        ints[0, b] = best
+    return -1
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -487,6 +486,13 @@ class CompiledNetwork:
     encoder_args: tuple = ()
     readout_count: bool = False
     readout_scale: float = 1.0  # float32 value of the output weight_scale
+    # as Python ints, for the checks and output arrays of a request
+    n_obs: int = 0  # observation size
+    n_out: int = 0  # sizes[-1]
+    n_layers: int = 0
+    #: what the deterministic kernels take after the observations, per threshold test
+    #: (built on first use: a request then pays for no tuple of twenty arguments)
+    _obs_args: dict[str, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> CompiledNetwork:
@@ -496,10 +502,12 @@ class CompiledNetwork:
         n_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         fan_in = np.array([lay.fan_in for lay in layers], dtype=np.int64)
         w_row = np.concatenate([[0], np.cumsum(fan_in)[:-1]]).astype(np.int64)
-        w = np.zeros((int(fan_in.sum()), width), dtype=np.float32)
+        # int8, as on the chip: a quarter of float32's cache lines (every sum of them in
+        # float32 is exact, |sum| < 2**24, so the results are the same)
+        w = np.zeros((int(fan_in.sum()), width), dtype=np.int8)
         i_offset = np.zeros((len(layers), width), dtype=np.float32)
         for k, lay in enumerate(layers):
-            w[w_row[k] : w_row[k] + lay.fan_in, : lay.size] = lay.weight.T.astype(np.float32)
+            w[w_row[k] : w_row[k] + lay.fan_in, : lay.size] = lay.weight.T
             i_offset[k, : lay.size] = lay.i_offset
         thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
         enc = artifact.encoder
@@ -531,7 +539,20 @@ class CompiledNetwork:
             encoder_args=encoder_args,
             readout_count=artifact.readout.kind == "count_membrane",
             readout_scale=np.float32(layers[-1].weight_scale),
+            n_obs=artifact.observation_size,
+            n_out=int(sizes[-1]),
+            n_layers=len(layers),
         )
+
+    def obs_args(self, settings: EmulatorSettings) -> tuple:
+        """The arguments of :func:`_run_obs_kernel` (and its traced twin) after the
+        observations: encoder, layers with the threshold test of ``settings``, readout."""
+        args = self._obs_args.get(settings.threshold_comparison)
+        if args is None:
+            args = (*self.encoder_args, *self.layer_args(settings), self.readout_count,
+                    self.readout_scale)  # fmt: skip
+            self._obs_args[settings.threshold_comparison] = args
+        return args
 
     def layer_args(self, settings: EmulatorSettings) -> tuple:
         """The per-layer kernel arguments, with the threshold test of ``settings``."""
@@ -599,16 +620,19 @@ def run_raster(
     return RunOutput(v_out, counts, layer_spikes, syn, rec, v_rec)
 
 
-def _as_checked_observations(art: ModelArtifact, observations: Any) -> np.ndarray:
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _as_checked_observations(net: CompiledNetwork, observations: Any) -> np.ndarray:
     """float32 C-contiguous [B, obs] (one observation becomes B = 1), shape checked;
     finiteness is the kernels' to check."""
     obs = observations
-    if type(obs) is not np.ndarray or obs.dtype != np.float32:
+    if type(obs) is not np.ndarray or obs.dtype is not _FLOAT32:
         obs = np.asarray(obs, dtype=np.float32)
     if obs.ndim == 1:
         obs = obs[None, :]
-    if obs.ndim != 2 or obs.shape[1] != art.observation_size:
-        check_observations(art, observations)  # raises with the shared message
+    if obs.ndim != 2 or obs.shape[1] != net.n_obs:
+        check_observations(net.artifact, observations)  # raises with the shared message
     if not obs.flags.c_contiguous:
         obs = np.ascontiguousarray(obs)
     return obs
@@ -629,18 +653,14 @@ def run_observations(
     art = net.artifact
     if art.encoder.kind != "deterministic":
         raise ValueError("run_observations needs a deterministic encoder; use run_raster")
-    obs = _as_checked_observations(art, observations)
-    q, actions, spikes, syn, bad = _run_obs_kernel(
-        obs,
-        *net.encoder_args,
-        *net.layer_args(settings),
-        net.readout_count,
-        net.readout_scale,
-    )
-    if bad >= 0:
+    obs = _as_checked_observations(net, observations)
+    n = obs.shape[0]
+    q = np.empty((n, net.n_out), np.float32)
+    ints = np.empty((2 + net.n_layers, n), np.int64)  # rows: each one contiguous
+    if _run_obs_kernel(obs, q, ints, *net.obs_args(settings)) >= 0:
         check_observations(art, obs)  # raises with the shared message
         raise ValueError("observations must be finite (no NaN or inf)")
-    return q, actions, spikes, syn
+    return q, ints[0], ints[2:].T, ints[1]
 
 
 class EmulatorBackend(Backend):
@@ -716,11 +736,10 @@ class EmulatorBackend(Backend):
 
     def _traced_deterministic(self, net: CompiledNetwork, observations: Any) -> InferenceResult:
         art = net.artifact
-        obs = _as_checked_observations(art, observations)
+        obs = _as_checked_observations(net, observations)
         q_ticks, actions, spikes, syn, pairs, bad = _run_obs_traced_kernel(
-            obs, *net.encoder_args, *net.layer_args(self.settings), net.readout_count,
-            net.readout_scale,
-        )  # fmt: skip
+            obs, *net.obs_args(self.settings)
+        )
         if bad >= 0:
             check_observations(art, obs)  # raises with the shared message
             raise ValueError("observations must be finite (no NaN or inf)")
