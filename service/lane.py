@@ -89,9 +89,7 @@ class Lane:
         """One backend call; raises QueueFull, LaneTimeout or what the backend raised.
         ``trace``: ask the backend for spike traces (only then is the keyword passed)."""
         if obs.shape[0] <= self.inline_max_batch:
-            if trace:
-                return self.backend.infer(model, obs, seeds, trace=True)
-            return self.backend.infer(model, obs, seeds)
+            return self.run_inline(model, obs, seeds, trace)
         with self._lock:
             if self.pending >= self.capacity:
                 raise QueueFull(self.wait_s())
@@ -105,6 +103,15 @@ class Lane:
         except TimeoutError:
             cfut.cancel()  # not started yet: it never reaches the backend
             raise LaneTimeout from None
+
+    def run_inline(
+        self, model: str, obs: np.ndarray, seeds: np.ndarray | None = None, trace: bool = False
+    ) -> InferenceResult:
+        """One call on the event loop, for a batch of at most ``inline_max_batch`` rows
+        (callers that check that first skip :meth:`run`'s coroutine)."""
+        if trace:
+            return self.backend.infer(model, obs, seeds, trace=True)
+        return self.backend.infer(model, obs, seeds)
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run a blocking maintenance call (load, warm-up) on the lane's own thread(s),

@@ -114,7 +114,7 @@ def observation(entry: ModelEntry, values: list[float]) -> np.ndarray:
         )
     if max(values) > FLOAT32_MAX or min(values) < -FLOAT32_MAX:
         raise _too_big()
-    return np.array(values, dtype=np.float32).reshape(1, -1)
+    return np.array([values], dtype=np.float32)
 
 
 def observations(entry: ModelEntry, rows: list[list[float]], max_batch: int) -> np.ndarray:

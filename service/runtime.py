@@ -208,6 +208,8 @@ class Service:
             try:
                 if self.coalescer is not None and obs.shape[0] == 1 and not trace:
                     res = await self.coalescer.run(entry.name, obs, budget, seeds)
+                elif obs.shape[0] <= primary.inline_max_batch:  # the emulator: no coroutine
+                    res = primary.run_inline(entry.name, obs, seeds, trace)
                 else:
                     res = await primary.run(entry.name, obs, budget, seeds, trace)
             except QueueFull as full:
@@ -224,7 +226,7 @@ class Service:
                 if time.perf_counter() > deadline:
                     raise self._deadline_error()
                 self.metrics.observe_backend(
-                    entry.name, res.backend, res.compute_us * 1e-6, len(res)
+                    entry.name, res.backend, res.compute_us * 1e-6, obs.shape[0]
                 )
                 self.breaker.close()
                 # WARM is one object (marking again is harmless): `is`, not a dataclass ==
