@@ -142,9 +142,11 @@ class _Client:
         self, observation: Any, seed: Any, id: Any, episode_id: Any, step: Any, trace: bool = False
     ) -> bytes:
         body: dict[str, Any] = {"model": self.model, "observation": self._obs(observation, 1)}
-        for key, value in (("seed", seed), ("id", id), ("episode_id", episode_id), ("step", step)):
-            if value is not None:
-                body[key] = value
+        if seed is not None or id is not None or episode_id is not None or step is not None:
+            for key, value in (("seed", seed), ("id", id), ("episode_id", episode_id),
+                               ("step", step)):  # fmt: skip
+                if value is not None:
+                    body[key] = value
         if trace:
             body["trace"] = True
         return self._dumps(body)

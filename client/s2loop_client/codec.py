@@ -81,12 +81,15 @@ def _as_list(obj: dict[str, Any]) -> list:
     return _hook(obj).tolist()
 
 
+_unpackb = msgpack.unpackb  # called with no keywords: parsing them costs a fifth of a call
+
+
 def unpack_request(data: bytes) -> Any:
     """A request message with its top-level ndarray maps as plain (nested) lists: what a
     server validates. Arrays deeper down are not looked for (requests carry none), which
     spares a Python call per map."""
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        obj = _unpackb(data)  # msgpack >= 1.0's defaults: raw=False, strict_map_key=True
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise DecodeError(f"not valid msgpack: {exc}") from None
     if isinstance(obj, dict):

