@@ -357,3 +357,31 @@ def test_the_framing_gives_the_same_frames_however_the_bytes_are_cut():
         assert got == payloads and not buffer, cut
     with pytest.raises(framing.FrameTooLarge):
         framing.feed(bytearray(), framing.frame(b"x" * 65), limit=64)
+
+
+class _Chunks:
+    """A blocking socket that hands out pre-cut chunks, then b"" (the peer closed)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    def recv(self, n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_read_frame_gives_the_same_frames_however_the_socket_cuts_them():
+    from s2loop_client import framing
+
+    payloads = [b"", b"a", b"\x00" * 300, b"xyz"]
+    stream = b"".join(framing.frame(p) for p in payloads)
+    for cut in range(len(stream) + 1):  # a frame whole in one recv, two in one, split ones
+        sock, buffer = _Chunks([stream[:cut], stream[cut:]] if cut else [stream]), bytearray()
+        got = [framing.read_frame(sock, buffer) for _ in payloads]
+        assert got == payloads and not buffer, cut
+    with pytest.raises(framing.NoAnswerBytes):  # closed before a byte of the answer
+        framing.read_frame(_Chunks([]), bytearray())
+    with pytest.raises(ConnectionResetError) as exc:  # closed in a frame
+        framing.read_frame(_Chunks([framing.frame(b"abc")[:5]]), bytearray())
+    assert not isinstance(exc.value, framing.NoAnswerBytes)
+    with pytest.raises(framing.FrameTooLarge):
+        framing.read_frame(_Chunks([framing.frame(b"x" * 65)]), bytearray(), limit=64)
