@@ -14,7 +14,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -255,22 +255,24 @@ class Pipeline:
         body = exc.body(request_id, with_status=door != "http")
         return exc.status, self.encode(body, codec), exc.headers
 
-    async def act(
+    # act and batch check the request at once and hand back _answer's coroutine for the
+    # caller to await (one coroutine a request rather than two)
+    def act(
         self, body: bytes | str, arrived: float, request_id: str, codec: str, door: str
-    ) -> dict:
+    ) -> Awaitable[dict | bytes]:
         req = parse_body(ActRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observation(entry, req.observation)
         given = None if req.seed is None else seeds(entry, [req.seed], 1)
-        return await self._answer(True, req, entry, obs, given, arrived, request_id, codec, door)
+        return self._answer(True, req, entry, obs, given, arrived, request_id, codec, door)
 
     async def info(self, body: Any, arrived: float, request_id: str, codec: str, door: str) -> dict:
         """``{"model_info": NAME}`` over TCP: what GET /v1/models/NAME answers."""
         return self.service.entry(str(body.get("model_info"))).info
 
-    async def batch(
+    def batch(
         self, body: bytes | str, arrived: float, request_id: str, codec: str, door: str
-    ) -> dict:
+    ) -> Awaitable[dict | bytes]:
         req = parse_body(BatchRequest, body, codec)
         entry = self.service.entry(req.model)
         obs = observations(entry, req.observations, self.max_batch)
@@ -279,7 +281,7 @@ class Pipeline:
             if values is not None and len(values) != len(obs):
                 msg = f"{name} has {len(values)} values for {len(obs)} observations"
                 raise ApiError(422, "validation_error", msg)
-        return await self._answer(False, req, entry, obs, given, arrived, request_id, codec, door)
+        return self._answer(False, req, entry, obs, given, arrived, request_id, codec, door)
 
     async def _answer(
         self,
