@@ -84,6 +84,14 @@ def lif_step(
 #   argmax too, so a single-observation call is one numba dispatch.
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _layer_rows(layer_i, layer_f):
+    """The rows of :class:`CompiledNetwork`'s per-layer arrays, by name: ``w_row, sizes,
+    n_off, reset_sub`` (int64 [L] each) and ``thr, alpha, v_reset, v_init`` (float32)."""
+    return (layer_i[0], layer_i[1], layer_i[2], layer_i[3],
+            layer_f[0], layer_f[1], layer_f[2], layer_f[3])  # fmt: skip
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def _run_one(
     in_idx,  # int32 [t_in, n_in]: indices of the input neurons firing at each input tick
@@ -97,7 +105,7 @@ def _run_one(
     thr,  # float32 [L] threshold (subtracted on reset)
     thr_cmp,  # float32 [L] spike when v > thr_cmp (thr, or the float below it for '>=')
     alpha,  # float32 [L]
-    reset_sub,  # bool [L]
+    reset_sub,  # int64 [L]: 1 reset by subtraction, 0 to v_reset
     v_reset,  # float32 [L]
     v_init,  # float32 [L]
     v,  # float32 [L, S] scratch: membrane potentials
@@ -206,16 +214,10 @@ def _run_kernel(
     raster,  # uint8 [B, T_in, n_in]
     ticks,
     w,
-    w_row,
-    sizes,
-    n_off,
     i_offset,
-    thr,
+    layer_i,
+    layer_f,
     thr_cmp,
-    alpha,
-    reset_sub,
-    v_reset,
-    v_init,
     v_out,  # float32 [B, A] out: final membrane of the output layer
     count_out,  # int32 [B, A] out: spike count of the output layer
     layer_spikes,  # int64 [B, L] out
@@ -226,6 +228,7 @@ def _run_kernel(
     """Batched run from input rasters (any encoder)."""
     n_batch, t_in, n_in = raster.shape
     n_layers, width = i_offset.shape
+    w_row, sizes, n_off, reset_sub, thr, alpha, v_reset, v_init = _layer_rows(layer_i, layer_f)
     last = n_layers - 1
     v = np.empty((n_layers, width), dtype=np.float32)
     spk = np.zeros((n_layers, width), dtype=np.uint8)
@@ -300,16 +303,10 @@ def _run_obs_kernel(
     t_in,  # int: input ticks
     ticks,
     w,
-    w_row,
-    sizes,
-    n_off,
     i_offset,
-    thr,
-    thr_cmp,
-    alpha,
-    reset_sub,
-    v_reset,
-    v_init,
+    layer_i,  # int64 [4, L] and float32 [4, L]: see _layer_rows
+    layer_f,
+    thr_cmp,  # float32 [L]: spike when v > thr_cmp
     count_readout,  # bool: q = (count * threshold + v) / scale, else q = v / scale
     q_scale,  # float32: weight_scale of the output layer
 ):
@@ -319,6 +316,7 @@ def _run_obs_kernel(
     meaningful), else -1."""
     n_batch, n_obs = obs.shape
     n_layers, width = i_offset.shape
+    w_row, sizes, n_off, reset_sub, thr, alpha, v_reset, v_init = _layer_rows(layer_i, layer_f)
     last = n_layers - 1
     n_out = sizes[last]
     per_dim = 2 if signed else centres.shape[0]
@@ -368,8 +366,8 @@ def _run_obs_kernel(
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _run_obs_traced_kernel(
-    obs, obs_offset, obs_scale, signed, centres, inv_width, phase, t_in, ticks, w, w_row, sizes,
-    n_off, i_offset, thr, thr_cmp, alpha, reset_sub, v_reset, v_init, count_readout, q_scale,
+    obs, obs_offset, obs_scale, signed, centres, inv_width, phase, t_in, ticks, w, i_offset,
+    layer_i, layer_f, thr_cmp, count_readout, q_scale,
 ):  # fmt: skip
     """:func:`_run_obs_kernel` with everything a trace needs, in one call: returns
     ``(q_ticks [B, T, A], actions [B], layer_spikes [B, L], syn_events [B], (pairs, cuts,
@@ -378,6 +376,7 @@ def _run_obs_traced_kernel(
     after tick ``t`` (the same float32 operations), its last tick the answer."""
     n_batch, n_obs = obs.shape
     n_layers, width = i_offset.shape
+    w_row, sizes, n_off, reset_sub, thr, alpha, v_reset, v_init = _layer_rows(layer_i, layer_f)
     last = n_layers - 1
     n_out = sizes[last]
     per_dim = 2 if signed else centres.shape[0]
@@ -467,21 +466,19 @@ class CompiledNetwork:
 
     Per-layer arrays are padded to the widest layer, ``S``: ``w`` [R, S] holds
     each layer's transposed weights (row ``w_row[l] + j``: from presynaptic
-    neuron ``j``), ``i_offset`` [L, S]. ``n_off`` places the layers in the flat
-    neuron order of a spike record."""
+    neuron ``j``), ``i_offset`` [L, S]. The per-layer constants are two arrays
+    (:func:`_layer_rows` names their rows; ``n_off`` places the layers in the flat
+    neuron order of a spike record): a kernel call unboxes each array argument, so
+    fewer of them make a request cheaper."""
 
     artifact: ModelArtifact
     w: np.ndarray
-    w_row: np.ndarray
-    sizes: np.ndarray
-    n_off: np.ndarray
     i_offset: np.ndarray
-    thr: np.ndarray
-    thr_ge: np.ndarray  # largest float32 below thr: "v >= thr" is "v > thr_ge"
-    alpha: np.ndarray
-    reset_sub: np.ndarray
-    v_reset: np.ndarray
-    v_init: np.ndarray
+    layer_i: np.ndarray  # int64 [4, L]: w_row, size, n_off, reset by subtraction (0/1)
+    layer_f: np.ndarray  # float32 [4, L]: threshold, alpha, v_reset, v_init
+    thr_gt: np.ndarray  # float32 [L]: spike when v > this: the threshold ('>')
+    thr_ge: np.ndarray  # largest float32 below the threshold: "v >= thr" is "v > thr_ge"
+    sizes: np.ndarray  # int64 [L] (layer_i's second row)
     # deterministic encoder and readout constants for _run_obs_kernel
     encoder_args: tuple = ()
     readout_count: bool = False
@@ -510,6 +507,8 @@ class CompiledNetwork:
             w[w_row[k] : w_row[k] + lay.fan_in, : lay.size] = lay.weight.T
             i_offset[k, : lay.size] = lay.i_offset
         thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
+        reset_sub = [lay.reset == "reset_by_subtraction" for lay in layers]
+        layer_i = np.array([w_row, sizes, n_off, reset_sub], dtype=np.int64)
         enc = artifact.encoder
         bins = max(enc.bins, 2)
         encoder_args = (
@@ -526,16 +525,15 @@ class CompiledNetwork:
         return cls(
             artifact=artifact,
             w=w,
-            w_row=w_row,
-            sizes=sizes,
-            n_off=n_off,
             i_offset=i_offset,
-            thr=thr,
+            layer_i=layer_i,
+            layer_f=np.array(
+                [thr, [lay.alpha_decay for lay in layers], [lay.v_reset for lay in layers],
+                 [lay.v_init for lay in layers]], dtype=np.float32,
+            ),  # fmt: skip
+            thr_gt=thr,
             thr_ge=np.nextafter(thr, np.float32(-np.inf)).astype(np.float32),
-            alpha=np.array([lay.alpha_decay for lay in layers], dtype=np.float32),
-            reset_sub=np.array([lay.reset == "reset_by_subtraction" for lay in layers]),
-            v_reset=np.array([lay.v_reset for lay in layers], dtype=np.float32),
-            v_init=np.array([lay.v_init for lay in layers], dtype=np.float32),
+            sizes=layer_i[1],
             encoder_args=encoder_args,
             readout_count=artifact.readout.kind == "count_membrane",
             readout_scale=np.float32(layers[-1].weight_scale),
@@ -555,20 +553,10 @@ class CompiledNetwork:
         return args
 
     def layer_args(self, settings: EmulatorSettings) -> tuple:
-        """The per-layer kernel arguments, with the threshold test of ``settings``."""
-        return (
-            self.w,
-            self.w_row,
-            self.sizes,
-            self.n_off,
-            self.i_offset,
-            self.thr,
-            self.thr_ge if settings.threshold_comparison == ">=" else self.thr,
-            self.alpha,
-            self.reset_sub,
-            self.v_reset,
-            self.v_init,
-        )
+        """The network as the kernels take it, with the threshold test of ``settings``:
+        ``(w, i_offset, layer_i, layer_f, thr_cmp)``."""
+        thr_cmp = self.thr_ge if settings.threshold_comparison == ">=" else self.thr_gt
+        return self.w, self.i_offset, self.layer_i, self.layer_f, thr_cmp
 
 
 @dataclass
