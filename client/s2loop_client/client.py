@@ -31,6 +31,7 @@ Answer = wire.ActAnswer
 Timing = wire.Timing
 TRANSPORTS = ("http", "ws", "tcp")
 SMALL = 64  # observations up to this many values travel as a msgpack list
+_FLOAT32 = np.dtype(np.float32)
 
 
 _NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in (Answer, Timing)}
@@ -65,7 +66,8 @@ def to_trace(data: dict[str, Any]) -> wire.Trace:
 def to_answer(body: dict[str, Any]) -> Answer:
     try:
         try:  # the server's own fields: no filtering (a newer server's extra ones: below)
-            answer = Answer(**{**body, "timing": Timing(**body["timing"])})
+            answer = Answer(**body)
+            answer.timing = Timing(**answer.timing)  # type: ignore[arg-type]
         except TypeError:
             answer = Answer(**{**_fields(Answer, body), "timing": _timing(body["timing"])})
         if answer.trace is not None:
@@ -131,7 +133,9 @@ class _Client:
             self._dumps = lambda body: wirecodec.dumps(body, "json")
 
     def _obs(self, observation: Any, rank: int) -> Any:
-        arr = np.asarray(observation, dtype=np.float32)
+        arr = observation
+        if type(arr) is not np.ndarray or arr.dtype is not _FLOAT32:
+            arr = np.asarray(observation, dtype=np.float32)
         if arr.ndim != rank:
             raise ValueError(f"observation{'s' if rank == 2 else ''} must be {rank}-D")
         if self.codec == "msgpack" and arr.size > SMALL:
