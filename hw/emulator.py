@@ -476,7 +476,7 @@ class CompiledNetwork:
     i_offset: np.ndarray
     layer_i: np.ndarray  # int64 [4, L]: w_row, size, n_off, reset by subtraction (0/1)
     layer_f: np.ndarray  # float32 [4, L]: threshold, alpha, v_reset, v_init
-    thr_gt: np.ndarray  # float32 [L]: spike when v > this: the threshold ('>')
+    thr_gt: np.ndarray  # float32 [L]: spike when v > this: the threshold ('>'), layer_f[0]
     thr_ge: np.ndarray  # largest float32 below the threshold: "v >= thr" is "v > thr_ge"
     sizes: np.ndarray  # int64 [L] (layer_i's second row)
     # deterministic encoder and readout constants for _run_obs_kernel
@@ -488,7 +488,7 @@ class CompiledNetwork:
     n_out: int = 0  # sizes[-1]
     n_layers: int = 0
     #: what the deterministic kernels take after the observations, per threshold test
-    #: (built on first use: a request then pays for no tuple of twenty arguments)
+    #: (built on first use, so that a request builds no argument tuple)
     _obs_args: dict[str, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -509,6 +509,10 @@ class CompiledNetwork:
         thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
         reset_sub = [lay.reset == "reset_by_subtraction" for lay in layers]
         layer_i = np.array([w_row, sizes, n_off, reset_sub], dtype=np.int64)
+        layer_f = np.array(
+            [thr, [lay.alpha_decay for lay in layers], [lay.v_reset for lay in layers],
+             [lay.v_init for lay in layers]], dtype=np.float32,
+        )  # fmt: skip
         enc = artifact.encoder
         bins = max(enc.bins, 2)
         encoder_args = (
@@ -527,11 +531,8 @@ class CompiledNetwork:
             w=w,
             i_offset=i_offset,
             layer_i=layer_i,
-            layer_f=np.array(
-                [thr, [lay.alpha_decay for lay in layers], [lay.v_reset for lay in layers],
-                 [lay.v_init for lay in layers]], dtype=np.float32,
-            ),  # fmt: skip
-            thr_gt=thr,
+            layer_f=layer_f,
+            thr_gt=layer_f[0],
             thr_ge=np.nextafter(thr, np.float32(-np.inf)).astype(np.float32),
             sizes=layer_i[1],
             encoder_args=encoder_args,
