@@ -476,16 +476,14 @@ class CompiledNetwork:
     i_offset: np.ndarray
     layer_i: np.ndarray  # int64 [4, L]: w_row, size, n_off, reset by subtraction (0/1)
     layer_f: np.ndarray  # float32 [4, L]: threshold, alpha, v_reset, v_init
-    thr_gt: np.ndarray  # float32 [L]: spike when v > this: the threshold ('>'), layer_f[0]
     thr_ge: np.ndarray  # largest float32 below the threshold: "v >= thr" is "v > thr_ge"
-    sizes: np.ndarray  # int64 [L] (layer_i's second row)
     # deterministic encoder and readout constants for _run_obs_kernel
     encoder_args: tuple = ()
     readout_count: bool = False
     readout_scale: float = 1.0  # float32 value of the output weight_scale
     # as Python ints, for the checks and output arrays of a request
     n_obs: int = 0  # observation size
-    n_out: int = 0  # sizes[-1]
+    n_out: int = 0  # the output layer's size
     n_layers: int = 0
     #: what the deterministic kernels take after the observations, per threshold test
     #: (built on first use, so that a request builds no argument tuple)
@@ -532,9 +530,7 @@ class CompiledNetwork:
             i_offset=i_offset,
             layer_i=layer_i,
             layer_f=layer_f,
-            thr_gt=layer_f[0],
             thr_ge=np.nextafter(thr, np.float32(-np.inf)).astype(np.float32),
-            sizes=layer_i[1],
             encoder_args=encoder_args,
             readout_count=artifact.readout.kind == "count_membrane",
             readout_scale=np.float32(layers[-1].weight_scale),
@@ -556,7 +552,8 @@ class CompiledNetwork:
     def layer_args(self, settings: EmulatorSettings) -> tuple:
         """The network as the kernels take it, with the threshold test of ``settings``:
         ``(w, i_offset, layer_i, layer_f, thr_cmp)``."""
-        thr_cmp = self.thr_ge if settings.threshold_comparison == ">=" else self.thr_gt
+        # '>': the threshold itself (layer_f's first row)
+        thr_cmp = self.thr_ge if settings.threshold_comparison == ">=" else self.layer_f[0]
         return self.w, self.i_offset, self.layer_i, self.layer_f, thr_cmp
 
 
@@ -582,13 +579,13 @@ def run_raster(
     art = net.artifact
     raster = np.ascontiguousarray(raster, dtype=np.uint8)
     n_batch = raster.shape[0]
-    n_out = int(net.sizes[-1])
+    n_out = net.n_out
     v_out = np.zeros((n_batch, n_out), dtype=np.float32)
     counts = np.zeros((n_batch, n_out), dtype=np.int32)
-    layer_spikes = np.zeros((n_batch, len(net.sizes)), dtype=np.int64)
+    layer_spikes = np.zeros((n_batch, net.n_layers), dtype=np.int64)
     syn = np.zeros(n_batch, dtype=np.int64)
     if record:
-        rec = np.zeros((n_batch, art.ticks, int(net.sizes.sum())), dtype=np.uint8)
+        rec = np.zeros((n_batch, art.ticks, int(net.layer_i[1].sum())), dtype=np.uint8)
         v_rec = np.zeros((n_batch, art.ticks, n_out), dtype=np.float32)
     else:
         rec = np.zeros((0, 0, 0), dtype=np.uint8)
