@@ -210,7 +210,7 @@ def _run_one(
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _run_kernel(
+def raster_kernel(
     raster,  # uint8 [B, T_in, n_in]
     ticks,
     w,
@@ -225,7 +225,9 @@ def _run_kernel(
     record,  # uint8 [B, ticks, N] out, or [0, 0, 0]
     v_record,  # float32 [B, ticks, A] out (with record only), or [0, 0, 0]
 ):
-    """Batched run from input rasters (any encoder)."""
+    """Batched run from input rasters (any encoder). ``w`` is int8 (an artifact) or
+    float32 (:func:`agent.snn.simulate_fast` runs float networks here without
+    gradients): each weight is converted to float32 where it is added."""
     n_batch, t_in, n_in = raster.shape
     n_layers, width = i_offset.shape
     w_row, sizes, n_off, reset_sub, thr, alpha, v_reset, v_init = _layer_rows(layer_i, layer_f)
@@ -460,6 +462,30 @@ def greedy_actions(q_values: np.ndarray) -> np.ndarray:
     return np.argmax(q_values, axis=1).astype(np.int64)
 
 
+def pack_layers(
+    weights: list[np.ndarray],
+    i_offsets: list[np.ndarray],
+    constants: list[list[float]],
+    reset_sub: list[bool],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Layers as the kernels take them: ``(w, i_offset, layer_i, layer_f)`` of
+    :class:`CompiledNetwork` from per-layer weights [size, fan_in] (``w`` keeps their
+    dtype), i_offsets [size], ``(threshold, alpha, v_reset, v_init)`` and reset kinds."""
+    sizes = np.array([wt.shape[0] for wt in weights], dtype=np.int64)
+    fan_in = np.array([wt.shape[1] for wt in weights], dtype=np.int64)
+    width = int(sizes.max())
+    w_row = np.concatenate([[0], np.cumsum(fan_in)[:-1]]).astype(np.int64)
+    n_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    w = np.zeros((int(fan_in.sum()), width), dtype=weights[0].dtype)
+    i_offset = np.zeros((len(weights), width), dtype=np.float32)
+    for k, wt in enumerate(weights):
+        w[w_row[k] : w_row[k] + fan_in[k], : sizes[k]] = wt.T
+        i_offset[k, : sizes[k]] = i_offsets[k]
+    layer_i = np.array([w_row, sizes, n_off, reset_sub], dtype=np.int64)
+    layer_f = np.array(constants, dtype=np.float32).T.copy()
+    return w, i_offset, layer_i, layer_f
+
+
 @dataclass(frozen=True)
 class CompiledNetwork:
     """An artifact laid out for the kernels (built once per model).
@@ -492,25 +518,16 @@ class CompiledNetwork:
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> CompiledNetwork:
         layers = artifact.layers
-        sizes = np.array([lay.size for lay in layers], dtype=np.int64)
-        width = int(sizes.max())
-        n_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        fan_in = np.array([lay.fan_in for lay in layers], dtype=np.int64)
-        w_row = np.concatenate([[0], np.cumsum(fan_in)[:-1]]).astype(np.int64)
-        # int8, as on the chip: a quarter of float32's cache lines (every sum of them in
-        # float32 is exact, |sum| < 2**24, so the results are the same)
-        w = np.zeros((int(fan_in.sum()), width), dtype=np.int8)
-        i_offset = np.zeros((len(layers), width), dtype=np.float32)
-        for k, lay in enumerate(layers):
-            w[w_row[k] : w_row[k] + lay.fan_in, : lay.size] = lay.weight.T
-            i_offset[k, : lay.size] = lay.i_offset
-        thr = np.array([lay.threshold for lay in layers], dtype=np.float32)
-        reset_sub = [lay.reset == "reset_by_subtraction" for lay in layers]
-        layer_i = np.array([w_row, sizes, n_off, reset_sub], dtype=np.int64)
-        layer_f = np.array(
-            [thr, [lay.alpha_decay for lay in layers], [lay.v_reset for lay in layers],
-             [lay.v_init for lay in layers]], dtype=np.float32,
-        )  # fmt: skip
+        w, i_offset, layer_i, layer_f = pack_layers(
+            # int8, as on the chip: a quarter of float32's cache lines (every sum of them
+            # in float32 is exact, |sum| < 2**24, so the results are the same)
+            [np.asarray(lay.weight, np.int8) for lay in layers],
+            [lay.i_offset for lay in layers],
+            [[lay.threshold, lay.alpha_decay, lay.v_reset, lay.v_init] for lay in layers],
+            [lay.reset == "reset_by_subtraction" for lay in layers],
+        )
+        thr = layer_f[0]
+        sizes = layer_i[1]
         enc = artifact.encoder
         bins = max(enc.bins, 2)
         encoder_args = (
@@ -590,7 +607,7 @@ def run_raster(
     else:
         rec = np.zeros((0, 0, 0), dtype=np.uint8)
         v_rec = np.zeros((0, 0, 0), dtype=np.float32)
-    _run_kernel(
+    raster_kernel(
         raster,
         art.ticks,
         *net.layer_args(settings),

@@ -225,9 +225,9 @@ def test_reference_backend_runs_float_masters(observations):
         emu.load(art)
         r = ref.infer("ref", observations)
         e = emu.infer("ref", observations)
-    with torch.no_grad():
+    with torch.no_grad():  # events here, matmuls there (a record): float rounding apart
         expected = net(net.encode(observations), "float").q_values.numpy()
-    np.testing.assert_array_equal(r.q_values, expected)
+    np.testing.assert_allclose(r.q_values, expected, rtol=1e-5, atol=1e-5)
     assert r.backend == "reference" and r.ticks == art.ticks
     assert r.q_values.shape == (64, 2) and r.actions.dtype == np.int64
     assert (r.synaptic_events > 0).all()
@@ -310,6 +310,45 @@ def test_fast_forward_equals_the_reference_tick_loop(kw, kernels, monkeypatch):
         assert len(grads[0]) == len(grads[1]) and grads[0]
         for g_ref, g_fast in zip(*grads, strict=True):
             torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"encoder": "poisson", "alpha_decay": 0.9, "learn_alpha": True, "learn_threshold": True},
+        {"reset": "reset_to_v_reset", "readout": "count_membrane", "alpha_decay": 0.8},
+        {"dueling": True, "hidden": (24, 16, 8)},
+    ],
+)
+def test_forward_without_gradients_runs_by_events_as_the_tick_loop(kw, monkeypatch):
+    """Without gradients simulate_fast runs the emulator's event kernel: the tick loop's
+    result, bit for bit on the 8-bit path, to float rounding on the float path."""
+    import agent.snn as snn
+
+    calls = []
+    kernel = snn.raster_kernel
+    monkeypatch.setattr(snn, "raster_kernel", lambda *a: calls.append(len(a[0])) or kernel(*a))
+    net = _net(3, **kw)
+    x = net.encode(_observations(100), np.random.default_rng(1))
+    ticks, readout = net.config.ticks, net.config.readout
+    for mode, exact in (("quant", True), ("float", False)):
+        layers = net.layer_params(mode)
+        with torch.no_grad():
+            calls.clear()
+            fast = snn.simulate_fast(x, layers, ticks, readout)
+            assert calls == [len(x)]
+            ref = snn.simulate(x, layers, ticks, readout)
+        if exact:
+            assert torch.equal(fast.q_values, ref.q_values)
+            assert torch.equal(fast.spikes_per_layer, ref.spikes_per_layer)
+            assert torch.equal(fast.counts, ref.counts)
+        else:
+            torch.testing.assert_close(fast.q_values, ref.q_values, rtol=1e-5, atol=1e-5)
+            assert (fast.spikes_per_layer - ref.spikes_per_layer).abs().mean() < 0.5
+        with torch.enable_grad():  # with gradients: the matmul path, not the kernel
+            calls.clear()
+            snn.simulate_fast(x, layers, ticks, readout)
+            assert calls == []
 
 
 @pytest.mark.skipif(
