@@ -14,7 +14,11 @@ With ``advantage_alpha`` > 0 the target is advantage learning (Bellemare et al.
 point keeps the greedy action's value and lowers every other action's by a
 ``1 / (1 - alpha)``-times larger gap, so decisions survive input noise and 8-bit
 rounding. ``target_draws`` > 1 averages the target network over several forwards
-(fresh Poisson spikes each): a lower-variance target.
+(fresh Poisson spikes each): a lower-variance target. On the CPU with two threads or
+more, the next gradient step's batch is drawn, encoded and run through the target
+network on a second thread while the current step runs (:class:`Prefetch`): half of a
+dsqn step, done beside it (its own draws: a run at one thread is another, as
+reproducible, run).
 
 Curves go to TensorBoard under CleanRL's and SB3's names (``charts/episodic_return``,
 ``losses/td_loss``, ``charts/epsilon``, ``charts/learning_rate``, ``eval/return``,
@@ -26,6 +30,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -47,6 +52,17 @@ QFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 EvalFn = Callable[[nn.Module, int], Episodes]
 
 
+@dataclass
+class Batch:
+    """Transitions drawn from the replay."""
+
+    obs: np.ndarray
+    next_obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+
+
 class Replay:
     """Transitions as numpy arrays: observations, not spikes."""
 
@@ -57,6 +73,14 @@ class Replay:
         self.reward = np.zeros(size, np.float32)
         self.terminated = np.zeros(size, np.float32)
         self.size = self.ptr = 0
+
+    def sample(self, n: int, rng: np.random.Generator) -> Batch:
+        """``n`` transitions drawn uniformly, copied out (the loop goes on adding)."""
+        idx = rng.integers(0, self.size, n)
+        return Batch(
+            self.obs[idx], self.next_obs[idx], self.action[idx], self.reward[idx],
+            self.terminated[idx],
+        )  # fmt: skip
 
     def add(self, obs, next_obs, action, reward, terminated) -> None:
         """Add a batch of transitions (arrays with a leading batch dimension)."""
@@ -94,42 +118,87 @@ def score(ev: Episodes) -> float:
 
 
 def td_inputs(
-    encode: EncodeFn,
-    net: nn.Module,
-    replay: Replay,
-    idx: np.ndarray,
-    args: DQNArgs,
-    rng: np.random.Generator,
+    encode: EncodeFn, net: nn.Module, batch: Batch, args: DQNArgs, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
     """What one TD step needs, made on the host: the online network's input for ``s``
     and ``s'`` together, the target network's (``target_draws`` fresh draws; with
     advantage learning for ``s`` too), actions, rewards and terminations."""
-    obs, nxt = replay.obs[idx], replay.next_obs[idx]
-    both = np.concatenate([obs, nxt])
+    both = np.concatenate([batch.obs, batch.next_obs])
     x = encode(net, both, rng)
-    t_obs = both if args.advantage_alpha > 0 else nxt
+    t_obs = both if args.advantage_alpha > 0 else batch.next_obs
     xt = torch.stack([encode(net, t_obs, rng) for _ in range(args.target_draws)])
     return {
         "x": x,
         "xt": xt,
-        "action": torch.from_numpy(replay.action[idx]),
-        "reward": torch.from_numpy(replay.reward[idx]),
-        "terminated": torch.from_numpy(replay.terminated[idx]),
+        "action": torch.from_numpy(batch.action),
+        "reward": torch.from_numpy(batch.reward),
+        "terminated": torch.from_numpy(batch.terminated),
     }
+
+
+@torch.no_grad()
+def target_q(q: QFn, target: nn.Module, xt: torch.Tensor) -> torch.Tensor:
+    """The target network's Q-values averaged over its draws of input ``xt``."""
+    return torch.stack([q(target, x) for x in xt]).mean(0)
+
+
+class Prefetch:
+    """The next gradient step's inputs and target Q-values, made on a second thread
+    while this step's forward and backward run on the first (CPU only).
+
+    The batch is drawn from the replay here; the worker encodes it (its
+    own generator: a stream of its own, as deterministic) and runs the target network
+    over its ``target_draws`` draws, which nothing else changes until the next target
+    update: :meth:`discard` waits for the worker and drops its batch before one. The
+    online network's part of the target (Double DQN's argmax on ``s'``) stays in the
+    step itself, after the previous step's update."""
+
+    def __init__(
+        self, encode: EncodeFn, q: QFn, net: nn.Module, target: nn.Module, args: DQNArgs,
+        rng: np.random.Generator,
+    ) -> None:  # fmt: skip
+        self.encode, self.q, self.net, self.target, self.args = encode, q, net, target, args
+        self.rng = rng
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dqn-targets")
+        self.pending: Future | None = None
+
+    def _make(self, batch: Batch) -> dict[str, torch.Tensor]:
+        b = td_inputs(self.encode, self.net, batch, self.args, self.rng)
+        b["qt"] = target_q(self.q, self.target, b.pop("xt"))
+        return b
+
+    def next(self, replay: Replay, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """This step's inputs (made while the previous step ran, or now); starts the
+        next step's."""
+        n = self.args.batch_size
+        b = self.pending.result() if self.pending else self._make(replay.sample(n, rng))
+        self.pending = self.pool.submit(self._make, replay.sample(n, rng))
+        return b
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def close(self) -> None:
+        self.discard()
+        self.pool.shutdown()
 
 
 def td_loss(
     q: QFn, net: nn.Module, target: nn.Module, b: dict[str, torch.Tensor], args: DQNArgs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Huber loss against the (advantage-learning) Double-DQN target; also the mean
-    action gap (best minus second best) of the online Q-values on ``s``."""
+    action gap (best minus second best) of the online Q-values on ``s``. The target
+    network's Q-values come in ``b["qt"]`` (:class:`Prefetch`) or are made here from
+    its input ``b["xt"]``."""
     n = len(b["action"])
     q_s = q(net, b["x"][:n])
     act = b["action"][:, None]
     q_sa = q_s.gather(1, act).squeeze(1)
     with torch.no_grad():  # s' without the graph: the backward runs over s alone
         a_next = q(net, b["x"][n:]).argmax(dim=1, keepdim=True)
-        qt = torch.stack([q(target, xt) for xt in b["xt"]]).mean(0)
+        qt = b["qt"] if "qt" in b else target_q(q, target, b["xt"])
         q_next = qt[-n:].gather(1, a_next).squeeze(1)
         y = args.reward_scale * b["reward"] + args.gamma * (1.0 - b["terminated"]) * q_next
         if args.advantage_alpha > 0:
@@ -293,6 +362,12 @@ def train_dqn(
     target = copy.deepcopy(learner)
     n_updates = max(1, (args.total_steps - args.learning_starts) // args.train_every)
     grad_step = GradStep(q, learner, target, args, n_updates * args.gradient_steps)
+    # on the CPU the next step's targets are made on a second thread during this one,
+    # when the run may use more than one (torch's threads, `--threads`)
+    prefetch = (
+        Prefetch(encode, q, net, target, args, np.random.default_rng([seed, 1]))
+        if dev.type == "cpu" and torch.get_num_threads() > 1 else None
+    )  # fmt: skip
     kept = Checkpoints(args.keep_best)
     # what is evaluated and kept: the online network, or an average of its weights
     judged = copy.deepcopy(net) if args.eval_average > 0 else net
@@ -312,14 +387,19 @@ def train_dqn(
 
         phases = step // args.train_every - before // args.train_every
         for _ in range(phases * args.gradient_steps):
-            idx = rng.integers(0, replay.size, args.batch_size)
-            td, g = grad_step(td_inputs(encode, net, replay, idx, args, rng))
+            if prefetch is not None:
+                b = prefetch.next(replay, rng)
+            else:
+                b = td_inputs(encode, net, replay.sample(args.batch_size, rng), args, rng)
+            td, g = grad_step(b)
             gap = g / args.reward_scale
         if phases and learner is not net:
             net.load_state_dict(learner.state_dict())
         if phases and judged is not net:
             polyak(judged, net, 1.0 - args.eval_average**phases)
         if step // args.target_every > before // args.target_every:
+            if prefetch is not None:
+                prefetch.discard()  # its targets are the old network's
             polyak(target, learner, args.tau)
         if step // 250 > before // 250:
             writer.add_scalar("losses/td_loss", td, step)
@@ -345,6 +425,8 @@ def train_dqn(
                 break
     bar.close()
     envs.close()
+    if prefetch is not None:
+        prefetch.close()
     writer.flush()
     best_score, best_step, best_state = kept.best
     net.load_state_dict(best_state)

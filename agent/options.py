@@ -231,7 +231,8 @@ class TrainConfig:
     seed: int = 0
     """seeds torch, numpy and the environments"""
     threads: int = 2
-    """torch threads"""
+    """torch threads; from 2, the DQN loop also makes the next gradient step's targets on
+    a second thread (other draws than at 1 thread, as reproducible)"""
     device: str = "cpu"
     """where the gradient steps run: 'cpu', or 'cuda[:N]' (each step captured in a CUDA
     graph and replayed; acting, evaluation and 8-bit selection stay on the CPU)"""

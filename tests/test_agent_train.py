@@ -324,10 +324,59 @@ def _grad_steps(net, device: str, steps: int):
         replay.add(x, -x, rng.integers(0, 2, 1), rng.random(1), rng.random(1) < 0.1)
     encoder = copy.deepcopy(net).cpu()  # Poisson draws are made on the host
     losses = [
-        grad_step(td_inputs(spikes, encoder, replay, rng.integers(0, 64, 16), args, rng))[0]
+        grad_step(td_inputs(spikes, encoder, replay.sample(16, rng), args, rng))[0]
         for _ in range(steps)
     ]
     return losses, [w.detach().cpu() for w in net.weights]
+
+
+def test_prefetched_targets_are_the_serial_ones_and_follow_a_target_update():
+    """The next step's inputs and target Q-values made on the second thread are what
+    the same draws give made in line, and after a discard (a target update) the step's
+    targets are the new target network's, not the old one's."""
+    import copy
+
+    from agent.dqn import Prefetch, Replay, target_q, td_inputs
+    from agent.dsqn import q_float, spikes
+    from agent.network import SpikingQNet, env_spec
+
+    gym.register("S2LoopSignBandit-v0", entry_point=SignBandit)
+    snn = SNNConfig(hidden=(16, 8), encoder="poisson", bins=5, input_ticks=6, alpha_decay=0.9)
+    net = SpikingQNet(snn, env_spec("S2LoopSignBandit-v0", snn, np.ones((4, 1))), seed=0)
+    target = copy.deepcopy(net)
+    args = DQNArgs(batch_size=16, advantage_alpha=0.5, target_draws=2)
+    rng = np.random.default_rng(0)
+    replay = Replay(64, 1)
+    for _ in range(64):
+        x = rng.uniform(-1, 1, (1, 1)).astype(np.float32)
+        replay.add(x, -x, rng.integers(0, 2, 1), rng.random(1), rng.random(1) < 0.1)
+
+    # the prefetch draws batches from `main` and spikes from its own generator; twins
+    # of both make the same inputs in line
+    main, twin = np.random.default_rng(1), np.random.default_rng(1)
+    worker = np.random.default_rng(5)
+
+    def in_line():
+        b = td_inputs(spikes, net, replay.sample(16, twin), args, worker)
+        return b, b["xt"]
+
+    pre = Prefetch(spikes, q_float, net, target, args, np.random.default_rng(5))
+    first = pre.next(replay, main)  # made now; the second batch starts on the worker
+    b, xt = in_line()
+    assert torch.equal(first["x"], b["x"]) and torch.equal(first["action"], b["action"])
+    assert torch.equal(first["qt"], target_q(q_float, target, xt)) and "xt" not in first
+    in_line()  # the second batch: dropped before a target update
+    pre.discard()
+    old_target = copy.deepcopy(target)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    third = pre.next(replay, main)
+    b, xt = in_line()
+    assert torch.equal(third["x"], b["x"])
+    assert torch.equal(third["qt"], target_q(q_float, target, xt))
+    assert not torch.equal(third["qt"], target_q(q_float, old_target, xt))
+    pre.close()
 
 
 def test_a_training_step_on_the_device_is_the_cpu_step():
