@@ -365,7 +365,8 @@ def test_bench_training_measures_both_forwards_and_both_recipes(tmp_path):
     report = run(quick=True)
     for k in ("reference", "fast"):
         assert report["forward"][k]["gradient_step_ms"] > 0 and report["forward"][k]["act_ms"] > 0
-    assert report["training"]["dsqn"]["steps"] >= 1_200
-    assert report["training"]["teacher"]["env_steps_per_s"] > 0
+    runs = {(r["recipe"], r["threads"]): r for r in report["training"]}
+    assert set(runs) == {("dsqn", 1), ("dsqn", 2), ("teacher", 1), ("teacher", 2)}
+    assert all(r["steps"] >= 1_200 and r["env_steps_per_s"] > 0 for r in runs.values())
     text = write(report, tmp_path).read_text()
     assert "| fast" in text and "| teacher" in text and "| dsqn" in text
