@@ -133,6 +133,29 @@ def test_poisson_encoder_rates_and_seeds():
         spike_raster(enc, p)
 
 
+def test_a_repeated_seeded_raster_is_remembered_not_redrawn(monkeypatch):
+    """The same rates and seeds twice in a row (an evaluation's emulator and its float
+    check) draw once; the caller gets its own copy, and other rates or seeds draw anew."""
+    from hw import encoding
+    from hw.artifact import Encoder
+
+    made = []
+    real = np.random.PCG64
+    monkeypatch.setattr(np.random, "PCG64", lambda s: made.append(s) or real(s))
+    monkeypatch.setattr(encoding, "_last_seeded", None)
+    enc = Encoder(kind="poisson", channels="signed", input_ticks=50)
+    p = np.full((3, 4), 0.4, np.float32)
+    seeds = np.array([1, 2, 3])
+    a = spike_raster(enc, p, seeds=seeds)
+    a[:] = 7  # the caller's copy: not what the next call gets
+    b = spike_raster(enc, p, seeds=seeds)
+    assert len(made) == 3 and b.max() == 1 and 0.3 < b.mean() < 0.5
+    c = spike_raster(enc, p, seeds=np.array([1, 2, 4]))
+    d = spike_raster(enc, p * 0.5, seeds=np.array([1, 2, 4]))
+    assert len(made) == 9 and d.mean() < c.mean()
+    np.testing.assert_array_equal(c[:2], b[:2])  # a seed's spikes do not depend on the memo
+
+
 def test_backend_is_batched_and_deterministic(observations):
     art = random_artifact(seed=4, name="m")
     with EmulatorBackend() as be:
