@@ -39,7 +39,7 @@ import torch
 from numba import njit
 
 from hw.artifact import ModelArtifact
-from hw.emulator import pack_layers, raster_kernel
+from hw.emulator import pack_layers, run_layers
 from hw.encoding import encode
 
 # Output layer: a non-spiking integrator (alpha 1, threshold never reached).
@@ -432,7 +432,7 @@ def simulate_fast(
 # ------------------------------------------------------ the forward without gradients
 #
 # Targets, acting, evaluation and fine-tuning labels need no gradient; there the
-# emulator's own kernel (:func:`hw.emulator.raster_kernel`, float32 weights) runs
+# emulator's own kernel (:func:`hw.emulator.run_layers`, float32 weights) runs
 # the network event by event: a spike adds its weight row, so the work follows the
 # 7-15 % of neurons that fire in a tick instead of the dense matmuls.
 
@@ -449,22 +449,12 @@ def _event_forward(
         ],
         [lay.reset_by_subtraction for lay in layers],
     )
-    spikes = raster.detach().numpy().astype(np.uint8)
-    n_b, n_out, n_layers = len(spikes), int(layer_i[1, -1]), len(layers)
-    v = np.zeros((n_b, n_out), np.float32)
-    counts = np.zeros((n_b, n_out), np.int32)
-    per_layer = np.zeros((n_b, n_layers), np.int64)
-    syn = np.zeros(n_b, np.int64)
-
-    raster_kernel(
-        spikes, ticks, w, i_offset, layer_i, layer_f, layer_f[0], v, counts, per_layer, syn,
-        np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.float32),
-    )  # fmt: skip
+    out = run_layers(raster.detach().numpy(), ticks, w, i_offset, layer_i, layer_f, layer_f[0])
     return _output(
         layers[-1],
-        torch.from_numpy(v),
-        torch.from_numpy(counts.astype(np.float32)),
-        torch.from_numpy(per_layer.astype(np.float32)),
+        torch.from_numpy(out.v_final),
+        torch.from_numpy(out.counts.astype(np.float32)),
+        torch.from_numpy(out.layer_spikes.astype(np.float32)),
         readout,
         None,
     )

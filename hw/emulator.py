@@ -210,7 +210,7 @@ def _run_one(
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def raster_kernel(
+def _run_kernel(
     raster,  # uint8 [B, T_in, n_in]
     ticks,
     w,
@@ -226,8 +226,8 @@ def raster_kernel(
     v_record,  # float32 [B, ticks, A] out (with record only), or [0, 0, 0]
 ):
     """Batched run from input rasters (any encoder). ``w`` is int8 (an artifact) or
-    float32 (:func:`agent.snn.simulate_fast` runs float networks here without
-    gradients): each weight is converted to float32 where it is added."""
+    float32 (a float network, :func:`run_layers`): each weight is converted to float32
+    where it is added."""
     n_batch, t_in, n_in = raster.shape
     n_layers, width = i_offset.shape
     w_row, sizes, n_off, reset_sub, thr, alpha, v_reset, v_init = _layer_rows(layer_i, layer_f)
@@ -593,31 +593,39 @@ def run_raster(
 ) -> RunOutput:
     """Run input spike rasters uint8 [B, input_ticks, n_inputs] through the network;
     ``record``: also every neuron's spikes and the output membranes, per tick."""
-    art = net.artifact
+    return run_layers(raster, net.artifact.ticks, *net.layer_args(settings), record=record)
+
+
+def run_layers(
+    raster: np.ndarray,
+    ticks: int,
+    w: np.ndarray,
+    i_offset: np.ndarray,
+    layer_i: np.ndarray,
+    layer_f: np.ndarray,
+    thr_cmp: np.ndarray,
+    *,
+    record: bool = False,
+) -> RunOutput:
+    """:func:`run_raster` for layers packed by :func:`pack_layers` (int8 weights of an
+    artifact, or float32 ones: :func:`agent.snn.simulate_fast` without gradients)."""
     raster = np.ascontiguousarray(raster, dtype=np.uint8)
     n_batch = raster.shape[0]
-    n_out = net.n_out
+    n_out, n_layers = int(layer_i[1, -1]), layer_i.shape[1]
     v_out = np.zeros((n_batch, n_out), dtype=np.float32)
     counts = np.zeros((n_batch, n_out), dtype=np.int32)
-    layer_spikes = np.zeros((n_batch, net.n_layers), dtype=np.int64)
+    layer_spikes = np.zeros((n_batch, n_layers), dtype=np.int64)
     syn = np.zeros(n_batch, dtype=np.int64)
     if record:
-        rec = np.zeros((n_batch, art.ticks, int(net.layer_i[1].sum())), dtype=np.uint8)
-        v_rec = np.zeros((n_batch, art.ticks, n_out), dtype=np.float32)
+        rec = np.zeros((n_batch, ticks, int(layer_i[1].sum())), dtype=np.uint8)
+        v_rec = np.zeros((n_batch, ticks, n_out), dtype=np.float32)
     else:
         rec = np.zeros((0, 0, 0), dtype=np.uint8)
         v_rec = np.zeros((0, 0, 0), dtype=np.float32)
-    raster_kernel(
-        raster,
-        art.ticks,
-        *net.layer_args(settings),
-        v_out,
-        counts,
-        layer_spikes,
-        syn,
-        rec,
-        v_rec,
-    )
+    _run_kernel(
+        raster, ticks, w, i_offset, layer_i, layer_f, thr_cmp, v_out, counts, layer_spikes, syn,
+        rec, v_rec,
+    )  # fmt: skip
     if not record:
         return RunOutput(v_out, counts, layer_spikes, syn, None)
     return RunOutput(v_out, counts, layer_spikes, syn, rec, v_rec)

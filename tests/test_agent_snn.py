@@ -326,8 +326,8 @@ def test_forward_without_gradients_runs_by_events_as_the_tick_loop(kw, monkeypat
     import agent.snn as snn
 
     calls = []
-    kernel = snn.raster_kernel
-    monkeypatch.setattr(snn, "raster_kernel", lambda *a: calls.append(len(a[0])) or kernel(*a))
+    run = snn.run_layers
+    monkeypatch.setattr(snn, "run_layers", lambda *a: calls.append(len(a[0])) or run(*a))
     net = _net(3, **kw)
     x = net.encode(_observations(100), np.random.default_rng(1))
     ticks, readout = net.config.ticks, net.config.readout
