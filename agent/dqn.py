@@ -61,10 +61,13 @@ class Batch:
     action: np.ndarray
     reward: np.ndarray
     terminated: np.ndarray
+    steps: np.ndarray
 
 
 class Replay:
-    """Transitions as numpy arrays: observations, not spikes."""
+    """Transitions as numpy arrays: observations, not spikes. A transition spans
+    ``steps`` environment steps (n-step returns): ``reward`` is their discounted sum
+    and ``next_obs`` the observation after the last of them."""
 
     def __init__(self, size: int, n_obs: int) -> None:
         self.obs = np.zeros((size, n_obs), np.float32)
@@ -72,6 +75,7 @@ class Replay:
         self.action = np.zeros(size, np.int64)
         self.reward = np.zeros(size, np.float32)
         self.terminated = np.zeros(size, np.float32)
+        self.steps = np.ones(size, np.int64)
         self.size = self.ptr = 0
 
     def sample(self, n: int, rng: np.random.Generator) -> Batch:
@@ -79,17 +83,46 @@ class Replay:
         idx = rng.integers(0, self.size, n)
         return Batch(
             self.obs[idx], self.next_obs[idx], self.action[idx], self.reward[idx],
-            self.terminated[idx],
+            self.terminated[idx], self.steps[idx],
         )  # fmt: skip
 
-    def add(self, obs, next_obs, action, reward, terminated) -> None:
+    def add(self, obs, next_obs, action, reward, terminated, steps=None) -> None:
         """Add a batch of transitions (arrays with a leading batch dimension)."""
         for j in range(len(action)):
             i = self.ptr
             self.obs[i], self.next_obs[i], self.action[i] = obs[j], next_obs[j], action[j]
             self.reward[i], self.terminated[i] = reward[j], float(terminated[j])
+            self.steps[i] = 1 if steps is None else steps[j]
             self.ptr = (i + 1) % len(self.obs)
             self.size = min(self.size + 1, len(self.obs))
+
+
+class NStep:
+    """Per environment, the last ``n`` steps, folded into n-step transitions: one when
+    ``n`` steps have gathered, and at an episode's end every pending one (shorter,
+    ending there: terminated, or truncated and bootstrapped from its final
+    observation). ``n`` = 1 passes each step through."""
+
+    def __init__(self, n: int, gamma: float, num_envs: int) -> None:
+        self.n, self.gamma = n, gamma
+        self.pending: list[list[tuple[np.ndarray, int, float]]] = [[] for _ in range(num_envs)]
+
+    def __call__(self, obs, next_obs, action, reward, terminated, done) -> tuple:
+        """One vector step in -> the transitions it completes (``Replay.add``'s
+        arguments)."""
+        out: list[tuple] = []
+        for i, queue in enumerate(self.pending):
+            queue.append((obs[i], int(action[i]), float(reward[i])))
+            starts = range(len(queue)) if done[i] else range(len(queue) - self.n + 1)
+            for j in starts:
+                ret = sum(self.gamma**k * r for k, (_, _, r) in enumerate(queue[j:]))
+                steps = len(queue) - j
+                out.append((queue[j][0], next_obs[i], queue[j][1], ret, terminated[i], steps))
+            if done[i]:
+                queue.clear()
+            elif len(queue) == self.n:
+                queue.pop(0)
+        return tuple(np.array(c) for c in zip(*out, strict=True)) if out else ()
 
 
 @dataclass
@@ -132,7 +165,10 @@ def td_inputs(
         "xt": xt,
         "action": torch.from_numpy(batch.action),
         "reward": torch.from_numpy(batch.reward),
-        "terminated": torch.from_numpy(batch.terminated),
+        # gamma^n of an n-step transition; 0 where it ended in a termination
+        "discount": torch.from_numpy(
+            (args.gamma**batch.steps * (1.0 - batch.terminated)).astype(np.float32)
+        ),
     }
 
 
@@ -200,7 +236,7 @@ def td_loss(
         a_next = q(net, b["x"][n:]).argmax(dim=1, keepdim=True)
         qt = b["qt"] if "qt" in b else target_q(q, target, b["xt"])
         q_next = qt[-n:].gather(1, a_next).squeeze(1)
-        y = args.reward_scale * b["reward"] + args.gamma * (1.0 - b["terminated"]) * q_next
+        y = args.reward_scale * b["reward"] + b["discount"] * q_next
         if args.advantage_alpha > 0:
             qt_s = qt[:n]
             y = y - args.advantage_alpha * (qt_s.max(dim=1).values - qt_s.gather(1, act).squeeze(1))
@@ -331,6 +367,7 @@ def train_dqn(
     n_obs = int(np.prod(envs.single_observation_space.shape))  # type: ignore[arg-type]
     obs, _ = envs.reset(seed=[TRAIN_SEED_BASE + seed * 100 + i for i in range(args.num_envs)])
     replay = Replay(args.buffer_size, n_obs)
+    nstep = NStep(args.n_step, args.gamma, args.num_envs)
     start = time.perf_counter()
     ep_ret = np.zeros(args.num_envs)
     ep_len = np.zeros(args.num_envs, np.int64)
@@ -343,7 +380,8 @@ def train_dqn(
         stored = nxt.copy()
         for i in np.flatnonzero(done):  # SAME_STEP: nxt already holds the new episode's start
             stored[i] = info["final_obs"][i]
-        replay.add(obs, stored, actions, r, term)
+        if done_steps := nstep(obs, stored, actions, r, term, done):
+            replay.add(*done_steps)
         ep_ret[:] += r
         ep_len[:] += 1
         for i in np.flatnonzero(done):

@@ -93,6 +93,8 @@ class DQNArgs:
     """learning rate at the end (cosine decay over the gradient steps)"""
     gamma: float = 0.99
     """discount"""
+    n_step: int = 1
+    """n-step returns: a target sums n rewards before it bootstraps (1: one-step TD)"""
     reward_scale: float = 1.0
     """rewards are multiplied by this while learning (Q-values in smaller units); the
     output layer is rescaled afterwards, so exported Q-values are in reward units"""
@@ -141,6 +143,8 @@ class DQNArgs:
     episodes (dsqn: played by the 8-bit network)"""
 
     def __post_init__(self) -> None:
+        if self.n_step < 1:
+            raise ValueError(f"n_step counts environment steps (>= 1), got {self.n_step}")
         if not 0.0 <= self.eval_average <= 1.0:
             raise ValueError(f"eval_average is a decay in [0, 1], got {self.eval_average}")
 

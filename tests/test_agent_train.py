@@ -306,6 +306,68 @@ def test_an_average_decay_outside_0_1_is_refused(decay):
         DQNArgs(eval_average=decay)
 
 
+def test_n_step_transitions_fold_rewards_and_end_with_the_episode():
+    """Three-step returns over two environments: one transition once three steps have
+    gathered, every pending one at an episode's end (terminated: no bootstrap;
+    truncated: bootstrapped from the final observation after fewer steps)."""
+    from agent.dqn import NStep, Replay, td_inputs
+
+    fold = NStep(3, 0.5, 2)
+    o = [np.full((2, 1), t, np.float32) for t in range(6)]
+    no = np.zeros(2, bool)
+    for t in range(2):  # two steps: nothing complete yet
+        assert fold(o[t], o[t + 1], np.array([t, t]), np.array([1.0, 10.0]), no, no) == ()
+    # step 3: both environments complete a three-step transition from o[0]
+    obs, nxt, act, ret, term, steps = fold(o[2], o[3], np.array([2, 2]), np.ones(2), no, no)
+    np.testing.assert_array_equal(steps, [3, 3])
+    np.testing.assert_allclose(ret, [1 + 0.5 + 0.25, 10 + 5 + 0.25])
+    np.testing.assert_array_equal(obs[:, 0], [0, 0])
+    np.testing.assert_array_equal(act, [0, 0])
+    # step 4: env 0 terminates, env 1 is truncated (done, not terminated)
+    out = fold(o[3], o[4], np.array([3, 3]), np.array([4.0, 4.0]), np.array([True, False]),
+               np.array([True, True]))  # fmt: skip
+    obs, nxt, act, ret, term, steps = out
+    # env 0's three pending starts (o1, o2, o3), then env 1's
+    np.testing.assert_array_equal(obs[:, 0], [1, 2, 3, 1, 2, 3])
+    np.testing.assert_array_equal(steps, [3, 2, 1, 3, 2, 1])
+    np.testing.assert_allclose(ret[:3], [1 + 0.5 + 1.0, 1 + 2.0, 4.0])
+    np.testing.assert_array_equal(term, [True] * 3 + [False] * 3)
+    np.testing.assert_array_equal(nxt[:, 0], [4] * 6)
+    # the episodes ended: the next step starts afresh
+    assert fold(o[4], o[5], np.array([0, 0]), np.ones(2), no, no) == ()
+
+    replay = Replay(8, 1)
+    replay.add(*out)
+    b = td_inputs(
+        lambda net, x, rng: torch.from_numpy(x),
+        None,
+        replay.sample(8, np.random.default_rng(0)),
+        DQNArgs(gamma=0.5),
+        np.random.default_rng(0),
+    )
+    expected = np.where(replay.terminated[:6] > 0, 0.0, 0.5 ** replay.steps[:6])
+    order = np.random.default_rng(0).integers(0, 6, 8)
+    np.testing.assert_allclose(b["discount"].numpy(), expected[order])
+
+
+def test_a_one_step_fold_passes_each_step_through():
+    from agent.dqn import NStep
+
+    fold = NStep(1, 0.99, 2)
+    _, _, _, ret, term, steps = fold(
+        np.zeros((2, 1)), np.ones((2, 1)), np.array([0, 1]), np.array([1.0, 2.0]),
+        np.array([False, True]), np.array([False, True]),
+    )  # fmt: skip
+    np.testing.assert_array_equal(ret, [1.0, 2.0])
+    np.testing.assert_array_equal(steps, [1, 1])
+    np.testing.assert_array_equal(term, [False, True])
+
+
+def test_n_step_below_one_is_refused():
+    with pytest.raises(ValueError, match="n_step counts environment steps"):
+        DQNArgs(n_step=0)
+
+
 def _grad_steps(net, device: str, steps: int):
     """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
     random transitions; returns the losses and the trained weights (on the CPU)."""
