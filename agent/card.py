@@ -54,7 +54,14 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
         ]
         for label, key in _FORMS:
             r = ev.get(key) or {}
-            lines.append(f"| {label} | {_ret(r)} | {r.get('repeat_std', float('nan')):.2f} |")
+            if r.get("repeats", repeats) == repeats:
+                lines.append(f"| {label} | {_ret(r)} | {r.get('repeat_std', float('nan')):.2f} |")
+            else:  # torch: the first draw only, a check against the emulator's
+                same = {True: "equal", False: "NOT equal"}.get(r.get("equal_to_emulator"), "?")
+                lines.append(
+                    f"| {label}, first draw only | {_ret(r)} | "
+                    f"{same} to the emulator's first draw, episode by episode |"
+                )
     else:
         lines += [
             "| form | mean | std | min |",

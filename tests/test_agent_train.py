@@ -150,6 +150,10 @@ def test_dsqn_recipe_poisson_lif_train_and_finetune_smoke(tmp_path):
     assert art.layers[0].alpha_decay == pytest.approx(0.9) and art.layers[0].neuron == "LIF"
     ev = art.provenance["evaluation"]["emulator"]
     assert ev["repeats"] == 2 and len(ev["repeat_means"]) == 2
+    # the torch fake-quant network runs the first draw only, a check of the emulator's
+    torch_ev = art.provenance["evaluation"]["torch"]
+    assert torch_ev["repeats"] == 1 and torch_ev["repeat_means"] == ev["repeat_means"][:1]
+    assert torch_ev["equal_to_emulator"] is True
     # each QAT pipeline logs its own curves (self-distillation into the 8-bit network)
     assert "eval/return_8bit" in _scalars(run / "finetune-qat")
     summary = art.summary()
@@ -158,6 +162,24 @@ def test_dsqn_recipe_poisson_lif_train_and_finetune_smoke(tmp_path):
     text = card_text(art)
     assert "**dsqn**" in text and "fc1: LIF (alpha_decay 0.9)" in text
     assert "std of repeat means" in text
+    assert "| torch fake-quant 8-bit, first draw only |" in text and "equal to the emulator" in text
+
+
+def test_a_card_says_when_the_torch_check_differs_from_the_emulator():
+    from agent.card import _evaluation_lines
+
+    row = {"mean": 9.0, "std": 1.0, "min": 8.0}
+    ev = {
+        "episodes": 2,
+        "seeds": [0, 1],
+        "emulator": {**row, "repeats": 5, "repeat_std": 0.5},
+        "float": {**row, "repeats": 5, "repeat_std": 0.5},
+    }
+    for equal, said in ((True, "| equal to the emulator"), (False, "| NOT equal to the emulator")):
+        ev["torch"] = {**row, "repeats": 1, "repeat_std": 0.0, "equal_to_emulator": equal}
+        text = "\n".join(_evaluation_lines(ev))
+        assert "| torch fake-quant 8-bit, first draw only | 9.00 " in text
+        assert said in text
 
 
 def test_training_is_reproducible_for_a_seed(tmp_path):
