@@ -230,31 +230,43 @@ def test_misses_are_attributed_only_when_there_are_enough(service, floor, expect
 def test_recipe_targets_say_met_only_when_the_figure_reaches_the_target():
     from bench.recipes import targets
 
-    def row(env_id, mean, returns, encoder="poisson"):
-        variant = {"recipe": "dsqn", "encoder": encoder, "neuron": "LIF"}
-        label = f"dsqn · {encoder}"
+    def row(env_id, returns, encoder="poisson", ticks=20):
+        variant = {"recipe": "dsqn", "encoder": encoder, "neuron": "LIF", "input_ticks": ticks}
+        label = f"dsqn · {encoder} · T={ticks}"
         return {"env_id": env_id, "variant": variant, "label": label, "seeds": len(returns),
-                "return_mean": (mean, 1.0), "returns": returns}  # fmt: skip
+                "return_mean": (sum(returns) / len(returns), 1.0), "returns": returns}  # fmt: skip
 
     report = {
         "rows": [
-            row("CartPole-v1", 480.0, [470.0, 490.0, 480.0]),
-            row("Acrobot-v1", -104.0, [-90.0, -110.0, -112.0]),
-            row("CartPole-v1", 499.0, [499.0], encoder="deterministic"),  # not the paper's
+            row("CartPole-v1", [500.0, 474.0, 500.0, 500.0, 500.0]),  # mean 494.8, one seed short
+            row("CartPole-v1", [480.0, 470.0], ticks=10),
+            row("Acrobot-v1", [-80.0, -88.0]),  # mean -84
+            row("Acrobot-v1", [-99.0], ticks=10),  # no target for it
+            row("CartPole-v1", [500.0], encoder="deterministic"),  # not the paper's
         ],
         "shipped": [
             {"model": "cartpole", "min": 499.0, "mean": 499.9, "agreement": 0.996},
             {"model": "acrobot", "min": -120.0, "mean": -71.5, "agreement": 0.994},
+            {"model": "cartpole-dsqn", "min": 290.0, "mean": 495.0, "agreement": 0.98},
+            {"model": "acrobot-dsqn", "min": -300.0, "mean": -90.5, "agreement": 0.99},
         ],
     }
     got = {r[0]: r[3] for r in targets(report)}
-    assert got["dsqn CartPole-v1, dsqn · poisson, mean over 3 seeds"] == "met"
-    assert got["dsqn Acrobot-v1, dsqn · poisson, mean over 3 seeds"] == "**not met**"
+    t20 = "dsqn CartPole-v1, dsqn · poisson · T=20, 5 seeds"
+    assert got[f"{t20}: mean"] == "met"
+    assert got[f"{t20}: every seed"] == "**not met**"
+    assert got["dsqn CartPole-v1, dsqn · poisson · T=10, 2 seeds: mean"] == "met"
+    assert got["dsqn Acrobot-v1, dsqn · poisson · T=20, 2 seeds: mean"] == "met"
+    assert not any("T=10" in k and "Acrobot" in k for k in got)
     assert not any("deterministic" in k for k in got)
-    assert got["shipped cartpole: 500 on every episode"] == "**not met**"
-    assert got["shipped acrobot"] == "met"
+    assert got["shipped cartpole: min"] == "**not met**"
+    assert got["shipped acrobot: mean"] == "met"
     assert got["shipped cartpole: float vs 8-bit agreement"] == "met"
     assert got["shipped acrobot: float vs 8-bit agreement"] == "**not met**"
+    assert got["shipped cartpole-dsqn: mean"] == "met"
+    assert got["shipped cartpole-dsqn: min"] == "**not met**"
+    assert got["shipped cartpole-dsqn: float vs 8-bit agreement"] == "met"
+    assert got["shipped acrobot-dsqn: mean"] == "**not met**"
 
 
 def test_quick_record_bench_counts_every_answer_and_replays(tmp_path):
