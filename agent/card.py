@@ -68,8 +68,12 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
             "|---|---|---|---|",
             *(f"| {label} | {_ret(ev.get(key))} |" for label, key in _FORMS),
         ]
+    depth = ev.get("teacher_lookahead", 0)
+    teacher_name = "float MLP teacher" + (
+        f", looked ahead {depth} steps through the environment's own dynamics" if depth else ""
+    )
     if ev.get("teacher_float_mlp"):
-        lines.append(f"| float MLP teacher (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |")
+        lines.append(f"| {teacher_name} (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |")
     lines.append("")
     agree = ev.get("agreement_float_vs_8bit")
     if agree is not None:
@@ -101,7 +105,7 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     teacher = ev.get("agreement_teacher_vs_8bit")
     if teacher is not None:
         lines += [
-            f"Agreement with the float MLP teacher on the same states: {100 * teacher:.2f}% "
+            f"Agreement with the {teacher_name} on the same states: {100 * teacher:.2f}% "
             "(ANN-to-SNN conversion agreement in the sense of arXiv 2009.14456).",
             "",
         ]

@@ -42,7 +42,7 @@ from agent.network import Mode, SpikingQNet, env_spec
 from agent.options import DistillArgs, SNNConfig
 from agent.rollout import Episodes, run_episodes
 from agent.snn import grid_distance
-from agent.teacher import MLP, TRAIN_SEED_BASE
+from agent.teacher import TRAIN_SEED_BASE, Teacher
 from hw.emulator import EmulatorBackend
 
 
@@ -53,7 +53,7 @@ class StateSet:
     obs: list[np.ndarray] = field(default_factory=list)
     q: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, obs: np.ndarray, teacher: MLP) -> None:
+    def add(self, obs: np.ndarray, teacher: Teacher) -> None:
         obs = np.asarray(obs, np.float32)
         self.obs.append(obs)
         self.q.append(teacher.q(obs).astype(np.float32))
@@ -63,7 +63,7 @@ class StateSet:
 
 
 def make_student(
-    env_id: str, teacher: MLP, states: np.ndarray, seed: int, snn: SNNConfig
+    env_id: str, teacher: Teacher, states: np.ndarray, seed: int, snn: SNNConfig
 ) -> SpikingQNet:
     """A new network whose observation scale comes from the teacher's states (unless
     ``snn`` sets one) and whose output starts at the teacher's mean Q."""
@@ -105,7 +105,7 @@ def _hinge(q: torch.Tensor, target: torch.Tensor, gap: float, margin: float) -> 
 
 def distill(
     student: SpikingQNet,
-    teacher: MLP,
+    teacher: Teacher,
     env_id: str,
     args: DistillArgs,
     out_dir: Path,

@@ -156,6 +156,15 @@ class TeacherArgs(DQNArgs):
 
     hidden: int = 128
     """width of the two hidden layers"""
+    lookahead: int = 0
+    """the teacher plans: its Q-values looked ahead this many steps through the
+    environment's own dynamics (every action sequence; Acrobot-v1 only), for its
+    evaluations and the distillation's labels; 0: the network alone"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lookahead < 0:
+            raise ValueError(f"lookahead counts steps (>= 0), got {self.lookahead}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from agent.network import SpikingQNet
 from agent.options import DistillArgs, QATArgs, Recipe
 from agent.rollout import run_episodes
 from agent.snn import greedy
-from agent.teacher import MLP, TRAIN_SEED_BASE
+from agent.teacher import TRAIN_SEED_BASE, Teacher
 from hw.emulator import EmulatorBackend
 from hw.encoding import encode
 
@@ -147,20 +147,21 @@ def finetune(
     qat: QATArgs,
     *,
     distill: DistillArgs,
-    teacher: MLP | None,
+    teacher: Teacher | None,
     out_dir: Path,
     seed: int,
     progress: bool = True,
 ) -> tuple[SpikingQNet, dict[str, Any]]:
     """Run each pipeline on ``net``; return the best 8-bit candidate and a report.
 
-    The QAT pipelines distil into the fake-quantized network: from the MLP teacher
-    (distill) or from the network's own float self (:class:`SelfTeacher`, dsqn: the
-    policy still comes from Q-learning on the spiking network)."""
+    The QAT pipelines distil into the fake-quantized network: from the run's teacher
+    (distill: the MLP, maybe looked ahead) or from the network's own float self
+    (:class:`SelfTeacher`, dsqn: the policy still comes from Q-learning on the spiking
+    network)."""
     from agent.distill import distill as run_distill
 
     if recipe == "dsqn":
-        teacher = SelfTeacher(net, distill.teacher_draws, seed)  # type: ignore[assignment]
+        teacher = SelfTeacher(net, distill.teacher_draws, seed)
     assert teacher is not None, "the distill recipe fine-tunes with its teacher"
     candidates: dict[str, SpikingQNet] = {}
     report: dict[str, Any] = {"pipelines": {}}
@@ -170,7 +171,7 @@ def finetune(
         else:
             start = with_options(net, learn_threshold=pipeline == "qat-adaptive-threshold")
             cand, info = run_distill(
-                start, teacher, env_id, distill, out_dir, seed=seed, mode="quant",  # type: ignore[arg-type]
+                start, teacher, env_id, distill, out_dir, seed=seed, mode="quant",
                 tag=f"finetune-{pipeline}", progress=progress,
             )  # fmt: skip
             info = {k: v for k, v in info.items() if k != "score"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from agent.lookahead import Lookahead
 from agent.options import TeacherArgs
 from agent.rollout import Episodes, run_episodes
 
@@ -40,6 +42,21 @@ class MLP(nn.Module):
         return np.argmax(self.q(observations), axis=1)
 
 
+class Teacher(Protocol):
+    """What distillation asks of a teacher: Q-values and greedy actions for observations
+    [N, obs] (the MLP, the MLP looked ahead, a dsqn network's own float self)."""
+
+    def q(self, observations: np.ndarray) -> np.ndarray: ...
+
+    def act(self, observations: np.ndarray) -> np.ndarray: ...
+
+
+def planned(net: MLP, env_id: str, args: TeacherArgs) -> Teacher:
+    """The teacher as evaluation and distillation see it: ``net`` itself, or ``net``
+    looked ahead ``args.lookahead`` steps through the environment's dynamics."""
+    return net if args.lookahead == 0 else Lookahead(net, env_id, args.lookahead, args.gamma)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -59,9 +76,10 @@ def train_teacher(
     seed: int,
     progress: bool = True,
     device: str = "cpu",
-) -> tuple[MLP, dict]:
+) -> tuple[Teacher, dict]:
     """Train by the DQN loop (:mod:`agent.dqn`), write ``teacher.pt`` and the TensorBoard
-    curves in ``out_dir``, return the best net by greedy evaluation."""
+    curves in ``out_dir``, return the best net by greedy evaluation (of the net looked
+    ahead, with ``args.lookahead``), as :func:`planned` makes it."""
     from agent.dqn import train_dqn
 
     seed_everything(seed)
@@ -71,11 +89,12 @@ def train_teacher(
     n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
     env.close()
     q = MLP(n_obs, n_actions, args.hidden)
+    teacher = planned(q, env_id, args)  # refuses a lookahead the environment cannot take
     eval_seed = TRAIN_SEED_BASE + 1000 * (seed % 100)
 
     def evaluate(net: nn.Module, k: int) -> Episodes:
         first = eval_seed + (k % 40) * args.eval_episodes
-        return run_episodes(env_id, q.act, range(first, first + args.eval_episodes))
+        return run_episodes(env_id, teacher.act, range(first, first + args.eval_episodes))
 
     writer = SummaryWriter(str(out_dir))
     q, _, info = train_dqn(
@@ -90,14 +109,19 @@ def train_teacher(
             "n_obs": n_obs,
             "n_actions": n_actions,
             "hidden": args.hidden,
+            "env_id": env_id,
+            "lookahead": args.lookahead,
+            "gamma": args.gamma,
         },
         out_dir / "teacher.pt",
     )
-    return q, info
+    return planned(q, env_id, args), info
 
 
-def load_teacher(path: Path) -> MLP:
+def load_teacher(path: Path) -> Teacher:
+    """The teacher ``train_teacher`` returned, from its ``teacher.pt``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     net = MLP(ckpt["n_obs"], ckpt["n_actions"], ckpt["hidden"])
     net.load_state_dict(ckpt["state_dict"])
-    return net
+    depth = int(ckpt.get("lookahead", 0))  # files written before lookahead have none
+    return net if depth == 0 else Lookahead(net, ckpt["env_id"], depth, float(ckpt["gamma"]))
