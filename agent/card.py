@@ -68,10 +68,7 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
             "|---|---|---|---|",
             *(f"| {label} | {_ret(ev.get(key))} |" for label, key in _FORMS),
         ]
-    depth = ev.get("teacher_lookahead", 0)
-    teacher_name = "float MLP teacher" + (
-        f", looked ahead {depth} steps through the environment's own dynamics" if depth else ""
-    )
+    teacher_name = ev.get("teacher_name", "float MLP teacher")
     if ev.get("teacher_float_mlp"):
         lines.append(f"| {teacher_name} (not shipped) | {_ret(ev.get('teacher_float_mlp'))} |")
     lines.append("")

@@ -81,6 +81,7 @@ class Lookahead:
         if depth < 1:
             raise ValueError(f"lookahead depth counts steps (>= 1), got {depth}")
         self.net, self.depth, self.gamma = net, depth, gamma
+        self.name = f"{net.name}, looked ahead {depth} steps through the environment's dynamics"
         self.dynamics = AcrobotDynamics()
 
     def _q(self, states: np.ndarray, depth: int) -> np.ndarray:

@@ -160,11 +160,18 @@ class TeacherArgs(DQNArgs):
     """the teacher plans: its Q-values looked ahead this many steps through the
     environment's own dynamics (every action sequence; Acrobot-v1 only), for its
     evaluations and the distillation's labels; 0: the network alone"""
+    improve_rounds: int = 0
+    """with a lookahead: after DQN, fit the network to its own lookahead for this many
+    DAgger rounds (expert iteration); the fitted network is the teacher, acting alone"""
+    improve_steps: int = 2_000
+    """gradient steps per improvement round (Adam at lr_final)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.lookahead < 0:
             raise ValueError(f"lookahead counts steps (>= 0), got {self.lookahead}")
+        if self.improve_rounds and not self.lookahead:
+            raise ValueError("improve_rounds fits the teacher to its lookahead: set lookahead")
 
 
 @dataclass(frozen=True)

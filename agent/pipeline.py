@@ -238,7 +238,7 @@ def evaluation_block(
     if teacher is not None:
         ev = run_episodes(artifact.env_id, teacher.act, list(range(seed, seed + episodes)))
         result["teacher_float_mlp"] = ev.summary()
-        result["teacher_lookahead"] = getattr(teacher, "depth", 0)
+        result["teacher_name"] = teacher.name
         result["agreement_teacher_vs_8bit"] = result["emulator"]["agreement_with"][
             "teacher_float_mlp"
         ]

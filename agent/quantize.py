@@ -117,6 +117,8 @@ class SelfTeacher:
     Q-values averaged over ``draws`` Poisson draws (the Q estimate without the input
     noise), the greedy action of that average."""
 
+    name = "the network's own float self"
+
     def __init__(self, net: SpikingQNet, draws: int, seed: int) -> None:
         self.net = with_options(net)
         self.draws = draws

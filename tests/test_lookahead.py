@@ -89,13 +89,30 @@ def test_a_run_teacher_file_brings_the_planning_teacher_back(tmp_path):
     assert info["steps_run"] == 300
 
 
-def test_the_card_names_a_planning_teacher():
+def test_an_improved_teacher_is_fitted_to_its_lookahead_and_acts_alone(tmp_path):
+    args = TeacherArgs(
+        total_steps=300, learning_starts=100, train_every=4, eval_every=150, eval_episodes=1,
+        hidden=16, lookahead=1, improve_rounds=2, improve_steps=20,
+    )  # fmt: skip
+    teacher, info = train_teacher("Acrobot-v1", args, tmp_path, seed=0, progress=False)
+    back = load_teacher(tmp_path / "teacher.pt")
+    assert isinstance(teacher, MLP) and isinstance(back, MLP)
+    assert back.name == teacher.name == "float MLP teacher fitted to its own 1-step lookahead"
+    obs = AcrobotDynamics.observations(_states(8, seed=5))
+    assert np.array_equal(back.q(obs), teacher.q(obs))
+    assert info["improve"]["round"] in (0, 1, 2) and -500 <= info["improve"]["eval_mean"] <= 0
+    with pytest.raises(ValueError, match="improve_rounds fits the teacher to its lookahead"):
+        TeacherArgs(improve_rounds=2)
+
+
+def test_the_card_names_the_teacher():
     from agent.card import _evaluation_lines
 
     row = {"mean": -70.0, "std": 5.0, "min": -90.0}
     ev = {"episodes": 2, "seeds": [0, 1], "emulator": row, "torch": row, "float": row}
     ev |= {"teacher_float_mlp": row, "agreement_teacher_vs_8bit": 0.9}
-    assert "looked ahead" not in "\n".join(_evaluation_lines(ev))
-    text = "\n".join(_evaluation_lines({**ev, "teacher_lookahead": 3}))
-    assert "| float MLP teacher, looked ahead 3 steps through the environment's own" in text
-    assert "Agreement with the float MLP teacher, looked ahead 3 steps" in text
+    assert "| float MLP teacher (not shipped) | -70.00 " in "\n".join(_evaluation_lines(ev))
+    name = Lookahead(MLP(6, 3, 8), "Acrobot-v1", 3, 0.99).name
+    text = "\n".join(_evaluation_lines({**ev, "teacher_name": name}))
+    assert f"| {name} (not shipped) |" in text and f"Agreement with the {name} on" in text
+    assert name == "float MLP teacher, looked ahead 3 steps through the environment's dynamics"
