@@ -95,7 +95,7 @@ _SMOKE_DISTILL = {"rounds": 1, "steps_per_round": 5, "batch_size": 32, "teacher_
 SMOKE_TRAIN = {
     "dsqn": _SMOKE_DSQN,
     "teacher": {"total_steps": 300, "learning_starts": 100, "eval_every": 100,
-                "eval_episodes": 2, "hidden": 32},
+                "eval_episodes": 2, "hidden": 32, "improve_steps": 5},
     "distill": _SMOKE_DISTILL,
     "snn": {"hidden": (16,)},
 }  # fmt: skip
