@@ -1,6 +1,8 @@
 """Float MLP Double-DQN: the teacher the spiking network is distilled from, trained
 by the one DQN loop (:mod:`agent.dqn`); the checkpoint kept is the one with the best
-greedy return over ``eval_episodes`` episodes."""
+greedy return over ``eval_episodes`` episodes. With ``lookahead`` the teacher plans
+through the environment's dynamics (:mod:`agent.lookahead`), and with ``improve_rounds``
+it is then fitted to that plan (:func:`improve`) and acts alone."""
 
 from __future__ import annotations
 
