@@ -61,6 +61,13 @@ class StateSet:
     def arrays(self, max_states: int) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.obs)[-max_states:], np.concatenate(self.q)[-max_states:]
 
+    def scales(self, max_states: int) -> tuple[float, float]:
+        """The loss's units: the teacher's typical action gap (std of its advantages) and
+        the std of its state value, over the labelled states."""
+        _, q = self.arrays(max_states)
+        gap = float(max((q - q.mean(axis=1, keepdims=True)).std(), 1e-3))
+        return gap, float(max(q.mean(axis=1).std(), 1e-3))
+
 
 def make_student(
     env_id: str, teacher: Teacher, states: np.ndarray, seed: int, snn: SNNConfig
@@ -132,10 +139,7 @@ def distill(
     for eps, ss in ((0.0, seeds[:half]), (0.1, seeds[half:])):
         ep = run_episodes(env_id, teacher.act, ss, keep_states=True, epsilon=eps, rng=rng)
         data.add(ep.all_states(), teacher)
-    _, q_all = data.arrays(args.max_states)
-    adv = q_all - q_all.mean(axis=1, keepdims=True)
-    gap = float(max(adv.std(), 1e-3))
-    vstd = float(max(q_all.mean(axis=1).std(), 1e-3))
+    gap, vstd = data.scales(args.max_states)
 
     opt = torch.optim.Adam(student.parameters(), lr=args.lr)
     total_steps = args.rounds * args.steps_per_round

@@ -101,7 +101,9 @@ class Lookahead:
             self._q(self.dynamics.states(obs[i : i + 4096]), self.depth)
             for i in range(0, len(obs), 4096)
         ]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 3), np.float32)
+        if not out:
+            return np.zeros((0, len(self.dynamics.torques)), np.float32)
+        return np.concatenate(out).astype(np.float32)
 
     def act(self, observations: np.ndarray) -> np.ndarray:
         return np.argmax(self.q(observations), axis=1)

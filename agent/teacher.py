@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agent.lookahead import Lookahead
-from agent.options import TeacherArgs
+from agent.options import DistillArgs, TeacherArgs
 from agent.rollout import Episodes, run_episodes
 
 
@@ -139,7 +139,6 @@ def improve(
     of its own episodes, with the distillation's loss; the round whose network scores best
     on ``IMPROVE_EVAL_EPISODES`` training-range episodes is kept, and acts alone."""
     from agent.distill import StateSet, _loss
-    from agent.options import DistillArgs
 
     planner = Lookahead(copy.deepcopy(net), env_id, args.lookahead, args.gamma)
     rng = np.random.default_rng(seed + 13)
@@ -149,9 +148,7 @@ def improve(
         ep = run_episodes(env_id, planner.act, range(first, first + 50), keep_states=True,
                           epsilon=eps, rng=rng)  # fmt: skip
         data.add(ep.all_states(), planner)
-    _, q_all = data.arrays(10**9)
-    gap = float(max((q_all - q_all.mean(axis=1, keepdims=True)).std(), 1e-3))
-    vstd = float(max(q_all.mean(axis=1).std(), 1e-3))
+    gap, vstd = data.scales(10**9)
     loss_args = DistillArgs()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr_final)
     eval_seeds = range(base + 900, base + 900 + IMPROVE_EVAL_EPISODES)
