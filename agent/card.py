@@ -160,6 +160,12 @@ def card_text(artifact: ModelArtifact) -> str:
             f"breaking ties within one standard error of the difference (candidates: {tried}).",
             "",
         ]
+    if p.get("found_by"):
+        lines += [
+            f"Found by the sweep `{p['found_by']['sweep']}` (its trial {p['found_by']['trial']}), "
+            "which ran these two commands in its own process:",
+            "",
+        ]
     lines += [
         "```",
         *p.get("commands", []),

@@ -134,8 +134,11 @@ def train_run(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, Any]:
-    """Hardware-aware fine-tuning of ``cfg.run``, export to ``cfg.out``, evaluation."""
+def finetune_run(
+    cfg: FinetuneConfig, command: str | None = None, found_by: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Hardware-aware fine-tuning of ``cfg.run``, export to ``cfg.out``, evaluation.
+    ``found_by``: the sweep and trial that ran these commands (``s2loop sweep``)."""
     from agent.quantize import finetune
 
     set_threads(cfg.threads)
@@ -178,6 +181,8 @@ def finetune_run(cfg: FinetuneConfig, command: str | None = None) -> dict[str, A
         "train_git_commit": train.get("git_commit"),
         "machine": machine(),
     }
+    if found_by:
+        provenance["found_by"] = dict(found_by)
     if "teacher" in train:
         provenance["teacher"] = {
             k: train["teacher"][k] for k in ("eval_mean", "eval_min", "step", "seconds")

@@ -227,8 +227,10 @@ def train_and_finetune(
     smoke: bool = False,
     threads: int = 1,
     params: Mapping[str, Any] | None = None,
+    found_by: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``s2loop train`` then ``s2loop finetune`` in this process; what the model scored."""
+    """``s2loop train`` then ``s2loop finetune`` in this process; what the model scored.
+    ``found_by`` (the sweep's command and the trial) goes into the model's provenance."""
     from agent.pipeline import finetune_run, train_run
 
     train_args, ft_args = trial_args(
@@ -236,7 +238,9 @@ def train_and_finetune(
     )
     cfg, ft_cfg = parse_trial(train_args, ft_args)
     train_run(cfg, command=shlex.join(["s2loop", "train", *train_args]))
-    prov = finetune_run(ft_cfg, command=shlex.join(["s2loop", "finetune", *ft_args]))
+    prov = finetune_run(
+        ft_cfg, command=shlex.join(["s2loop", "finetune", *ft_args]), found_by=found_by
+    )
     ev = prov["evaluation"]
     return {
         "return_8bit": float(ev["emulator"]["mean"]),
@@ -261,6 +265,11 @@ def _threads(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
+def _found_by(t: dict[str, Any], trial: str) -> dict[str, str] | None:
+    """The sweep's command line and this trial, for the model's provenance and card."""
+    return {"sweep": t["sweep"], "trial": trial} if t.get("sweep") else None
+
+
 def grid_trial(config: dict[str, Any]) -> None:
     """Tune trainable of a grid trial (``config["trial"]``: env, setting, seed, ...)."""
     from ray import tune
@@ -276,6 +285,7 @@ def grid_trial(config: dict[str, Any]) -> None:
         run_dir,
         smoke=t["smoke"],
         threads=_threads(t["cpus"]),
+        found_by=_found_by(t, f"{t['env']} {t['setting']} seed {t['seed']}"),
     )
     tune.report({**res, **_where(), "run_dir": str(run_dir), "wall_s": time.perf_counter() - start})
 
@@ -301,6 +311,7 @@ def search_trial(config: dict[str, Any]) -> None:
                 smoke=t["smoke"],
                 threads=_threads(t["cpus"]),
                 params=params,
+                found_by=_found_by(t, f"{trial_id} seed {seed}"),
             )
         )
     returns = [r["return_8bit"] for r in per_seed]
@@ -361,12 +372,13 @@ class SweepConfig:
     def name(self) -> str:
         return "search" if self.search else "grid"
 
-    def trials_of_grid(self) -> list[dict[str, Any]]:
-        """Seed-major, so a grid stopped early has every setting with the seeds done."""
+    def trials_of_grid(self, command: str = "") -> list[dict[str, Any]]:
+        """Seed-major, so a grid stopped early has every setting with the seeds done.
+        ``command``: the sweep's command line, recorded in each model's provenance."""
         runs = str((self.out / "runs").resolve())
         return [
             {"env": e, "setting": s, "seed": seed, "smoke": self.smoke, "runs": runs,
-             "cpus": self.cpus_per_trial}
+             "cpus": self.cpus_per_trial, "sweep": command}
             for seed in self.seeds for e in self.env for s in self.settings
         ]  # fmt: skip
 
@@ -442,7 +454,7 @@ def run_sweep(cfg: SweepConfig, command: str = "", log=print) -> list[dict[str, 
             log(f"resuming {path}")
             tuner = tune.Tuner.restore(str(path), trainable, restart_errored=True)
         else:
-            tuner = tune.Tuner(trainable, **_tuner_args(cfg, out))
+            tuner = tune.Tuner(trainable, **_tuner_args(cfg, out, command))
         grid = tuner.fit()
         rows = _rows(grid, cfg)
     finally:
@@ -458,7 +470,7 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _tuner_args(cfg: SweepConfig, out: Path) -> dict[str, Any]:
+def _tuner_args(cfg: SweepConfig, out: Path, command: str) -> dict[str, Any]:
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -471,7 +483,7 @@ def _tuner_args(cfg: SweepConfig, out: Path) -> dict[str, Any]:
     )
     if cfg.search is None:
         return {
-            "param_space": {"trial": tune.grid_search(cfg.trials_of_grid())},
+            "param_space": {"trial": tune.grid_search(cfg.trials_of_grid(command))},
             "tune_config": tune.TuneConfig(
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
             ),
@@ -481,7 +493,8 @@ def _tuner_args(cfg: SweepConfig, out: Path) -> dict[str, Any]:
 
     setting = SETTINGS_BY_KEY[cfg.settings[0]]
     trial = {"env": cfg.env[0], "setting": setting.key, "seeds": list(cfg.seeds),
-             "smoke": cfg.smoke, "runs": str(out / "runs"), "cpus": cfg.cpus_per_trial}  # fmt: skip
+             "smoke": cfg.smoke, "runs": str(out / "runs"), "cpus": cfg.cpus_per_trial,
+             "sweep": command}  # fmt: skip
     return {
         "param_space": {"trial": trial, "params": search_space(setting.recipe)},
         "tune_config": tune.TuneConfig(

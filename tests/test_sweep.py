@@ -176,6 +176,7 @@ def _tags(run_dir: Path) -> set[str]:
 def test_smoke_sweep_on_a_ray_cluster_retries_resumes_and_feeds_the_recipes_page(
     ray_cluster, tmp_path
 ):
+    from agent.card import card_text
     from agent.sweep import read_results
     from bench.recipes import JSON_NAME, MD_NAME
     from hw.artifact import load_artifact
@@ -211,8 +212,14 @@ def test_smoke_sweep_on_a_ray_cluster_retries_resumes_and_feeds_the_recipes_page
         assert r["smoke"] and r["cpus"] == 1.0 and r["wall_s"] > 0
         run_dir = out / "runs" / "CartPole-v1" / r["setting"] / "seed0"
         assert Path(r["run_dir"]) == run_dir and Path(r["artifact"]) == run_dir / "model.s2l"
-        prov = load_artifact(r["artifact"]).provenance
+        artifact = load_artifact(r["artifact"])
+        prov = artifact.provenance
         assert prov["evaluation"]["episodes"] == r["episodes"] == 3
+        # the model names the sweep that made it, in its provenance and its card
+        trial = f"CartPole-v1 {r['setting']} seed 0"
+        assert prov["found_by"]["trial"] == trial
+        assert prov["found_by"]["sweep"].startswith("s2loop sweep --smoke")
+        assert f"(its trial {trial})" in card_text(artifact)
         assert prov["evaluation"]["emulator"]["mean"] == pytest.approx(r["return_8bit"])
         assert 0.0 <= r["agreement"] <= 1.0
         # training curves in the run folder itself, under CleanRL's and SB3's names
