@@ -166,6 +166,8 @@ def card_text(artifact: ModelArtifact) -> str:
             "which ran these two commands in its own process:",
             "",
         ]
+    if p.get("chosen_by"):
+        lines += [f"Chosen to ship: {p['chosen_by']}", ""]
     lines += [
         "```",
         *p.get("commands", []),

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 SUFFIX = ".s2l"
+# what a served model may be named (models/NAME.s2l, /v1/models/NAME/...)
+MODEL_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 ResetMode = Literal["reset_by_subtraction", "reset_to_v_reset"]
 RESET_MODES = ("reset_by_subtraction", "reset_to_v_reset")

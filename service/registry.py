@@ -3,18 +3,15 @@ warm-up state of each model on each backend role (a :class:`WarmUp`)."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from hw.artifact import SUFFIX, ModelArtifact
+from hw.artifact import MODEL_NAME, SUFFIX, ModelArtifact
 from hw.mapping import ChipSpec, MappingError, MappingReport, map_network
 from service.errors import ApiError
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 
 @dataclass
@@ -125,7 +122,7 @@ class ModelRegistry:
         if name in self.entries:
             return self.entries[name].path
         path = self.models_dir / f"{name}{SUFFIX}"
-        if not _SAFE_NAME.fullmatch(name) or not path.is_file():
+        if not MODEL_NAME.fullmatch(name) or not path.is_file():
             raise ApiError(404, "unknown_model", f"no model named {name!r} to reload")
         return path
 

@@ -37,6 +37,7 @@ GENERATED = [
     (["bench", "recipes"], "bench.recipes:RecipesConfig"),
     (["bench", "tcp-floor"], "bench.tcp_floor:TcpFloorConfig"),
     (["model-card"], "agent.cli:ModelCardArgs"),
+    (["ship"], "agent.cli:ShipArgs"),
     (["emulate"], "hw.options:EmulateOptions"),
     (["make-random-model"], "hw.options:RandomModelOptions"),
     (["map"], "hw.options:MapOptions"),
@@ -89,6 +90,30 @@ def test_model_card_takes_the_model_as_its_argument(tmp_path):
     result = CliRunner().invoke(app, ["model-card", "cartpole", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("# ")
+
+
+def test_ship_serves_an_artifact_under_its_name_and_says_how_it_was_chosen(tmp_path):
+    """A sweep's trial artifact is named after its file (``model``); shipping it names it,
+    keeps its weights and provenance, and its card says how it was chosen."""
+    from hw.artifact import load_artifact, save_artifact
+    from hw.synthetic import random_artifact
+
+    src = save_artifact(random_artifact(seed=4, name="model"), tmp_path / "trial" / "model.s2l")
+    shipped = tmp_path / "models"
+    why = "best of sweep seeds 0-9 on 500 validation episodes: -73.1 (runner-up -73.7)"
+    args = ["ship", str(src), "acrobot", "--chosen-by", why, "--models-dir", str(shipped)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    got, before = load_artifact(shipped / "acrobot.s2l"), load_artifact(src)
+    assert got.name == "acrobot" and got.sha256 == before.sha256
+    assert got.provenance == {**before.provenance, "chosen_by": why}
+    assert f"Chosen to ship: {why}" in (shipped / "acrobot.md").read_text()
+    bad = CliRunner().invoke(app, ["ship", str(src), "../x", "--chosen-by", why,
+                                   "--models-dir", str(shipped)])  # fmt: skip
+    assert bad.exit_code == 2 and "model name" in bad.output
+    unsaid = CliRunner().invoke(app, ["ship", str(src), "other", "--models-dir", str(shipped)])
+    assert unsaid.exit_code == 2 and "--chosen-by" in unsaid.output
+    assert sorted(p.name for p in shipped.iterdir()) == ["acrobot.md", "acrobot.s2l"]
 
 
 def test_infer_takes_a_negative_observation_after_the_double_dash_options_anywhere():
