@@ -160,14 +160,14 @@ def card_text(artifact: ModelArtifact) -> str:
             f"breaking ties within one standard error of the difference (candidates: {tried}).",
             "",
         ]
+    if p.get("chosen_by"):
+        lines += [f"Chosen to ship: {p['chosen_by']}", ""]
     if p.get("found_by"):
         lines += [
             f"Found by the sweep `{p['found_by']['sweep']}` (its trial {p['found_by']['trial']}), "
             "which ran these two commands in its own process:",
             "",
         ]
-    if p.get("chosen_by"):
-        lines += [f"Chosen to ship: {p['chosen_by']}", ""]
     lines += [
         "```",
         *p.get("commands", []),
