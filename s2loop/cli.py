@@ -61,7 +61,15 @@ def fill_optional_values(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    app(args=fill_optional_values(sys.argv[1:]))
+    """``s2loop``: a model file that is missing or not a model is the user's input, so it
+    ends in one line on stderr and exit status 2, not a traceback."""
+    from hw.artifact import ArtifactError
+
+    try:
+        app(args=fill_optional_values(sys.argv[1:]))
+    except ArtifactError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

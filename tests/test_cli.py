@@ -116,6 +116,20 @@ def test_ship_serves_an_artifact_under_its_name_and_says_how_it_was_chosen(tmp_p
     assert sorted(p.name for p in shipped.iterdir()) == ["acrobot.md", "acrobot.s2l"]
 
 
+@pytest.mark.parametrize("command", [["eval"], ["model-card"], ["ship", "--chosen-by", "x"]])
+def test_a_missing_model_file_is_one_line_and_exit_2(command, tmp_path, monkeypatch, capsys):
+    from s2loop.cli import main
+
+    missing = str(tmp_path / "nope.s2l")
+    argv = ["s2loop", command[0], missing, *(["x"] if command[0] == "ship" else []), *command[1:]]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no model artifact at") and "Traceback" not in err
+
+
 def test_infer_takes_a_negative_observation_after_the_double_dash_options_anywhere():
     """The README's form: options after the observation, which follows ``--``."""
     import json
