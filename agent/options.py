@@ -331,8 +331,7 @@ PRESETS: dict[str, Preset] = {
     "paper-cartpole": Preset(
         "the paper's recipe on CartPole-v1: DQN (advantage learning, alpha 0.9, 3-step "
         "returns, gamma 0.995, rewards x 0.1, targets averaged over 4 Poisson draws) "
-        "directly on "
-        "2x64 LIF neurons (alpha_decay 0.9), "
+        "directly on 2x64 LIF neurons (alpha_decay 0.9), "
         "Poisson-coded 7-bin tent inputs over T = 20 ticks; QAT by self-distillation and "
         "percentile PTQ compete",
         train={
