@@ -382,7 +382,9 @@ PRESETS: dict[str, Preset] = {
         finetune={"qat": {"pipelines": _DSQN_PIPELINES}, "distill": {"grid_weight": 300.0}},
     ),
     "paper-acrobot": Preset(
-        "the paper's recipe on Acrobot-v1: as paper-cartpole, settings for Acrobot",
+        "the paper's recipe on Acrobot-v1: paper-cartpole's network and encoder, DQN "
+        "settings for Acrobot (3-step returns, weight-averaged checkpoints, no advantage "
+        "learning)",
         train={
             "env": "Acrobot-v1",
             "recipe": "dsqn",
