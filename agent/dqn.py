@@ -3,7 +3,8 @@ both train here.
 
 One linear loop (CleanRL's ``dqn.py`` is the model): ``num_envs`` Gymnasium
 environments stepped together (``SAME_STEP`` autoreset, so a finished episode's
-last observation is the one stored), epsilon-greedy acting through the network,
+last observation is the one stored), epsilon-greedy acting through the network
+(random actions optionally held for several steps, :class:`EpsGreedy`),
 a replay of observations (a Poisson network draws fresh input spikes for every
 forward), a target network updated by Polyak averaging every ``target_every`` steps
 (``tau`` = 1 is a hard copy), Double-DQN targets, bootstrapping on ``terminated``
@@ -95,6 +96,42 @@ class Replay:
             self.steps[i] = 1 if steps is None else steps[j]
             self.ptr = (i + 1) % len(self.obs)
             self.size = min(self.size + 1, len(self.obs))
+
+
+class EpsGreedy:
+    """Epsilon-greedy actions for ``n_envs`` environments stepped together.
+
+    With ``hold`` > 1 a random action, once chosen, is held for n steps, n drawn from a
+    zeta(2) distribution capped at ``hold`` (temporally-extended epsilon-greedy, Dabney
+    et al. 2021): runs of one action pump a pendulum up where independent random
+    choices cancel out (Acrobot-v1, uniformly random: 2.5 % of episodes reach the goal;
+    held up to 8 steps: 32 %). ``hold`` = 1 draws exactly as plain epsilon-greedy."""
+
+    def __init__(self, n_envs: int, n_actions: int, hold: int, rng: np.random.Generator):
+        self.n_envs, self.n_actions, self.hold, self.rng = n_envs, n_actions, hold, rng
+        self.left = np.zeros(n_envs, np.int64)  # steps the held action still has to run
+        self.held = np.zeros(n_envs, np.int64)
+
+    def __call__(self, eps: float, greedy: np.ndarray) -> np.ndarray:
+        n, rng = self.n_envs, self.rng
+        if self.hold == 1:
+            return np.where(rng.random(n) < eps, rng.integers(0, self.n_actions, n), greedy)
+        new = (self.left == 0) & (rng.random(n) < eps)
+        self.held[new] = rng.integers(0, self.n_actions, int(new.sum()))
+        self.left[new] = np.minimum(rng.zipf(2.0, int(new.sum())), self.hold)
+        holding = self.left > 0
+        self.left[holding] -= 1
+        return np.where(holding, self.held, greedy)
+
+    def random(self) -> np.ndarray:
+        """Actions of the random warm-up (held runs as in exploration)."""
+        if self.hold == 1:
+            return self.rng.integers(0, self.n_actions, self.n_envs)
+        return self(1.0, np.zeros(self.n_envs, np.int64))
+
+    def end(self, done: np.ndarray) -> None:
+        """A finished episode's held action does not carry into the next one."""
+        self.left[done] = 0
 
 
 class NStep:
@@ -367,6 +404,7 @@ def train_dqn(
     n_obs = int(np.prod(envs.single_observation_space.shape))  # type: ignore[arg-type]
     obs, _ = envs.reset(seed=[TRAIN_SEED_BASE + seed * 100 + i for i in range(args.num_envs)])
     replay = Replay(args.buffer_size, n_obs)
+    policy = EpsGreedy(args.num_envs, n_actions, args.eps_hold, rng)
     nstep = NStep(args.n_step, args.gamma, args.num_envs)
     start = time.perf_counter()
     ep_ret = np.zeros(args.num_envs)
@@ -388,12 +426,13 @@ def train_dqn(
             writer.add_scalar("charts/episodic_return", ep_ret[i], step + i + 1)
             writer.add_scalar("charts/episodic_length", ep_len[i], step + i + 1)
         ep_ret[done], ep_len[done] = 0.0, 0
+        policy.end(done)
         obs = nxt.astype(np.float32)
         step += args.num_envs
 
     # warm-up with random actions: fills the replay and (a new network) fixes its input scale
     while step < args.learning_starts:
-        env_step(rng.integers(0, n_actions, args.num_envs))
+        env_step(policy.random())
     if not isinstance(net, nn.Module):
         net = net(replay.obs[: replay.size])
     learner = net if dev.type == "cpu" else copy.deepcopy(net).to(dev)
@@ -419,8 +458,7 @@ def train_dqn(
         eps = args.eps_start + (args.eps_end - args.eps_start) * min(1.0, step / args.eps_steps)
         with torch.no_grad():
             greedy = q(net, encode(net, obs, rng)).argmax(dim=1).numpy()
-        explore = rng.random(args.num_envs) < eps
-        env_step(np.where(explore, rng.integers(0, n_actions, args.num_envs), greedy))
+        env_step(policy(eps, greedy))
         bar.update(step - before)
 
         phases = step // args.train_every - before // args.train_every

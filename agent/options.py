@@ -126,6 +126,10 @@ class DQNArgs:
     """exploration: epsilon after eps_steps"""
     eps_steps: int = 10_000
     """environment steps over which epsilon decays linearly"""
+    eps_hold: int = 1
+    """exploration: a random action is held for n steps, n drawn from a zeta(2)
+    distribution capped at this (temporally-extended epsilon-greedy, Dabney et al.
+    2021); 1: a fresh choice every step (plain epsilon-greedy)"""
     grad_clip: float = 10.0
     """max gradient norm"""
     eval_every: int = 5_000
@@ -145,6 +149,8 @@ class DQNArgs:
     def __post_init__(self) -> None:
         if self.n_step < 1:
             raise ValueError(f"n_step counts environment steps (>= 1), got {self.n_step}")
+        if self.eps_hold < 1:
+            raise ValueError(f"eps_hold counts environment steps (>= 1), got {self.eps_hold}")
         if not 0.0 <= self.eval_average <= 1.0:
             raise ValueError(f"eval_average is a decay in [0, 1], got {self.eval_average}")
 
