@@ -390,6 +390,59 @@ def test_n_step_below_one_is_refused():
         DQNArgs(n_step=0)
 
 
+def test_plain_epsilon_greedy_draws_as_before():
+    """``eps_hold`` 1: the same draws as the loop's epsilon-greedy always made (runs
+    of the earlier code, the shipped models among them, stay reproducible)."""
+    from agent.dqn import EpsGreedy
+
+    policy, rng = EpsGreedy(4, 3, 1, np.random.default_rng(5)), np.random.default_rng(5)
+    greedy = np.array([2, 2, 2, 2])
+    for eps in (1.0, 0.5, 0.02):
+        explore = rng.random(4) < eps
+        expected = np.where(explore, rng.integers(0, 3, 4), greedy)
+        np.testing.assert_array_equal(policy(eps, greedy), expected)
+    np.testing.assert_array_equal(policy.random(), rng.integers(0, 3, 4))
+
+
+def test_a_random_action_is_held_then_greedy_resumes():
+    """``eps_hold`` 8: random actions come in runs of 1-8 steps of one action (longer
+    on average than independent draws), a greedy step only between runs; at epsilon 0
+    a run still going finishes, then every action is greedy; an episode's end drops
+    its environment's run."""
+    from agent.dqn import EpsGreedy
+
+    policy = EpsGreedy(2, 3, 8, np.random.default_rng(0))
+    greedy = np.array([-1, -1])  # no real action: a greedy step shows as -1
+    runs: list[tuple[int, int]] = []  # (drawn length, distinct actions over it), env 0
+    while len(runs) < 2000:
+        assert policy.left[0] == 0
+        first = policy(1.0, greedy)
+        assert (first >= 0).all(), "at epsilon 1 every action is random"
+        length, seen = int(policy.left[0]) + 1, {int(first[0])}
+        while policy.left[0] > 0:
+            seen.add(int(policy(1.0, greedy)[0]))
+        runs.append((length, len(seen)))
+    lengths = np.array([n for n, _ in runs])
+    assert all(k == 1 for _, k in runs), "one action over a run"
+    assert lengths.min() == 1 and lengths.max() == 8, "zeta(2) capped at 8"
+    # zeta(2) capped at 8: P(1) = 0.61 and a mean of 2.2 steps
+    assert 0.55 < (lengths == 1).mean() < 0.67 and 2.0 < lengths.mean() < 2.45
+    policy(1.0, greedy)
+    left = policy.left.copy()
+    after = np.stack([policy(0.0, greedy) for _ in range(9)])
+    for env in range(2):
+        assert (after[: left[env], env] >= 0).all() and (after[left[env]:, env] == -1).all()
+    policy(1.0, greedy)
+    policy.end(np.array([True, False]))
+    assert policy.left[0] == 0
+    assert policy(0.0, greedy)[0] == -1
+
+
+def test_eps_hold_below_one_is_refused():
+    with pytest.raises(ValueError, match="eps_hold counts environment steps"):
+        DQNArgs(eps_hold=0)
+
+
 def _grad_steps(net, device: str, steps: int):
     """``steps`` gradient steps of ``net`` on ``device`` over the same seeded batches of
     random transitions; returns the losses and the trained weights (on the CPU)."""
