@@ -431,7 +431,7 @@ def test_a_random_action_is_held_then_greedy_resumes():
     left = policy.left.copy()
     after = np.stack([policy(0.0, greedy) for _ in range(9)])
     for env in range(2):
-        assert (after[: left[env], env] >= 0).all() and (after[left[env]:, env] == -1).all()
+        assert (after[: left[env], env] >= 0).all() and (after[left[env] :, env] == -1).all()
     policy(1.0, greedy)
     policy.end(np.array([True, False]))
     assert policy.left[0] == 0
