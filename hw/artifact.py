@@ -28,12 +28,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from s2loop_client.contract import MODEL_NAME_PATTERN
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 SUFFIX = ".s2l"
-# what a served model may be named (models/NAME.s2l, /v1/models/NAME/...)
-MODEL_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)  # the wire contract's, for files and commands
 
 ResetMode = Literal["reset_by_subtraction", "reset_to_v_reset"]
 RESET_MODES = ("reset_by_subtraction", "reset_to_v_reset")

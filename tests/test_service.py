@@ -331,6 +331,7 @@ BAD_ACT = [
     (b'{"observation": [0, 0, 0, 0]}', 422, V, "model: Field required"),
     (b'{"model": 7, "observation": [0, 0, 0, 0]}', 422, V, "model: Input should be"),
     (b'{"model": "../etc/passwd", "observation": [0, 0, 0, 0]}', 422, V, "model"),
+    (b'{"model": ".cartpole", "observation": [0, 0, 0, 0]}', 422, V, "model"),
     (b'{"model": "nope", "observation": [0, 0, 0, 0]}', 404, "unknown_model", "no model named"),
     (b"", 400, "malformed_json", "empty"),
     (b'{"model": "cartpole", "observation": [0, 0', 400, "malformed_json", "not valid JSON"),

@@ -68,10 +68,13 @@ MAX_TRACE_CELLS = 1 << 17
 
 # --------------------------------------------------------------------- field types
 
+#: what a served model may be named (models/NAME.s2l, /v1/models/NAME/...): no leading
+#: '.', so a name is never a hidden file or a path step
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$"
 ModelName = Annotated[
     str,
     Size(1, 128),
-    Pattern(r"^[A-Za-z0-9_.\-]+$"),
+    Pattern(MODEL_NAME_PATTERN),
     Doc("a served model (see GET /v1/models)"),
 ]
 Tag = Annotated[
