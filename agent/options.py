@@ -466,9 +466,20 @@ PRESETS: dict[str, Preset] = {
                 # lookahead it reaches about -70 (README, "Acrobot beyond the float DQN")
                 "lookahead": 3,
                 "improve_rounds": 8,
+                "eps_hold": 8,
             },
+            "distill": {"teacher_episodes": 240, "rollout_episodes": 160, "steps_per_round": 2000},
         },
-        finetune={"distill": {"rounds": 6, "lr_final": 5e-5, "grid_weight": 300.0}},
+        finetune={
+            "distill": {
+                "rounds": 6,
+                "lr_final": 5e-5,
+                "grid_weight": 300.0,
+                "teacher_episodes": 240,
+                "rollout_episodes": 160,
+                "steps_per_round": 1000,
+            }
+        },
     ),
 }
 
