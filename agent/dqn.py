@@ -117,8 +117,9 @@ class EpsGreedy:
         if self.hold == 1:
             return np.where(rng.random(n) < eps, rng.integers(0, self.n_actions, n), greedy)
         new = (self.left == 0) & (rng.random(n) < eps)
-        self.held[new] = rng.integers(0, self.n_actions, int(new.sum()))
-        self.left[new] = np.minimum(rng.zipf(2.0, int(new.sum())), self.hold)
+        k = int(new.sum())
+        self.held[new] = rng.integers(0, self.n_actions, k)
+        self.left[new] = np.minimum(rng.zipf(2.0, k), self.hold)
         holding = self.left > 0
         self.left[holding] -= 1
         return np.where(holding, self.held, greedy)

@@ -333,6 +333,10 @@ _DSQN_PIPELINES = ("qat", "ptq-percentile")
 #: the paper's network settings: 2x64 LIF neurons, Poisson-coded 7-bin tent inputs, T = 20
 _PAPER_SNN = {"encoder": "poisson", "bins": 7, "input_ticks": 20, "alpha_decay": 0.9}
 
+# distill-acrobot's labelled states, in training and in fine-tuning alike: teacher episodes
+# before the first round, then student episodes a round
+_ACROBOT_DISTILL_DATA = {"teacher_episodes": 240, "rollout_episodes": 160}
+
 PRESETS: dict[str, Preset] = {
     "paper-cartpole": Preset(
         "the paper's recipe on CartPole-v1: DQN (advantage learning, alpha 0.9, 3-step "
@@ -477,15 +481,14 @@ PRESETS: dict[str, Preset] = {
             # but disagreed on 4 % of those it met in new episodes. Ten seeds, 500
             # validation episodes, 8-bit: mean -73.3 against -76.3 with the same teachers
             # (9 of 10 seeds better), best -69.5 (README, "Acrobot beyond the float DQN")
-            "distill": {"teacher_episodes": 240, "rollout_episodes": 160, "steps_per_round": 2000},
+            "distill": {**_ACROBOT_DISTILL_DATA, "steps_per_round": 2000},
         },
         finetune={
             "distill": {
+                **_ACROBOT_DISTILL_DATA,
                 "rounds": 6,
                 "lr_final": 5e-5,
                 "grid_weight": 300.0,
-                "teacher_episodes": 240,
-                "rollout_episodes": 160,
                 "steps_per_round": 1000,
             }
         },
